@@ -1,0 +1,1 @@
+"""brainformer: a transformer that predicts 306-channel MEG from EEG."""
