@@ -1,0 +1,351 @@
+"""LSL source: find an EEG stream, open it, pull everything available into preallocated buffers.
+
+Design notes (measured facts in the project's platform notes):
+- Streams are found with ``resolve_byprop`` and waits of at least one second: with machine-scope
+  discovery only the newest outlet answers a query at once; older ones answer ~0.5 s later.
+- ``pull_chunk(timeout, dest_obj=buffer, min_samples=1)`` blocks only until the first sample
+  arrives and then returns everything already there. Without ``min_samples=1`` liblsl waits
+  for ``max_samples`` or the timeout, which adds a chunk of latency.
+- Inlets hand out the OLDEST buffered data first, so the caller must pull everything each time
+  and serve only the newest window.
+- Timestamps are moved into this machine's clock with ``time_correction()`` for streams from
+  another host. Its first call takes ~0.6 s, so it happens in :meth:`EEGInlet.open`; later
+  calls return liblsl's background estimate in ~20 µs and are made at most every few seconds.
+- With ``recover=True`` liblsl silently reconnects to a restarted outlet with the same
+  ``source_id``; the only trace is a jump in the timestamps, which is counted here.
+
+Importing this module imports pylsl: point liblsl at the loopback configuration first
+(:func:`brainformer_rt.lsl_config.use_loopback_config`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pylsl
+from pylsl.lib import fmt2string
+from pylsl.util import LostError, TimeoutError as LSLTimeoutError
+
+logger = logging.getLogger(__name__)
+
+# liblsl answers a resolve query in waves; shorter waits miss outlets shadowed by newer ones.
+MIN_RESOLVE_WAIT_S = 1.0
+# time_correction() is refreshed at most this often; in between the last offset is reused.
+CLOCK_REFRESH_INTERVAL_S = 5.0
+FLOAT_FORMATS = ("float32", "double64")
+
+
+class StreamNotFoundError(LookupError):
+    """No LSL stream with the requested name or type appeared in time."""
+
+
+class UnsupportedStreamError(ValueError):
+    """The stream cannot be read as EEG (e.g. a string or integer channel format)."""
+
+
+class StreamLostError(RuntimeError):
+    """The outlet went away and the inlet was opened with ``recover=False``."""
+
+
+@dataclass(frozen=True)
+class StreamDescription:
+    """What a stream says about itself.
+
+    ``channel_labels``/``channel_types``/``channel_units`` come from the XDF meta-data
+    ``desc/channels/channel/{label,type,unit}``; they have one entry per channel, ``""`` where
+    the stream does not give one. ``sfreq_hz`` is 0.0 for irregular streams. ``channel_format``
+    is liblsl's name (``float32``, ``double64``, ``string``, ``int32``, ...).
+    """
+
+    name: str
+    type: str
+    source_id: str
+    channel_labels: tuple[str, ...]
+    channel_types: tuple[str, ...]
+    channel_units: tuple[str, ...]
+    sfreq_hz: float
+    channel_format: str
+    n_channels: int
+    hostname: str
+
+    @property
+    def is_float(self) -> bool:
+        """True for the formats EEG can be read from (float32, double64)."""
+        return self.channel_format in FLOAT_FORMATS
+
+    @property
+    def has_labels(self) -> bool:
+        """True when every channel has a label."""
+        return all(self.channel_labels)
+
+    @classmethod
+    def from_info(cls, info: pylsl.StreamInfo) -> "StreamDescription":
+        """Build from a StreamInfo. Resolved infos have an empty ``desc``: pass the full info
+        from an opened inlet (``StreamInlet.info()``) to get the channel meta-data."""
+        n_channels = info.channel_count()
+        labels, types, units = _channel_metadata(info, n_channels)
+        return cls(
+            name=info.name(),
+            type=info.type(),
+            source_id=info.source_id(),
+            channel_labels=labels,
+            channel_types=types,
+            channel_units=units,
+            sfreq_hz=float(info.nominal_srate()),
+            channel_format=fmt2string[info.channel_format()],
+            n_channels=n_channels,
+            hostname=info.hostname(),
+        )
+
+
+def _channel_metadata(info: pylsl.StreamInfo, n_channels: int) -> tuple[tuple[str, ...], ...]:
+    """(labels, types, units) from desc/channels/channel, padded with "" to ``n_channels``."""
+    fields = {"label": [], "type": [], "unit": []}
+    channel = info.desc().child("channels").child("channel")
+    while not channel.empty() and len(fields["label"]) < n_channels:
+        for key, values in fields.items():
+            values.append(channel.child_value(key).strip())
+        channel = channel.next_sibling("channel")
+    return tuple(tuple(values + [""] * (n_channels - len(values))) for values in fields.values())
+
+
+def _check_query_value(value: str) -> None:
+    # liblsl builds an XPath predicate name='value'; a quote would break it.
+    if not value or "'" in value:
+        raise ValueError(f"stream name or type must be non-empty and contain no quote ('), got {value!r}")
+
+
+def find_stream(name_or_type: str, wait_s: float | None = 10.0, by: tuple[str, ...] = ("name", "type")) -> pylsl.StreamInfo:
+    """Find the stream whose name (first) or type (second) is ``name_or_type``.
+
+    Args:
+        name_or_type: stream name or type to match exactly.
+        wait_s: give up after this many seconds (``None``: wait forever).
+        by: properties to match, in order of preference.
+
+    Returns the resolved (partial) StreamInfo. Raises :class:`StreamNotFoundError` after
+    ``wait_s`` seconds without a match.
+    """
+    _check_query_value(name_or_type)
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    what = " or ".join(by)
+    announced = False
+    while True:
+        for prop in by:
+            # Returns as soon as one stream answers; otherwise after the full wait.
+            found = pylsl.resolve_byprop(prop, name_or_type, 1, MIN_RESOLVE_WAIT_S)
+            if found:
+                if len({info.source_id() for info in found}) > 1:
+                    logger.warning("%d LSL streams have %s %r; using the first (source_id %r)",
+                                   len(found), prop, name_or_type, found[0].source_id())
+                return found[0]
+        if deadline is not None and time.monotonic() >= deadline:
+            raise StreamNotFoundError(
+                f"no LSL stream with {what} {name_or_type!r} appeared within {wait_s:g} s "
+                f"(list the visible streams with `brainformer-rt streams`)"
+            )
+        if not announced:
+            limit = "" if wait_s is None else f", up to {wait_s:g} s"
+            logger.info("waiting for an LSL stream with %s %r%s ...", what, name_or_type, limit)
+            announced = True
+
+
+def list_streams(timeout_s: float = 1.5) -> list[StreamDescription]:
+    """Descriptions (without channel meta-data) of every visible stream, sorted by name."""
+    infos = pylsl.resolve_streams(max(timeout_s, MIN_RESOLVE_WAIT_S))
+    return sorted((StreamDescription.from_info(info) for info in infos), key=lambda d: (d.name, d.source_id))
+
+
+class EEGInlet:
+    """Reads one LSL stream into a preallocated buffer.
+
+    Args:
+        info: a resolved StreamInfo (see :func:`find_stream`).
+        max_chunk_samples: most samples one :meth:`pull` returns (the buffer size). When a pull
+            returns exactly this many, more may be waiting: pull again with ``timeout_s=0``.
+        recover: let liblsl reconnect silently to a restarted outlet with the same source_id.
+            When False, a lost outlet raises :class:`StreamLostError`.
+        gap_threshold_s: a jump between consecutive timestamps larger than this (or any step
+            backwards by more than half a sample period) is counted as a discontinuity (a
+            reconnect or lost data). Default: 5 sample periods.
+        max_buffer_s: seconds of data liblsl keeps for this inlet before dropping the oldest.
+        correct_clock: add liblsl's ``time_correction()`` offset to the timestamps. ``None``
+            (default): only for streams from another host; on this host both ends read the same
+            clock, the true offset is 0 and the estimate would only add ~20 µs of noise (and
+            break bit-exact timestamp round trips).
+
+    Life cycle: ``open()`` → ``pull()`` ... → ``close()``.
+    """
+
+    def __init__(
+        self,
+        info: pylsl.StreamInfo,
+        max_chunk_samples: int = 4096,
+        recover: bool = True,
+        gap_threshold_s: float | None = None,
+        max_buffer_s: int = 30,
+        correct_clock: bool | None = None,
+    ):
+        if max_chunk_samples < 1:
+            raise ValueError(f"max_chunk_samples must be >= 1, got {max_chunk_samples}")
+        self.info = info
+        self.max_chunk_samples = int(max_chunk_samples)
+        self.recover = recover
+        self.max_buffer_s = int(max_buffer_s)
+        self.correct_clock = correct_clock  # resolved to a bool by open()
+        self.description: StreamDescription | None = None  # full meta-data, after open()
+        self._inlet: pylsl.StreamInlet | None = None
+        self._data: np.ndarray | None = None  # (max_chunk_samples, n_channels), stream dtype
+        self._timestamps: np.ndarray | None = None  # (max_chunk_samples,) float64, local clock
+        sfreq_hz = info.nominal_srate()
+        self._period_s = 1.0 / sfreq_hz if sfreq_hz > 0 else 0.0
+        if gap_threshold_s is None:
+            gap_threshold_s = 5 * self._period_s if self._period_s else float("inf")
+        self.gap_threshold_s = gap_threshold_s
+        self._last_timestamp: float | None = None  # newest timestamp seen (source clock)
+        self._next_clock_refresh_s = 0.0
+        # Counters.
+        self.samples_in = 0
+        self.chunks = 0
+        self.reconnects = 0  # discontinuities in the timestamps (reconnect or lost data)
+        self.last_gap_s = 0.0
+        self.clock_offset_s = 0.0  # added to source timestamps to get local_clock() time
+
+    @classmethod
+    def from_stream(cls, name_or_type: str, wait_s: float | None = 10.0, **kwargs) -> "EEGInlet":
+        """Find the stream by name (then type), open it and return the open inlet."""
+        inlet = cls(find_stream(name_or_type, wait_s), **kwargs)
+        inlet.open()
+        return inlet
+
+    @property
+    def is_open(self) -> bool:
+        return self._inlet is not None
+
+    def open(self, timeout_s: float = 10.0) -> StreamDescription:
+        """Connect, read the full meta-data and measure the clock offset.
+
+        Raises :class:`UnsupportedStreamError` for non-float streams and
+        :class:`StreamNotFoundError` when the outlet does not answer within ``timeout_s``.
+        """
+        if self._inlet is not None:
+            return self.description
+        inlet = pylsl.StreamInlet(self.info, max_buflen=self.max_buffer_s, recover=self.recover)
+        try:
+            description = StreamDescription.from_info(inlet.info(timeout_s))
+            if not description.is_float:
+                raise UnsupportedStreamError(
+                    f"LSL stream {description.name!r} has channel format {description.channel_format!r}; "
+                    f"EEG must be float32 or double64"
+                )
+            inlet.open_stream(timeout_s)
+        except LSLTimeoutError as error:
+            raise StreamNotFoundError(f"LSL stream {self.info.name()!r} did not answer within {timeout_s:g} s") from error
+        self.description = description
+        self._inlet = inlet
+        if self.correct_clock is None:
+            self.correct_clock = description.hostname != socket.gethostname()
+        if self.correct_clock:
+            self._refresh_clock_offset(timeout_s)  # the slow first call, off the hot path
+        dtype = np.float32 if self.description.channel_format == "float32" else np.float64
+        self._data = np.zeros((self.max_chunk_samples, self.description.n_channels), dtype=dtype)
+        self._timestamps = np.zeros(self.max_chunk_samples, dtype=np.float64)
+        logger.info(
+            "opened LSL stream %r (type %r, %d channels, %g Hz, %s, source_id %r, clock offset %.3f ms)",
+            self.description.name, self.description.type, self.description.n_channels,
+            self.description.sfreq_hz, self.description.channel_format, self.description.source_id,
+            self.clock_offset_s * 1e3,
+        )
+        return self.description
+
+    def _refresh_clock_offset(self, timeout_s: float) -> None:
+        try:
+            self.clock_offset_s = self._inlet.time_correction(timeout_s)
+        except LSLTimeoutError:
+            # Keep the previous offset: a late estimate is better than none.
+            logger.debug("time_correction() timed out; keeping offset %.6f s", self.clock_offset_s)
+        self._next_clock_refresh_s = time.monotonic() + CLOCK_REFRESH_INTERVAL_S
+
+    def pull(self, timeout_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Wait up to ``timeout_s`` for the first sample, then take everything available.
+
+        Returns ``(data (n, channels), timestamps (n,))``, oldest first, with timestamps in this
+        machine's ``local_clock()``; ``n`` is 0 when nothing came, at most
+        ``max_chunk_samples``. Both are views of the inlet's buffers, valid until the next pull.
+        """
+        if self._inlet is None:
+            raise RuntimeError("EEGInlet.pull() before open()")
+        if self.correct_clock and time.monotonic() >= self._next_clock_refresh_s:
+            # Background estimate: ~20 µs, and only every few seconds.
+            self._refresh_clock_offset(0.0)
+        try:
+            _, source_timestamps = self._inlet.pull_chunk(
+                timeout=timeout_s, max_samples=self.max_chunk_samples, dest_obj=self._data,
+                min_samples=1, as_numpy=True,
+            )
+        except LostError as error:
+            raise StreamLostError(f"LSL stream {self.description.name!r} was lost") from error
+        n = len(source_timestamps)
+        if n == 0:
+            return self._data[:0], self._timestamps[:0]
+        self._count_discontinuities(source_timestamps)
+        self.samples_in += n
+        self.chunks += 1
+        timestamps = self._timestamps[:n]
+        np.add(source_timestamps, self.clock_offset_s, out=timestamps)
+        return self._data[:n], timestamps
+
+    def _count_discontinuities(self, source_timestamps: np.ndarray) -> None:
+        """Count jumps (forward beyond the threshold, or backwards) including the step from the
+        previous chunk; liblsl's silent reconnects show up only this way."""
+        previous = self._last_timestamp
+        self._last_timestamp = float(source_timestamps[-1])
+        if not self._period_s:
+            return
+        steps = np.diff(source_timestamps, prepend=source_timestamps[0] if previous is None else previous)
+        jumps = (steps > self.gap_threshold_s) | (steps < -0.5 * self._period_s)
+        if jumps.any():
+            n_jumps = int(np.count_nonzero(jumps))
+            self.reconnects += n_jumps
+            self.last_gap_s = float(steps[jumps][-1])
+            logger.warning(
+                "LSL stream %r: %d discontinuit%s in the timestamps (last %+.3f s): reconnect or lost data",
+                self.description.name, n_jumps, "y" if n_jumps == 1 else "ies", self.last_gap_s,
+            )
+            # The offset may have changed with the connection: refresh at the next pull.
+            self._next_clock_refresh_s = 0.0
+
+    def close(self) -> None:
+        if self._inlet is not None:
+            self._inlet.close_stream()
+            self._inlet = None  # liblsl destroys the inlet with the object
+
+    def __enter__(self) -> "EEGInlet":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def streams_command(timeout: float = 1.5) -> None:
+    """CLI `streams`: print a table of the visible LSL streams."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    descriptions = list_streams(timeout)
+    if not descriptions:
+        console.print(f"no LSL streams visible (looked for {max(timeout, MIN_RESOLVE_WAIT_S):g} s)")
+        return
+    table = Table(title=f"{len(descriptions)} LSL stream(s)")
+    for column in ("name", "type", "channels", "rate (Hz)", "format", "source id", "host"):
+        table.add_column(column, justify="right" if column in ("channels", "rate (Hz)") else "left")
+    for d in descriptions:
+        rate = f"{d.sfreq_hz:g}" if d.sfreq_hz > 0 else "irregular"
+        table.add_row(d.name, d.type, str(d.n_channels), rate, d.channel_format, d.source_id, d.hostname)
+    console.print(table)

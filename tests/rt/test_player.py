@@ -1,0 +1,139 @@
+import re
+import subprocess
+import threading
+
+import mne
+import numpy as np
+import pylsl
+import pytest
+
+from brainformer_rt.inlet import EEGInlet, find_stream
+from brainformer_rt.player import Player, RecordingSource, default_recording
+from tests.rt.conftest import rt_cli, stop_process
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def recording_eeg(sample_fif):
+    """(data (n, 60) float32 volts, channel names, sfreq) of the bundled recording."""
+    raw = mne.io.read_raw_fif(sample_fif, allow_maxshield=True, verbose="error").pick("eeg")
+    return raw.get_data().T.astype(np.float32), raw.ch_names, raw.info["sfreq"]
+
+
+def test_player_process_streams_the_recording_at_the_real_rate(start_player, stream_name, recording_eeg):
+    file_data, file_names, file_sfreq = recording_eeg
+    process = start_player(stream_name, "--chunk", "10")
+    inlet = EEGInlet(find_stream(stream_name, wait_s=30.0))
+    inlet.open()
+    try:
+        description = inlet.description
+        assert list(description.channel_labels) == file_names and len(file_names) == 60
+        assert set(description.channel_units) == {"V"}
+        assert description.sfreq_hz == file_sfreq and description.channel_format == "float32"
+
+        data, timestamps = [], []
+        while not timestamps:  # wait for the first chunk, then measure ~1 s from there
+            chunk, stamps = inlet.pull(1.0)
+            if len(stamps):
+                data.append(chunk.copy()), timestamps.append(stamps.copy())
+        started = pylsl.local_clock()
+        n_in_window = 0
+        while (elapsed := pylsl.local_clock() - started) < 1.0:
+            chunk, stamps = inlet.pull(0.2)
+            received_at = pylsl.local_clock()
+            if len(stamps):
+                assert stamps[-1] <= received_at  # never stamped ahead of the clock
+                data.append(chunk.copy()), timestamps.append(stamps.copy())
+                n_in_window += len(stamps)
+        data, timestamps = np.concatenate(data), np.concatenate(timestamps)
+
+        # Real rate: about sfreq samples per second of wall time (wide margin for a busy machine).
+        assert 0.75 * file_sfreq * elapsed <= n_in_window <= 1.25 * file_sfreq * elapsed + 10
+        # Every sample stamped 1/sfreq after the previous one.
+        np.testing.assert_allclose(np.diff(timestamps), 1 / file_sfreq, rtol=0, atol=1e-6)
+        # The file's samples, in order, from wherever the inlet joined.
+        start = np.flatnonzero((file_data == data[0]).all(axis=1))
+        assert len(start) == 1
+        np.testing.assert_array_equal(data, file_data[start[0]:start[0] + len(data)])
+        assert inlet.reconnects == 0
+    finally:
+        inlet.close()
+    assert stop_process(process) == 0  # SIGTERM: clean stop
+    assert "stopped after" in process.stdout.read()
+
+
+def test_player_stops_after_duration(stream_name):
+    result = subprocess.run(rt_cli("simulate", "--name", stream_name, "--duration", "0.5", "--chunk", "7"),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "stopped after 300 samples" in result.stdout  # round(0.5 s * 600.615 Hz)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--file", "no/such/recording.fif"], "recording not found: no/such/recording.fif"),
+    (["--synthetic", "nope"], "synthetic layout must be one of"),
+    (["--chunk", "0"], "--chunk must be >= 1"),
+])
+def test_bad_input_exits_2_with_one_line(stream_name, args, message):
+    result = subprocess.run(rt_cli("simulate", "--name", stream_name, *args), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # importing the model package and building the head model take ~10-25 s
+@pytest.mark.timeout(120)
+def test_synthetic_source_plays_or_refuses_clearly(stream_name):
+    result = subprocess.run(rt_cli("simulate", "--name", stream_name, "--synthetic", "sample", "--duration", "0.2"),
+                            capture_output=True, text=True, timeout=110)
+    if (default_recording().parents[1] / "simulation.py").is_file():
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"stopped after \d+ samples", result.stdout)
+    else:
+        assert result.returncode == 2
+        assert "physics simulator (brainformer.simulation) is not available" in result.stderr
+
+
+def test_player_in_a_thread_loops_with_uniform_timestamps(stream_name):
+    data = np.arange(10 * 2, dtype=np.float32).reshape(10, 2)
+    source = RecordingSource(data, sfreq_hz=200.0, channel_names=["C3", "C4"], loop=True)
+    player = Player(source, name=stream_name, chunk_samples=3, duration_s=0.2)  # 40 samples
+    player.open()
+    inlet = EEGInlet(find_stream(stream_name, wait_s=5.0))
+    inlet.open()
+    assert player.wait_for_consumers(5.0)
+    thread = threading.Thread(target=lambda: [None for _ in iter(player.step, False)])
+    thread.start()
+    received, stamps = [], []
+    try:
+        while sum(map(len, stamps)) < 40:
+            chunk, chunk_stamps = inlet.pull(1.0)
+            assert len(chunk_stamps), "the player stopped early"
+            received.append(chunk.copy()), stamps.append(chunk_stamps - inlet.clock_offset_s)
+    finally:
+        thread.join(5.0)
+        player.close()
+        inlet.close()
+    np.testing.assert_array_equal(np.concatenate(received), data[np.arange(40) % 10])
+    np.testing.assert_allclose(np.concatenate(stamps), player.t_start + np.arange(40) / 200.0, rtol=0, atol=1e-9)
+    assert player.samples_pushed == 40 and player.chunks_pushed == 14
+
+
+def test_stop_ends_a_running_player_from_another_thread(stream_name):
+    source = RecordingSource(np.zeros((5, 1), np.float32), sfreq_hz=100.0, channel_names=["Cz"], loop=True)
+    player = Player(source, name=stream_name, chunk_samples=50)  # 0.5 s per chunk, endless
+    thread = threading.Thread(target=player.run)
+    thread.start()
+    player.stop()
+    thread.join(5.0)
+    assert not thread.is_alive()
+
+
+def test_recording_source_reads_in_order_and_stops_without_loop():
+    source = RecordingSource(np.arange(5, dtype=np.float32)[:, None], 10.0, ["Cz"])
+    assert source.read(3)[:, 0].tolist() == [0, 1, 2]
+    assert source.read(3)[:, 0].tolist() == [3, 4]
+    assert len(source.read(3)) == 0
+    with pytest.raises(ValueError, match=r"shape \(n_samples > 0, 2 channels\)"):
+        RecordingSource(np.zeros((4, 3)), 10.0, ["a", "b"])
