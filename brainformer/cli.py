@@ -25,7 +25,7 @@ def prepare(
     data: List[Path] = typer.Option(..., "--data", help="Raw recordings (any MNE-readable file) or BIDS roots; repeat for several."),
     out: Path = typer.Option(..., "--out", help="Directory to write the Hugging Face dataset to."),
     config: Optional[Path] = typer.Option(None, "--config", help="Training TOML (model + preprocessing + data sections)."),
-    split: float = typer.Option(0.75, "--split", help="Fraction of each recording, in time, used for training."),
+    split: Optional[float] = typer.Option(None, "--split", help="Fraction of each recording, in time, used for training (default: data.split of --config, else 0.75)."),
     tokenize: bool = typer.Option(False, "--tokenize", help="Also store MEG as 255-level tokens for the `tokens` head."),
     jobs: int = typer.Option(1, "--jobs", help="Recordings processed in parallel."),
 ) -> None:

@@ -1,0 +1,741 @@
+"""Recordings → preprocessed continuous arrays → train / validation / test windows → HF datasets.
+
+Readers: any MNE-readable raw file (FIF first) and BIDS roots (MEG runs found with `mne_bids`,
+ds000117 layout ``sub-*/ses-meg/meg/*_meg.fif``, EEG inside the MEG file).
+
+Splitting, per recording of n samples at the model rate (all in time, never shuffled across):
+
+```
+0                 split·(1-validation_fraction)·n        split·n                      n
+|── settle ─ train ──────────────|── settle ─ validation ──|── settle ─ test ───────────|
+```
+
+`settle_s` seconds are dropped at the start of each part (the causal filters settle after the
+first sample and after nothing else, but a part's first window must not see the previous part's
+data), and no window crosses a boundary. Scaling statistics are fitted on the train parts (after
+settling) of all recordings together, then every recording is preprocessed again with them, so
+the arrays are exactly what the streaming preprocessor gives online.
+
+Datasets: `build_dataset` writes a `datasets.DatasetDict` with splits ``train``, ``validation``,
+``test`` and columns ``input_values`` float32 `(window_samples, n_eeg)`, ``labels`` float32
+`(window_samples, n_meg)` (int64 token ids with `tokenize`), ``recording`` (name) and
+``start_sample`` (first row of the window in that recording's preprocessed arrays). Rows are
+written with `Dataset.from_generator` (Arrow on disk, memory-mapped, never the whole set in RAM),
+next to ``brainformer_config.json`` (the model config with the fitted scaling) and
+``brainformer_prepare.json`` (settings and each recording's part boundaries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import tempfile
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from brainformer.preprocessing import (
+    ChannelStats,
+    PreprocessingError,
+    check_raw_compatible,
+    decimation_factor_for_raw,
+    fit_scaling,
+    iter_preprocessed_chunks,
+    without_scaling,
+)
+from brainformer.settings import DataSettings, ExperimentSettings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILENAME = "brainformer_config.json"
+PREPARE_INFO_FILENAME = "brainformer_prepare.json"
+SPLITS = ("train", "validation", "test")
+#: Target size of one Arrow record batch while writing windows.
+WRITER_BATCH_BYTES = 64 * 2**20
+
+
+class DataError(ValueError):
+    """A recording, BIDS root or dataset that cannot be used; the message names the path."""
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and reading recordings
+# --------------------------------------------------------------------------------------------
+def _is_bids_root(directory: Path) -> bool:
+    return (directory / "dataset_description.json").is_file() or any(directory.glob("sub-*"))
+
+
+def _bids_meg_runs(root: Path) -> list[Path]:
+    """MEG FIF runs of a BIDS root (one path per run: split files continue from their first part)."""
+    import mne_bids
+
+    try:
+        bids_paths = mne_bids.find_matching_paths(root, datatypes="meg", suffixes="meg", extensions=".fif")
+    except Exception as err:  # noqa: BLE001 - any failure inside mne-bids becomes one clear line
+        raise DataError(f"{root}: cannot search the BIDS root: {err}") from None
+    runs = []
+    for bids_path in bids_paths:
+        if bids_path.subject == "emptyroom":  # empty-room noise: no subject, no EEG
+            continue
+        if bids_path.split not in (None, "01"):  # MNE reads the later split parts itself
+            continue
+        runs.append(Path(bids_path.fpath))
+    return sorted(set(runs))
+
+
+def find_recordings(paths: Iterable[str | Path]) -> list[Path]:
+    """Recording files from files and BIDS roots, in the order given (BIDS runs sorted).
+
+    Args:
+        paths: raw files readable by MNE (FIF, EDF, BrainVision …; directory formats such as CTF
+            ``.ds`` count as files) or BIDS roots.
+
+    Raises:
+        DataError: a path does not exist, a directory is not a BIDS root, or a BIDS root has no
+            MEG runs.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise DataError(f"{path}: no such file or directory")
+        if path.is_dir() and path.suffix.lower() not in (".ds", ".mff"):
+            if not _is_bids_root(path):
+                raise DataError(
+                    f"{path}: a directory that is not a BIDS root (no dataset_description.json or sub-*); "
+                    "pass recording files or a BIDS root"
+                )
+            runs = _bids_meg_runs(path)
+            if not runs:
+                raise DataError(f"{path}: BIDS root with no MEG runs (expected sub-*/[ses-*/]meg/*_meg.fif)")
+            found.extend(runs)
+        else:
+            found.append(path)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise DataError("no recordings given")
+    return unique
+
+
+def channel_layout(raw: Any) -> tuple[list[str], list[str], list[str]]:
+    """`(eeg_names, meg_names, meg_types)` in file order; MEG = magnetometers and gradiometers.
+
+    Channels marked bad are kept: the layout must be the same for every run of a dataset, and a
+    dead channel is neutralised by its zero scale instead.
+    """
+    import mne
+
+    info = raw.info
+    eeg_idx = mne.pick_types(info, meg=False, eeg=True, exclude=[])
+    meg_idx = mne.pick_types(info, meg=True, ref_meg=False, exclude=[])
+    meg_types = [mne.channel_type(info, i) for i in meg_idx]
+    keep = [i for i, t in zip(meg_idx, meg_types) if t in ("mag", "grad")]
+    return (
+        [info["ch_names"][i] for i in eeg_idx],
+        [info["ch_names"][i] for i in keep],
+        [mne.channel_type(info, i) for i in keep],
+    )
+
+
+def read_raw(path: str | Path) -> Any:
+    """Open a raw recording lazily (data read on demand) and check it has EEG and MEG channels.
+
+    Raises:
+        DataError: the file is missing, unreadable, or lacks EEG or MEG channels.
+    """
+    import mne
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    try:
+        name = path.name.lower()
+        if name.endswith(".fif") or name.endswith(".fif.gz"):
+            raw = mne.io.read_raw_fif(path, preload=False, verbose="error")
+        else:
+            raw = mne.io.read_raw(path, preload=False, verbose="error")
+    except Exception as err:  # noqa: BLE001 - reader errors vary by format; report them in one line
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: cannot read as a raw recording: {detail}") from None
+    eeg, meg, _ = channel_layout(raw)
+    present = sorted(set(raw.get_channel_types()))
+    if not eeg:
+        raise DataError(f"{path}: no EEG channels (channel types in the file: {', '.join(present)})")
+    if not meg:
+        raise DataError(f"{path}: no MEG channels (channel types in the file: {', '.join(present)})")
+    return raw
+
+
+def config_for_recording(raw: Any, model_kwargs: dict[str, Any] | None = None) -> Any:
+    """A `BrainformerConfig` for this recording: its channels and rate, plus the model kwargs.
+
+    Keys in `model_kwargs` win over the file (e.g. ``sfreq_hz = 550.0`` to decimate a 1100 Hz
+    recording, or a subset of ``eeg_channel_names``); MEG types of named MEG channels come from
+    the file when not given.
+    """
+    from brainformer.configuration_brainformer import BrainformerConfig
+    from brainformer.preprocessing import raw_source_name
+
+    source = raw_source_name(raw)
+    eeg, meg, meg_types = channel_layout(raw)
+    kwargs: dict[str, Any] = {
+        "eeg_channel_names": eeg,
+        "meg_channel_names": meg,
+        "meg_channel_types": meg_types,
+        "sfreq_hz": float(raw.info["sfreq"]),
+    }
+    model_kwargs = dict(model_kwargs or {})
+    if "meg_channel_names" in model_kwargs and "meg_channel_types" not in model_kwargs:
+        file_types = dict(zip(meg, meg_types))
+        missing = [n for n in model_kwargs["meg_channel_names"] if n not in file_types]
+        if missing:
+            raise DataError(f"{source}: model.meg_channel_names not in the file: {', '.join(missing[:10])}")
+        model_kwargs["meg_channel_types"] = [file_types[n] for n in model_kwargs["meg_channel_names"]]
+    kwargs.update(model_kwargs)
+    try:
+        return BrainformerConfig(**kwargs)
+    except ValueError as err:
+        raise DataError(f"{source}: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Parts and windows
+# --------------------------------------------------------------------------------------------
+def split_parts(n_samples: int, sfreq_hz: float, data: DataSettings) -> dict[str, tuple[int, int]]:
+    """Usable ``[start, stop)`` rows of each part (settling dropped), keyed train/validation/test.
+
+    The same definition serves training (windows), evaluation (continuous test segments) and
+    the ridge baselines (λ chosen on validation). A part too short for its settling is empty.
+    """
+    n_samples = int(n_samples)
+    test_start = int(round(data.split * n_samples))
+    validation_start = int(round(data.split * (1.0 - data.validation_fraction) * n_samples))
+    settle = int(round(data.settle_s * sfreq_hz))
+
+    def usable(start: int, stop: int) -> tuple[int, int]:
+        return (min(start + settle, stop), stop)
+
+    return {
+        "train": usable(0, validation_start),
+        "validation": usable(validation_start, test_start),
+        "test": usable(test_start, n_samples),
+    }
+
+
+def window_starts(start: int, stop: int, window_samples: int, hop_samples: int) -> np.ndarray:
+    """First rows of the windows of `window_samples` that fit in ``[start, stop)``, every `hop_samples`."""
+    if stop - start < window_samples:
+        return np.zeros(0, dtype=np.int64)
+    return np.arange(start, stop - window_samples + 1, hop_samples, dtype=np.int64)
+
+
+@dataclass
+class PreparedRecording:
+    """One recording, preprocessed and scaled, with its parts.
+
+    Attributes:
+        name: unique name (the file stem), used in the dataset's ``recording`` column.
+        source: the file it was read from.
+        eeg: `(n, n_eeg)` float32, scaled (memory-mapped when prepared with an `arrays_dir`).
+        meg: `(n, n_meg)` float32, scaled.
+        times: `(n,)` float64 seconds from the first sample of the file.
+        sfreq_hz: rate of the rows.
+        parts: usable ``[start, stop)`` rows per part (see `split_parts`).
+    """
+
+    name: str
+    source: str
+    eeg: np.ndarray
+    meg: np.ndarray
+    times: np.ndarray
+    sfreq_hz: float
+    parts: dict[str, tuple[int, int]]
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.eeg.shape[0])
+
+    def part(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """`(eeg (m, n_eeg), meg (m, n_meg))` views of one part's usable rows."""
+        start, stop = self.parts[name]
+        return self.eeg[start:stop], self.meg[start:stop]
+
+    def window_starts(self, part: str, window_samples: int, hop_samples: int) -> np.ndarray:
+        start, stop = self.parts[part]
+        return window_starts(start, stop, window_samples, hop_samples)
+
+
+@dataclass
+class PreparedData:
+    """Recordings prepared for one model config (with the fitted scaling)."""
+
+    config: Any
+    data: DataSettings
+    recordings: list[PreparedRecording]
+
+    def hop_samples(self, split: str) -> int:
+        if split == "train":
+            return self.data.train_hop_samples
+        return self.data.eval_hop_samples or self.config.window_samples
+
+    def n_windows(self, split: str) -> int:
+        window, hop = self.config.window_samples, self.hop_samples(split)
+        return sum(len(r.window_starts(split, window, hop)) for r in self.recordings)
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    names: list[str] = []
+    for path in paths:
+        stem = path.name.split(".")[0] or path.name
+        name, k = stem, 2
+        while name in names:
+            name, k = f"{stem}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+# Worker functions: top-level so a process pool can run them; each opens its file itself.
+def _fit_statistics_worker(path: str, config: Any, data: DataSettings) -> tuple[ChannelStats, ChannelStats]:
+    """Unscaled preprocessing of one file; statistics of its train part (after settling)."""
+    raw = read_raw(path)
+    plain = without_scaling(config)
+    decimation = decimation_factor_for_raw(raw, plain)
+    n_out = int(-(-raw.n_times // decimation))
+    start, stop = split_parts(n_out, float(raw.info["sfreq"]) / decimation, data)["train"]
+    eeg_stats, meg_stats = ChannelStats(len(config.eeg_channel_names)), ChannelStats(len(config.meg_channel_names))
+    row = 0
+    for eeg, meg, _ in iter_preprocessed_chunks(raw, plain):
+        lo, hi = max(start - row, 0), min(stop - row, eeg.shape[0])
+        if lo < hi:
+            eeg_stats.update(eeg[lo:hi])
+            meg_stats.update(meg[lo:hi])
+        row += eeg.shape[0]
+        if row >= stop:
+            break
+    return eeg_stats, meg_stats
+
+
+def _preprocess_worker(
+    path: str, name: str, config: Any, data: DataSettings, arrays_dir: str | None
+) -> PreparedRecording:
+    """Scaled preprocessing of one file into memory or into ``<arrays_dir>/<name>_{eeg,meg,times}.npy``."""
+    raw = read_raw(path)
+    decimation = decimation_factor_for_raw(raw, config)
+    n_out = int(-(-raw.n_times // decimation))
+    sfreq_hz = float(raw.info["sfreq"]) / decimation
+    shapes = {"eeg": (n_out, len(config.eeg_channel_names)), "meg": (n_out, len(config.meg_channel_names)), "times": (n_out,)}
+    dtypes = {"eeg": np.float32, "meg": np.float32, "times": np.float64}
+    if arrays_dir is None:
+        arrays = {k: np.empty(shapes[k], dtypes[k]) for k in shapes}
+    else:
+        arrays = {
+            k: np.lib.format.open_memmap(Path(arrays_dir) / f"{name}_{k}.npy", mode="w+", dtype=dtypes[k], shape=shapes[k])
+            for k in shapes
+        }
+    row = 0
+    for eeg, meg, times in iter_preprocessed_chunks(raw, config):
+        m = eeg.shape[0]
+        arrays["eeg"][row : row + m] = eeg
+        arrays["meg"][row : row + m] = meg
+        arrays["times"][row : row + m] = times
+        row += m
+    if arrays_dir is not None:
+        for array in arrays.values():
+            array.flush()
+        # Memory maps are not sent back across processes; the caller reopens the files.
+        arrays = {k: np.zeros((0,) + shapes[k][1:], dtypes[k]) for k in shapes}
+    return PreparedRecording(
+        name=name,
+        source=str(path),
+        eeg=arrays["eeg"],
+        meg=arrays["meg"],
+        times=arrays["times"],
+        sfreq_hz=sfreq_hz,
+        parts=split_parts(n_out, sfreq_hz, data),
+    )
+
+
+def _run_all(function: Callable, calls: list[tuple], jobs: int, on_done: Callable[[], None] | None) -> list:
+    """`function(*args)` for each call, in order; in a process pool when ``jobs > 1``."""
+    if jobs <= 1 or len(calls) <= 1:
+        results = []
+        for args in calls:
+            results.append(function(*args))
+            if on_done:
+                on_done()
+        return results
+    with ProcessPoolExecutor(max_workers=min(jobs, len(calls))) as pool:
+        futures = [pool.submit(function, *args) for args in calls]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            if on_done:
+                on_done()
+        return results
+
+
+def prepare_recordings(
+    paths: Iterable[str | Path],
+    settings: ExperimentSettings,
+    *,
+    config: Any | None = None,
+    arrays_dir: str | Path | None = None,
+    jobs: int = 1,
+    on_progress: Callable[[str], None] | None = None,
+) -> PreparedData:
+    """Preprocess recordings, fit scaling on their train parts, and cut them into parts.
+
+    Args:
+        paths: recording files and/or BIDS roots (see `find_recordings`).
+        settings: model kwargs (`settings.model`) and split/window settings (`settings.data`).
+        config: use this model config instead of deriving one from the first recording; if it
+            holds scaling statistics they are used as they are (no fitting), e.g. to evaluate a
+            trained model on new data.
+        arrays_dir: write the continuous arrays there as ``.npy`` files and memory-map them
+            (large datasets); None keeps them in memory.
+        jobs: recordings processed in parallel (process pool).
+        on_progress: called with ``"statistics"`` or ``"preprocess"`` after each recording.
+
+    Returns:
+        `PreparedData` with the fitted config and one `PreparedRecording` per file.
+
+    Raises:
+        DataError / PreprocessingError: naming the file, for unreadable files, missing channels,
+            unusable rates, NaN segments, or no training data at all.
+    """
+    files = find_recordings(paths)
+    names = _unique_names(files)
+    data = settings.data
+    if config is None:
+        config = config_for_recording(read_raw(files[0]), settings.model)
+    # Headers first: a bad file late in a long list fails now, not after hours of work.
+    for path in files:
+        check_raw_compatible(read_raw(path), config)
+    if config.eeg_mean is None or config.meg_mean is None:
+        stats = _run_all(
+            _fit_statistics_worker,
+            [(str(f), config, data) for f in files],
+            jobs,
+            (lambda: on_progress("statistics")) if on_progress else None,
+        )
+        eeg_total, meg_total = ChannelStats(config.n_eeg_channels), ChannelStats(config.n_meg_channels)
+        for eeg_stats, meg_stats in stats:
+            eeg_total.merge(eeg_stats)
+            meg_total.merge(meg_stats)
+        if eeg_total.count < 2:
+            raise DataError(
+                f"{', '.join(map(str, files[:3]))}: no training samples left after settling "
+                f"(split={data.split}, validation_fraction={data.validation_fraction}, settle_s={data.settle_s})"
+            )
+        config = fit_scaling(config, eeg_total, meg_total)
+    if arrays_dir is not None:
+        Path(arrays_dir).mkdir(parents=True, exist_ok=True)
+    recordings = _run_all(
+        _preprocess_worker,
+        [(str(f), n, config, data, None if arrays_dir is None else str(arrays_dir)) for f, n in zip(files, names)],
+        jobs,
+        (lambda: on_progress("preprocess")) if on_progress else None,
+    )
+    if arrays_dir is not None:
+        for rec in recordings:
+            rec.eeg, rec.meg, rec.times = (
+                np.load(Path(arrays_dir) / f"{rec.name}_{k}.npy", mmap_mode="r") for k in ("eeg", "meg", "times")
+            )
+    return PreparedData(config=config, data=data, recordings=recordings)
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face datasets
+# --------------------------------------------------------------------------------------------
+def _features(config: Any, tokenize: bool):
+    from datasets import Array2D, Features, Value
+
+    window = config.window_samples
+    return Features(
+        {
+            "input_values": Array2D((window, config.n_eeg_channels), "float32"),
+            "labels": Array2D((window, config.n_meg_channels), "int64" if tokenize else "float32"),
+            "recording": Value("string"),
+            "start_sample": Value("int64"),
+        }
+    )
+
+
+def _window_rows(prepared: PreparedData, split: str, tokenize: bool) -> Iterator[dict[str, Any]]:
+    window = prepared.config.window_samples
+    hop = prepared.hop_samples(split)
+    quantizer = None
+    if tokenize:
+        from brainformer.quantization import MEGQuantizer
+
+        quantizer = MEGQuantizer.from_config(prepared.config)
+    for rec in prepared.recordings:
+        for start in rec.window_starts(split, window, hop):
+            labels = np.asarray(rec.meg[start : start + window])
+            yield {
+                "input_values": np.asarray(rec.eeg[start : start + window]),
+                "labels": quantizer.encode(labels) if quantizer else labels,
+                "recording": rec.name,
+                "start_sample": int(start),
+            }
+
+
+@contextlib.contextmanager
+def _quiet_datasets_progress() -> Iterator[None]:
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def _prepare_info(prepared: PreparedData, tokenize: bool) -> dict[str, Any]:
+    return {
+        "data": dataclasses.asdict(prepared.data) | {"tokenize": tokenize},
+        "window_samples": prepared.config.window_samples,
+        "hop_samples": {split: prepared.hop_samples(split) for split in SPLITS},
+        "n_windows": {split: prepared.n_windows(split) for split in SPLITS},
+        "recordings": [
+            {
+                "name": rec.name,
+                "source": rec.source,
+                "n_samples": rec.n_samples,
+                "sfreq_hz": rec.sfreq_hz,
+                "parts": {k: list(v) for k, v in rec.parts.items()},
+            }
+            for rec in prepared.recordings
+        ],
+    }
+
+
+def build_dataset(
+    prepared: PreparedData,
+    out_dir: str | Path,
+    tokenize: bool = False,
+    on_window: Callable[[int], None] | None = None,
+):
+    """Write the windows of `prepared` as a `datasets.DatasetDict` to `out_dir` and return it.
+
+    Args:
+        prepared: from `prepare_recordings`.
+        out_dir: directory to write (``dataset_dict.json``, one folder per split,
+            ``brainformer_config.json``, ``brainformer_prepare.json``); created if missing.
+        tokenize: store ``labels`` as int64 token ids (`MEGQuantizer` of the config) instead of
+            float32 scaled MEG.
+        on_window: called with the number of windows written, batch by batch (progress).
+
+    Returns:
+        The `DatasetDict` loaded back from `out_dir` (memory-mapped).
+    """
+    from datasets import Dataset, DatasetDict
+
+    out_dir = Path(out_dir)
+    if prepared.n_windows("train") == 0:
+        raise DataError(
+            f"{', '.join(r.source for r in prepared.recordings[:3])}: no training window fits: the train part "
+            f"after settling is shorter than window_samples={prepared.config.window_samples}"
+        )
+    features = _features(prepared.config, tokenize)
+    config = prepared.config
+    row_bytes = config.window_samples * (config.n_eeg_channels * 4 + config.n_meg_channels * (8 if tokenize else 4))
+    writer_batch_size = max(1, WRITER_BATCH_BYTES // row_bytes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def rows(split: str) -> Iterator[dict[str, Any]]:
+        count = 0
+        for row in _window_rows(prepared, split, tokenize):
+            yield row
+            count += 1
+            if on_window and count % 64 == 0:
+                on_window(64)
+        if on_window and count % 64:
+            on_window(count % 64)
+
+    splits = {}
+    # `from_generator` writes Arrow files into a cache directory; keep it next to the output (same
+    # file system, no home-directory cache) and remove it once `save_to_disk` has copied them.
+    with tempfile.TemporaryDirectory(prefix=".brainformer-cache-", dir=out_dir.parent) as cache_dir, _quiet_datasets_progress():
+        for split in SPLITS:
+            if prepared.n_windows(split) == 0:
+                logger.warning("split %s has no windows", split)
+                splits[split] = Dataset.from_dict({name: [] for name in features}, features=features)
+                continue
+            splits[split] = Dataset.from_generator(
+                rows,
+                features=features,
+                gen_kwargs={"split": split},
+                cache_dir=cache_dir,
+                # A fresh fingerprint skips hashing the generator and the arrays it closes over.
+                fingerprint=uuid.uuid4().hex,
+                writer_batch_size=writer_batch_size,
+            )
+        dataset = DatasetDict(splits)
+        dataset.save_to_disk(str(out_dir))
+        del dataset, splits
+    config.to_json_file(str(out_dir / CONFIG_FILENAME))
+    (out_dir / PREPARE_INFO_FILENAME).write_text(json.dumps(_prepare_info(prepared, tokenize), indent=2) + "\n")
+    return load_prepared_dataset(out_dir)[0]
+
+
+def is_prepared_dataset(path: str | Path) -> bool:
+    """Whether `path` is a directory written by `build_dataset` / `brainformer prepare`."""
+    path = Path(path)
+    return (path / CONFIG_FILENAME).is_file() and (path / "dataset_dict.json").is_file()
+
+
+def load_prepared_dataset(path: str | Path):
+    """`(DatasetDict, BrainformerConfig)` of a directory written by `build_dataset`.
+
+    Raises:
+        DataError: naming the directory when it is not such a dataset.
+    """
+    from datasets import DatasetDict
+
+    from brainformer.configuration_brainformer import BrainformerConfig
+
+    path = Path(path)
+    if not is_prepared_dataset(path):
+        raise DataError(f"{path}: not a dataset written by `brainformer prepare` (no {CONFIG_FILENAME} / dataset_dict.json)")
+    try:
+        config = BrainformerConfig.from_json_file(str(path / CONFIG_FILENAME))
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path / CONFIG_FILENAME}: invalid model config: {err}") from None
+    return DatasetDict.load_from_disk(str(path)), config
+
+
+def load_prepare_info(path: str | Path) -> dict[str, Any]:
+    """The ``brainformer_prepare.json`` of a prepared dataset (settings, recordings, part boundaries)."""
+    return json.loads((Path(path) / PREPARE_INFO_FILENAME).read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# `brainformer prepare`
+# --------------------------------------------------------------------------------------------
+def _directory_size_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def prepare_command(
+    data: Sequence[Path],
+    out: Path,
+    config_file: Path | None,
+    split: float | None,
+    tokenize: bool,
+    jobs: int,
+) -> None:
+    """`brainformer prepare`: recordings → windowed dataset on disk, with a progress bar.
+
+    `split` (when not None) and `tokenize` (when True) override the ``[data]`` section of the
+    config file. An existing prepared dataset at `out` is replaced once the new one is ready to be
+    written; any other non-empty directory is refused. Bad input prints one line and exits with
+    code 2.
+    """
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    console = Console(stderr=True)
+
+    def fail(message: str) -> None:
+        console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+        raise typer.Exit(2)
+
+    try:
+        if jobs < 1:
+            fail(f"--jobs {jobs}: expected an integer >= 1")
+        settings = _load_settings_for_command(config_file, split, tokenize)
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            fail(f"--out {out}: exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()) and not is_prepared_dataset(out):
+            fail(f"--out {out}: directory exists, is not empty and is not a prepared dataset; choose another")
+        files = find_recordings(data)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        progress = Progress(*columns, console=console)
+        with _transient_on_error(progress), tempfile.TemporaryDirectory(
+            prefix=".brainformer-arrays-", dir=out.parent
+        ) as arrays_dir:
+            tasks = {
+                "statistics": progress.add_task("statistics", total=len(files)),
+                "preprocess": progress.add_task("preprocessing", total=len(files)),
+            }
+            prepared = prepare_recordings(
+                files,
+                settings,
+                arrays_dir=arrays_dir,
+                jobs=jobs,
+                on_progress=lambda stage: progress.advance(tasks[stage]),
+            )
+            total_windows = sum(prepared.n_windows(s) for s in SPLITS)
+            windows_task = progress.add_task("windows", total=total_windows)
+            if out.is_dir():
+                shutil.rmtree(out)
+            dataset = build_dataset(
+                prepared,
+                out,
+                tokenize=settings.data.tokenize,
+                on_window=lambda n: progress.advance(windows_task, n),
+            )
+    except (DataError, PreprocessingError, SettingsError) as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"{err.filename or out}: {err.strerror}")
+
+    table = Table(title=f"dataset written to {out}")
+    for column in ("split", "windows", "window", "hop"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for split_name in SPLITS:
+        table.add_row(
+            split_name,
+            str(dataset[split_name].num_rows),
+            str(prepared.config.window_samples),
+            str(prepared.hop_samples(split_name)),
+        )
+    console.print(table)
+    console.print(
+        f"{len(prepared.recordings)} recording(s), {prepared.config.n_eeg_channels} EEG → "
+        f"{prepared.config.n_meg_channels} MEG channels at {prepared.config.sfreq_hz:g} Hz, "
+        f"labels {'tokens' if settings.data.tokenize else 'float32'}, "
+        f"{_directory_size_bytes(out) / 2**20:.1f} MiB"
+    )
+
+
+@contextlib.contextmanager
+def _transient_on_error(progress: Any) -> Iterator[None]:
+    """Run `progress`; if the body fails, erase the bars so the error stays the only output line."""
+    with progress:
+        try:
+            yield
+        except BaseException:
+            progress.live.transient = True
+            raise
+
+
+def _load_settings_for_command(config_file: Path | None, split: float | None, tokenize: bool) -> ExperimentSettings:
+    from brainformer.settings import load_settings
+
+    settings = load_settings(config_file)
+    overrides: dict[str, Any] = {}
+    if split is not None:
+        if not (isinstance(split, (int, float)) and math.isfinite(split) and 0 < split < 1):
+            raise SettingsError(f"--split {split}: expected a fraction strictly between 0 and 1")
+        overrides["split"] = float(split)
+    if tokenize:
+        overrides["tokenize"] = True
+    if overrides:
+        settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, **overrides))
+    return settings
