@@ -1,0 +1,598 @@
+"""Brainformer: EEG `(batch, time, n_eeg)` → MEG `(batch, time, n_meg)`.
+
+Read top-down: embeddings and attention blocks → Two-Stage Attention → encoder / decoder layers →
+encoder / decoder → output dataclasses → `BrainformerPreTrainedModel` → trunk → task models.
+
+Tokens are laid out segment-major, `(batch, segments, channels, d_model)`: the channel stage, the
+router and the cross-attention all work per segment, so they see `(batch, segments)` as leading
+dimensions without copies; only the time stage looks at the transposed view.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from brainformer.configuration_brainformer import BrainformerConfig
+
+try:  # transformers >= 5: these skip tensors already loaded from a checkpoint.
+    from transformers import initialization as _init
+except ImportError:  # pragma: no cover - transformers 4.x
+    _init = nn.init
+
+__all__ = [
+    "BrainformerForMEGPrediction",
+    "BrainformerForMEGTokens",
+    "BrainformerMEGPredictionOutput",
+    "BrainformerMEGTokensOutput",
+    "BrainformerModel",
+    "BrainformerModelOutput",
+    "BrainformerPreTrainedModel",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------------------------
+
+
+def sinusoidal_position_table(n_positions: int, d_model: int) -> torch.Tensor:
+    """Fixed sine/cosine table `(n_positions, d_model)` (Vaswani et al.); odd widths are allowed."""
+    position = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(n_positions, d_model)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: d_model // 2])
+    return table
+
+
+class BrainformerSegmentPositionEmbedding(nn.Module):
+    """Segment position embedding `(segments, d_model)`, learned or sinusoidal."""
+
+    def __init__(self, config: BrainformerConfig):
+        super().__init__()
+        self.kind = config.position_embedding
+        shape = (config.n_segments, config.d_model)
+        if self.kind == "learned":
+            self.weight = nn.Parameter(torch.zeros(shape))
+        else:
+            # Not persistent: the table is a function of the config, not something to store.
+            self.register_buffer("weight", sinusoidal_position_table(*shape), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+
+class BrainformerDSWEmbedding(nn.Module):
+    """Dimension-Segment-Wise embedding: each channel's window is cut into `patch_len`-sample
+    segments and each segment is embedded linearly, plus a channel and a segment position embedding.
+
+    `(batch, time, channels)` → `(batch, segments, channels, d_model)`.
+    """
+
+    def __init__(self, config: BrainformerConfig, n_channels: int):
+        super().__init__()
+        self.patch_len = config.patch_len
+        self.n_segments = config.n_segments
+        self.value_embedding = nn.Linear(config.patch_len, config.d_model)
+        self.channel_embedding = nn.Parameter(torch.zeros(n_channels, config.d_model))
+        self.position_embedding = BrainformerSegmentPositionEmbedding(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        batch, _, channels = values.shape
+        # (batch, segments, patch_len, channels) -> (batch, segments, channels, patch_len)
+        segments = values.reshape(batch, self.n_segments, self.patch_len, channels).transpose(2, 3)
+        tokens = self.value_embedding(segments)  # (batch, segments, channels, d_model)
+        tokens = tokens + self.channel_embedding + self.position_embedding()[:, None, :]
+        return self.dropout(tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention and feed-forward blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """`(..., L, d_model)` → `(problems, n_heads, L, head_dim)`.
+
+    The fused SDPA kernels (CPU flash, CUDA) take 4-D inputs only; anything else falls back to the
+    much slower math path, so the leading dimensions are flattened into one.
+    """
+    return x.reshape(-1, x.shape[-2], n_heads, x.shape[-1] // n_heads).transpose(1, 2)
+
+
+def _merge_heads(attended: torch.Tensor, leading_shape: torch.Size) -> torch.Tensor:
+    """`(problems, n_heads, L, head_dim)` → `(*leading_shape, L, d_model)`."""
+    return attended.transpose(1, 2).reshape(*leading_shape, attended.shape[2], -1)
+
+
+class BrainformerSelfAttention(nn.Module):
+    """Multi-head self-attention over the second-to-last dimension, any leading dimensions:
+    `(..., L, d_model)` → `(..., L, d_model)`. One fused q/k/v projection."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+        length, d_model = x.shape[-2:]
+        # (..., L, 3*d_model) -> 3 x (problems, n_heads, L, head_dim) as views, no copies.
+        qkv = self.qkv_proj(x).reshape(-1, length, 3, self.n_heads, d_model // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+        )
+        return self.out_proj(_merge_heads(attended, x.shape[:-2]))
+
+
+class BrainformerCrossAttention(nn.Module):
+    """Multi-head attention of `query (..., L_q, d_model)` over `key_value (..., L_k, d_model)`
+    (matching leading dimensions: the independent attention problems) → `(..., L_q, d_model)`."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
+        length, d_model = key_value.shape[-2:]
+        kv = self.kv_proj(key_value).reshape(-1, length, 2, self.n_heads, d_model // self.n_heads)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (problems, n_heads, L_k, head_dim)
+        attended = F.scaled_dot_product_attention(
+            _split_heads(self.q_proj(query), self.n_heads), k, v, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(_merge_heads(attended, query.shape[:-2]))
+
+
+class BrainformerFeedForward(nn.Module):
+    """Position-wise MLP `(..., d_model)` → `(..., d_model)`."""
+
+    def __init__(self, config: BrainformerConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(config.d_model, config.d_ff)
+        self.fc_out = nn.Linear(config.d_ff, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.dropout(F.gelu(self.fc_in(x))))
+
+
+class BrainformerTwoStageAttention(nn.Module):
+    """Crossformer's Two-Stage Attention on `(batch, segments, channels, d_model)`, Pre-LN.
+
+    Time stage: self-attention across segments within each channel (causal for the tokens head, so
+    segment s only sees segments ≤ s). Channel stage: `router_dim` learned router vectors per
+    segment gather from all channels, then every channel reads back from the router; this costs
+    O(channels · router_dim) instead of O(channels²).
+    """
+
+    def __init__(self, config: BrainformerConfig, causal: bool):
+        super().__init__()
+        self.causal = causal
+        self.time_norm = nn.LayerNorm(config.d_model)
+        self.time_attention = BrainformerSelfAttention(config.d_model, config.n_heads, config.dropout)
+        self.router = nn.Parameter(torch.zeros(config.n_segments, config.router_dim, config.d_model))
+        self.channel_norm = nn.LayerNorm(config.d_model)
+        self.router_gather = BrainformerCrossAttention(config.d_model, config.n_heads, config.dropout)
+        self.router_scatter = BrainformerCrossAttention(config.d_model, config.n_heads, config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Time stage on the (batch, channels, segments, d_model) view.
+        attended = self.time_attention(self.time_norm(x).transpose(1, 2), is_causal=self.causal)
+        x = x + self.dropout(attended.transpose(1, 2))
+
+        # Channel stage, per segment: (batch, segments, router_dim | channels, d_model).
+        normed = self.channel_norm(x)
+        router = self.router.expand(x.shape[0], -1, -1, -1)
+        buffer = self.router_gather(router, normed)  # (batch, segments, router_dim, d_model)
+        return x + self.dropout(self.router_scatter(normed, buffer))
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder and decoder
+# ---------------------------------------------------------------------------------------------
+
+
+class BrainformerEncoderLayer(nn.Module):
+    """TSA + feed-forward, Pre-LN: `(batch, segments, n_eeg, d_model)` → same shape."""
+
+    def __init__(self, config: BrainformerConfig):
+        super().__init__()
+        self.two_stage_attention = BrainformerTwoStageAttention(config, causal=False)
+        self.ffn_norm = nn.LayerNorm(config.d_model)
+        self.ffn = BrainformerFeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.two_stage_attention(x)
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class BrainformerDecoderLayer(nn.Module):
+    """Cross-attention to the EEG tokens of the same segment, TSA over the MEG tokens, feed-forward.
+
+    `meg (batch, segments, n_meg, d_model)`, `eeg (batch, segments, n_eeg, d_model)` → like `meg`.
+    Each MEG token at segment s attends the n_eeg encoder tokens of segment s only: the encoder's
+    time stage already carries temporal context into them, and the cost stays
+    O(segments · n_meg · n_eeg). Cross-attention comes first because the decoder's input is
+    (for the regression head) a learned constant per channel and segment: a TSA in front of it
+    would only transform constants, while after it the TSA mixes EEG-derived information across
+    time and across MEG channels.
+    """
+
+    def __init__(self, config: BrainformerConfig, causal: bool):
+        super().__init__()
+        self.cross_norm = nn.LayerNorm(config.d_model)
+        self.cross_attention = BrainformerCrossAttention(config.d_model, config.n_heads, config.dropout)
+        self.two_stage_attention = BrainformerTwoStageAttention(config, causal=causal)
+        self.ffn_norm = nn.LayerNorm(config.d_model)
+        self.ffn = BrainformerFeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, meg: torch.Tensor, eeg: torch.Tensor) -> torch.Tensor:
+        meg = meg + self.dropout(self.cross_attention(self.cross_norm(meg), eeg))
+        meg = self.two_stage_attention(meg)
+        return meg + self.dropout(self.ffn(self.ffn_norm(meg)))
+
+
+class BrainformerEncoder(nn.Module):
+    """EEG `(batch, time, n_eeg)` → EEG tokens `(batch, segments, n_eeg, d_model)`."""
+
+    def __init__(self, config: BrainformerConfig):
+        super().__init__()
+        self.embedding = BrainformerDSWEmbedding(config, config.n_eeg_channels)
+        self.layers = nn.ModuleList(BrainformerEncoderLayer(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(input_values)
+        for layer in self.layers:
+            x = layer(x)
+        return self.final_norm(x)
+
+
+class BrainformerDecoder(nn.Module):
+    """MEG tokens `(batch, segments, n_meg, d_model)` from the EEG tokens.
+
+    Its input is one learned query per MEG channel plus the segment position, optionally plus
+    `inputs_embeds (batch, segments, n_meg, d_model)` (the embedded previous-segment tokens of the
+    tokens head). The time stage is causal when `causal` (tokens head).
+    """
+
+    def __init__(self, config: BrainformerConfig, causal: bool):
+        super().__init__()
+        self.channel_queries = nn.Parameter(torch.zeros(config.n_meg_channels, config.d_model))
+        self.position_embedding = BrainformerSegmentPositionEmbedding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(BrainformerDecoderLayer(config, causal) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, encoder_states: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        queries = self.channel_queries + self.position_embedding()[:, None, :]  # (segments, n_meg, d_model)
+        if inputs_embeds is None:
+            x = queries.expand(encoder_states.shape[0], -1, -1, -1)
+        else:
+            x = inputs_embeds + queries
+        x = self.dropout(x)
+        for layer in self.layers:
+            x = layer(x, encoder_states)
+        return self.final_norm(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BrainformerModelOutput(ModelOutput):
+    """Trunk output.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, segments, n_meg, d_model)`):
+            Decoder tokens, one per MEG channel and segment.
+        encoder_last_hidden_state (`torch.FloatTensor` of shape `(batch, segments, n_eeg, d_model)`):
+            Encoder tokens, one per EEG channel and segment.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+
+
+@dataclass
+class BrainformerMEGPredictionOutput(ModelOutput):
+    """Regression output.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `labels` are given):
+            MSE or Huber loss (per `config.loss`) in scaled units.
+        predictions (`torch.FloatTensor` of shape `(batch, time, n_meg)`):
+            Predicted MEG in scaled units.
+    """
+
+    loss: torch.FloatTensor | None = None
+    predictions: torch.FloatTensor | None = None
+
+
+@dataclass
+class BrainformerMEGTokensOutput(ModelOutput):
+    """Tokens output.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `labels` are given):
+            Cross-entropy over the token vocabulary, pad positions ignored.
+        logits (`torch.FloatTensor` of shape `(batch, time, n_meg, vocab_size)`):
+            Next-token logits, teacher-forced on `labels`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-trained model base
+# ---------------------------------------------------------------------------------------------
+
+
+class BrainformerPreTrainedModel(PreTrainedModel):
+    config_class = BrainformerConfig
+    base_model_prefix = "brainformer"
+    main_input_name = "input_values"
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = 0.02
+        if isinstance(module, nn.Linear):
+            _init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                _init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv1d):
+            # The lagged-linear skip starts switched off; training may set it from a ridge fit.
+            _init.zeros_(module.weight)
+            if module.bias is not None:
+                _init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            _init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            _init.ones_(module.weight)
+            _init.zeros_(module.bias)
+        elif isinstance(module, BrainformerSegmentPositionEmbedding):
+            if module.kind == "learned":
+                _init.normal_(module.weight, mean=0.0, std=std)
+            else:
+                # Non-persistent buffers are not in the checkpoint and must be rebuilt on load.
+                _init.copy_(module.weight, sinusoidal_position_table(*module.weight.shape))
+        elif isinstance(module, BrainformerDSWEmbedding):
+            _init.normal_(module.channel_embedding, mean=0.0, std=std)
+        elif isinstance(module, BrainformerTwoStageAttention):
+            _init.normal_(module.router, mean=0.0, std=std)
+        elif isinstance(module, BrainformerDecoder):
+            _init.normal_(module.channel_queries, mean=0.0, std=std)
+
+    def _check_input_values(self, input_values: torch.Tensor) -> None:
+        expected = (self.config.window_samples, self.config.n_eeg_channels)
+        if not isinstance(input_values, torch.Tensor) or input_values.ndim != 3 or tuple(input_values.shape[1:]) != expected:
+            got = tuple(input_values.shape) if isinstance(input_values, torch.Tensor) else type(input_values).__name__
+            raise ValueError(
+                f"input_values has shape {got}; expected (batch, window_samples={expected[0]}, "
+                f"n_eeg_channels={expected[1]})"
+            )
+        if not input_values.is_floating_point():
+            raise ValueError(f"input_values has dtype {input_values.dtype}; expected a floating-point tensor")
+
+    def _check_labels(self, labels: torch.Tensor, input_values: torch.Tensor) -> None:
+        expected = (input_values.shape[0], self.config.window_samples, self.config.n_meg_channels)
+        if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != expected:
+            got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(
+                f"labels has shape {got}; expected (batch={expected[0]}, window_samples={expected[1]}, "
+                f"n_meg_channels={expected[2]})"
+            )
+
+
+def _check_head(config: BrainformerConfig, head: str, cls: type) -> None:
+    if config.head != head:
+        raise ValueError(f"config.head = {config.head!r} but {cls.__name__} needs head={head!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Trunk and task models
+# ---------------------------------------------------------------------------------------------
+
+
+class BrainformerModel(BrainformerPreTrainedModel):
+    """Encoder + decoder trunk: EEG `(batch, time, n_eeg)` → MEG tokens `(batch, segments, n_meg, d_model)`.
+
+    The decoder is causal over segments when `config.head == "tokens"`.
+    """
+
+    def __init__(self, config: BrainformerConfig):
+        super().__init__(config)
+        self.encoder = BrainformerEncoder(config)
+        self.decoder = BrainformerDecoder(config, causal=config.head == "tokens")
+        self.post_init()
+
+    def forward(
+        self, input_values: torch.Tensor, decoder_inputs_embeds: torch.Tensor | None = None
+    ) -> BrainformerModelOutput:
+        """
+        Args:
+            input_values: EEG `(batch, window_samples, n_eeg)` in scaled units.
+            decoder_inputs_embeds: optional `(batch, segments, n_meg, d_model)` added to the MEG queries.
+        """
+        self._check_input_values(input_values)
+        encoder_states = self.encoder(input_values)
+        decoder_states = self.decoder(encoder_states, decoder_inputs_embeds)
+        return BrainformerModelOutput(last_hidden_state=decoder_states, encoder_last_hidden_state=encoder_states)
+
+
+def _segments_to_time(x: torch.Tensor) -> torch.Tensor:
+    """`(batch, segments, channels, patch_len, *rest)` → `(batch, segments * patch_len, channels, *rest)`."""
+    x = x.transpose(2, 3)
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+
+class BrainformerForMEGPrediction(BrainformerPreTrainedModel):
+    """Regression head (`config.head == "regression"`): one forward per window, non-autoregressive.
+
+    Each decoder token is projected to its segment's `patch_len` samples. With
+    `config.skip_lags > 0` a causal lagged-linear EEG → MEG path is added to the output.
+    """
+
+    def __init__(self, config: BrainformerConfig):
+        _check_head(config, "regression", type(self))
+        super().__init__(config)
+        self.brainformer = BrainformerModel(config)
+        self.projection = nn.Linear(config.d_model, config.patch_len)
+        if config.skip_lags > 0:
+            # Left padding only (applied in forward), so output sample t sees inputs t-skip_lags+1 … t.
+            self.linear_skip = nn.Conv1d(config.n_eeg_channels, config.n_meg_channels, config.skip_lags)
+        else:
+            self.linear_skip = None
+        self.post_init()
+
+    @torch.no_grad()
+    def set_linear_skip(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Set the lagged-linear skip path, e.g. from a closed-form lagged ridge fit.
+
+        Args:
+            weight: `(n_meg, n_eeg, skip_lags)`; `weight[:, :, k]` multiplies the input
+                `skip_lags - 1 - k` samples in the past (the last tap is the current sample).
+            bias: `(n_meg,)`.
+        """
+        if self.linear_skip is None:
+            raise ValueError("set_linear_skip needs config.skip_lags > 0; this model has skip_lags = 0")
+        for name, tensor, parameter in (("weight", weight, self.linear_skip.weight), ("bias", bias, self.linear_skip.bias)):
+            tensor = torch.as_tensor(tensor)
+            if tuple(tensor.shape) != tuple(parameter.shape):
+                raise ValueError(f"set_linear_skip {name} has shape {tuple(tensor.shape)}; expected {tuple(parameter.shape)}")
+            parameter.copy_(tensor)
+
+    def forward(self, input_values: torch.Tensor, labels: torch.Tensor | None = None) -> BrainformerMEGPredictionOutput:
+        """
+        Args:
+            input_values: EEG `(batch, window_samples, n_eeg)`, scaled units.
+            labels: MEG `(batch, window_samples, n_meg)`, scaled units; gives `loss` when passed.
+        """
+        if labels is not None:
+            self._check_labels(labels, input_values)
+        hidden = self.brainformer(input_values).last_hidden_state  # (batch, segments, n_meg, d_model)
+        predictions = _segments_to_time(self.projection(hidden))  # (batch, time, n_meg)
+        if self.linear_skip is not None:
+            padded = F.pad(input_values.transpose(1, 2), (self.config.skip_lags - 1, 0))  # (batch, n_eeg, lags-1+time)
+            predictions = predictions + self.linear_skip(padded).transpose(1, 2)
+
+        loss = None
+        if labels is not None:
+            labels = labels.to(predictions.dtype)
+            if self.config.loss == "mse":
+                loss = F.mse_loss(predictions, labels)
+            else:
+                loss = F.huber_loss(predictions, labels, delta=self.config.huber_delta)
+        return BrainformerMEGPredictionOutput(loss=loss, predictions=predictions)
+
+
+class BrainformerForMEGTokens(BrainformerPreTrainedModel):
+    """Tokens head (`config.head == "tokens"`), compatible with the original tokenized brainformer.
+
+    MEG is quantized into `n_quantization_levels` levels (token ids 3 …; 0/1/2 are pad/bos/eos, see
+    `brainformer.quantization.MEGQuantizer`). The decoder input at segment s is the embedding of the
+    target tokens of segment s-1 (an all-bos segment first); the decoder's time stage is causal and
+    the `patch_len` tokens of a segment are predicted jointly. With `patch_len=1` this is exactly
+    per-sample autoregression.
+    """
+
+    def __init__(self, config: BrainformerConfig):
+        _check_head(config, "tokens", type(self))
+        super().__init__(config)
+        self.brainformer = BrainformerModel(config)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        # Mixes the patch_len token embeddings of one segment (order-aware) into one decoder input.
+        self.segment_token_projection = nn.Linear(config.patch_len * config.d_model, config.d_model)
+        self.lm_head = nn.Linear(config.d_model, config.patch_len * config.vocab_size)
+        self.post_init()
+
+    def _time_to_segments(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`(batch, time, n_meg)` → `(batch, segments, n_meg, patch_len)`."""
+        batch = tokens.shape[0]
+        return tokens.reshape(batch, self.config.n_segments, self.config.patch_len, -1).transpose(2, 3)
+
+    def _decoder_inputs(self, segment_tokens: torch.Tensor) -> torch.Tensor:
+        """Target tokens `(batch, segments, n_meg, patch_len)` shifted right by one segment, embedded:
+        `(batch, segments, n_meg, d_model)`."""
+        bos = torch.full_like(segment_tokens[:, :1], self.config.bos_token_id)
+        shifted = torch.cat([bos, segment_tokens[:, :-1]], dim=1)
+        embedded = self.token_embedding(shifted)  # (batch, segments, n_meg, patch_len, d_model)
+        return self.segment_token_projection(embedded.flatten(-2))
+
+    def _logits(self, encoder_states: torch.Tensor, segment_tokens: torch.Tensor) -> torch.Tensor:
+        """`(batch, segments, n_meg, patch_len, vocab_size)` logits, teacher-forced on `segment_tokens`."""
+        hidden = self.brainformer.decoder(encoder_states, self._decoder_inputs(segment_tokens))
+        return self.lm_head(hidden).unflatten(-1, (self.config.patch_len, self.config.vocab_size))
+
+    def forward(self, input_values: torch.Tensor, labels: torch.Tensor | None = None) -> BrainformerMEGTokensOutput:
+        """
+        Args:
+            input_values: EEG `(batch, window_samples, n_eeg)`, scaled units.
+            labels: MEG token ids `(batch, window_samples, n_meg)` (int64); used for teacher forcing
+                and the loss. Without labels the decoder is fed pad tokens, which is only meaningful
+                for the first segment; use `generate()` for inference.
+        """
+        self._check_input_values(input_values)
+        if labels is not None:
+            self._check_labels(labels, input_values)
+            targets = labels.long()
+        else:
+            targets = torch.full(
+                (input_values.shape[0], self.config.window_samples, self.config.n_meg_channels),
+                self.config.pad_token_id, dtype=torch.long, device=input_values.device,
+            )
+        encoder_states = self.brainformer.encoder(input_values)
+        logits = _segments_to_time(self._logits(encoder_states, self._time_to_segments(targets)))
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits.reshape(-1, self.config.vocab_size), targets.reshape(-1), ignore_index=self.config.pad_token_id
+            )
+        return BrainformerMEGTokensOutput(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def generate(self, input_values: torch.Tensor) -> torch.Tensor:
+        """Greedy autoregressive decoding, one segment at a time.
+
+        Args:
+            input_values: EEG `(batch, window_samples, n_eeg)`, scaled units.
+
+        Returns:
+            MEG token ids `(batch, window_samples, n_meg)` (int64), always quantization levels
+            (never pad/bos/eos), ready for `MEGQuantizer.decode`.
+        """
+        self._check_input_values(input_values)
+        encoder_states = self.brainformer.encoder(input_values)
+        batch = input_values.shape[0]
+        # Static shape: undecoded segments hold pad; the causal decoder never looks at them.
+        tokens = torch.full(
+            (batch, self.config.n_segments, self.config.n_meg_channels, self.config.patch_len),
+            self.config.pad_token_id, dtype=torch.long, device=input_values.device,
+        )
+        first_level = self.config.eos_token_id + 1
+        for segment in range(self.config.n_segments):
+            logits = self._logits(encoder_states, tokens)[:, segment]  # (batch, n_meg, patch_len, vocab)
+            tokens[:, segment] = logits[..., first_level:].argmax(dim=-1) + first_level
+        return _segments_to_time(tokens)
