@@ -1,0 +1,138 @@
+"""`brainformer-rt bench` end to end: real players, the real daemon and naive loop, real subscribers.
+
+The model is a real (tiny) Brainformer in a temporary model directory with the bundled
+recording's EEG channels in reversed order, so both the daemon and the naive loop must re-order
+the stream by label. Only the shape and sanity of the results are asserted, never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import mne
+import numpy as np
+import pytest
+import torch
+
+from brainformer.configuration_brainformer import BrainformerConfig
+from brainformer.modeling_brainformer import BrainformerForMEGPrediction
+from tests.rt.conftest import rt_cli
+
+HOP = 16
+WINDOW = 64
+
+
+def save_model(path: Path, eeg_names: list[str]) -> Path:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    config = BrainformerConfig(
+        eeg_channel_names=eeg_names, window_samples=WINDOW, hop_samples=HOP, patch_len=16, d_model=16, n_heads=2,
+        d_ff=32, router_dim=4,
+        meg_mean=list(rng.normal(0.0, 1e-13, 306)), meg_std=list(rng.uniform(1e-12, 1e-11, 306)),
+    )
+    BrainformerForMEGPrediction(config).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def eeg_names(sample_fif) -> list[str]:
+    info = mne.io.read_info(sample_fif, verbose="error")
+    return [info["ch_names"][i] for i in mne.pick_types(info, meg=False, eeg=True, exclude=())]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, eeg_names) -> Path:
+    return save_model(tmp_path_factory.mktemp("bench-model"), list(reversed(eeg_names)))
+
+
+def run_bench(*args: str, timeout_s: float = 200.0) -> subprocess.CompletedProcess:
+    return subprocess.run(rt_cli("bench", *args), capture_output=True, text=True, timeout=timeout_s)
+
+
+def assert_latency_summary(summary: dict) -> None:
+    assert summary["count"] > 0
+    for key in ("median_ms", "p95_ms", "p99_ms", "max_ms"):
+        assert 0 < summary[key] < 10_000, (key, summary)
+    assert summary["median_ms"] <= summary["p95_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_bench_with_naive_peer_writes_complete_results_and_plot(model_dir, tmp_path):
+    json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    done = run_bench("--model", str(model_dir), "--duration", "3", "--hop", str(HOP), "--peer", "naive",
+                     "--json", str(json_path), "--plot", str(plot_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "p99 ratio daemon / naive loop" in done.stdout
+    assert "warm-up" in done.stdout
+
+    results = json.loads(json_path.read_text())
+    settings = results["settings"]
+    assert (settings["n_streams"], settings["hop_samples"], settings["peer"]) == (1, HOP, "naive")
+    assert settings["warmup_s"] > 0 and settings["duration_s"] == 3
+    machine = results["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch"] and machine["device"] == "cpu"
+    assert machine["loopback_namespace"] is True
+    assert set(results["systems"]) == {"daemon", "naive"}
+
+    for name, system in results["systems"].items():
+        lsl = system["outputs"]["lsl"]
+        assert_latency_summary(lsl["pooled"])
+        assert len(system["latencies_ms"]["lsl"]) == lsl["pooled"]["count"]
+        assert_latency_summary(system["forward_ms"])
+        assert system["windows"]["served"] > 0
+        assert system["rtf"] > 0 and system["overhead_ms"]["lsl"] is not None
+        assert 0 < system["real_time"]["samples_received_fraction_min"] <= 1.1
+        assert system["process"]["samples"] > 0 and system["process"]["rss_mb_max"] > 0
+        assert system["engine"]["torch_threads"] == settings["threads"]
+
+    daemon = results["systems"]["daemon"]
+    assert_latency_summary(daemon["outputs"]["zmq"]["pooled"])
+    assert set(daemon["stages_ms"]) == {"pull", "preprocess", "forward", "publish"}
+    assert daemon["engine"]["kind"] == "eager"
+    assert results["systems"]["naive"]["outputs"]["zmq"] is None  # the naive loop publishes on LSL only
+
+    ratio = results["ratio"]
+    daemon_p99 = daemon["outputs"]["lsl"]["pooled"]["p99_ms"]
+    naive_p99 = results["systems"]["naive"]["outputs"]["lsl"]["pooled"]["p99_ms"]
+    assert ratio["p99_lsl"] == pytest.approx(daemon_p99 / naive_p99)
+    assert results["players"][0]["samples"] > 0 and results["players"][0]["lateness_max_ms"] is not None
+
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(*args: str):
+    """``brainformer-rt ARGS`` in this process: the same code path without a process start-up."""
+    from typer.testing import CliRunner
+
+    from brainformer_rt.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--streams", "0"), "--streams"),
+    (("--peer", "fast"), "--peer"),
+    (("--duration", "-1"), "--duration"),
+    (("--hop", str(WINDOW + 1)), "--hop"),
+])
+def test_bad_options_exit_2_with_one_line(model_dir, args, needle):
+    result = run_cli("bench", "--model", str(model_dir), *args)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_model_that_does_not_fit_the_recording_exits_2_naming_channels(tmp_path, eeg_names):
+    model = save_model(tmp_path / "model", [*eeg_names[:-1], "EEG 999"])
+    result = run_cli("bench", "--model", str(model), "--duration", "1")
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "EEG 999" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_model_exits_2_naming_the_directory(tmp_path):
+    result = run_cli("bench", "--model", str(tmp_path / "nowhere"))
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "nowhere" in result.stderr and "does not exist" in result.stderr
