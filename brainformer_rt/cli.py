@@ -109,7 +109,7 @@ def streams(
 @app.command()
 def bench(
     model: Optional[str] = typer.Option(None, "--model", help="Model directory or `default`."),
-    duration: float = typer.Option(30.0, "--duration", help="Seconds of streaming measured (after warm-up)."),
+    duration: float = typer.Option(60.0, "--duration", help="Seconds of streaming measured (after warm-up)."),
     streams_n: int = typer.Option(1, "--streams", help="Number of EEG streams served by one daemon."),
     hop: Optional[int] = typer.Option(None, "--hop"),
     engine: str = typer.Option("auto", "--engine"),
@@ -130,14 +130,15 @@ def bench(
 @app.command()
 def demo(
     duration: float = typer.Option(20.0, "--duration", help="Seconds to run."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Where to write the summary PNG."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Where to write the summary PNG (default ./brainformer-demo.png)."),
+    model: str = typer.Option("default", "--model", help="Model directory to serve instead of the bundled default."),
     lsl_config: Optional[Path] = typer.Option(None, "--lsl-config", help=LSL_CONFIG_HELP),
 ) -> None:
     """Live demo: play the bundled recording, serve the bundled model, compare with the true MEG."""
     _lsl(lsl_config)
     from brainformer_rt.demo import demo_command
 
-    demo_command(duration=duration, plot=plot)
+    demo_command(duration=duration, plot=plot, model=model)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,150 @@
+"""Inference engines on the CPU: eager and compile agree with the model; clear errors otherwise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brainformer.configuration_brainformer import (
+    DEFAULT_MEG_CHANNEL_NAMES,
+    DEFAULT_MEG_CHANNEL_TYPES,
+    BrainformerConfig,
+)
+from brainformer.modeling_brainformer import BrainformerForMEGPrediction
+from brainformer_rt.engine import EngineError, batch_buckets, make_engine, resolve_kind
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def small_model(seed: int = 0) -> BrainformerForMEGPrediction:
+    """A real Brainformer, small enough to compile quickly: 8 EEG → 12 MEG, 64-sample windows."""
+    torch.manual_seed(seed)
+    config = BrainformerConfig(
+        eeg_channel_names=[f"EEG {i:03d}" for i in range(1, 9)],
+        meg_channel_names=list(DEFAULT_MEG_CHANNEL_NAMES[:12]),
+        meg_channel_types=list(DEFAULT_MEG_CHANNEL_TYPES[:12]),
+        window_samples=64, patch_len=16, hop_samples=8, d_model=16, n_heads=2, d_ff=32, router_dim=4,
+    )
+    return BrainformerForMEGPrediction(config).eval()
+
+
+def reference(model, windows: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(windows)).predictions.numpy()
+
+
+@pytest.fixture(scope="module")
+def windows() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((3, 64, 8)).astype(np.float32)
+
+
+def test_eager_matches_the_model_for_every_batch_size(windows):
+    model = small_model()
+    engine = make_engine(model, "eager", "cpu", batch_size=3, window_samples=64).setup()
+    assert engine.kind == "eager" and engine.n_output_channels == 12
+    for k in (1, 2, 3):
+        out = engine.infer(windows[:k])
+        assert out.shape == (k, 64, 12) and out.dtype == np.float32
+        np.testing.assert_allclose(out, reference(model, windows[:k]), rtol=1e-5, atol=1e-6)
+
+
+def test_result_is_a_copy_unless_out_is_given(windows):
+    model = small_model()
+    engine = make_engine(model, "eager", "cpu", batch_size=2, window_samples=64).setup()
+    first = engine.infer(windows[:1])
+    kept = first.copy()
+    engine.infer(windows[1:2])
+    np.testing.assert_array_equal(first, kept)  # the next call did not overwrite it
+    out = np.empty((1, 64, 12), np.float32)
+    assert engine.infer(windows[1:2], out=out) is out
+    np.testing.assert_allclose(out, reference(model, windows[1:2]), rtol=1e-5, atol=1e-6)
+
+
+def test_windows_written_into_the_input_buffer_are_used_in_place(windows):
+    model = small_model()
+    engine = make_engine(model, "eager", "cpu", batch_size=3, window_samples=64).setup()
+    assert engine.input_buffer.shape == (3, 64, 8)
+    engine.input_buffer[:2] = windows[:2]
+    out = engine.infer(engine.input_buffer[:2])
+    np.testing.assert_allclose(out, reference(model, windows[:2]), rtol=1e-5, atol=1e-6)
+
+
+def test_any_module_returning_a_tensor_is_served():
+    linear = torch.nn.Linear(4, 3)
+    engine = make_engine(linear, "eager", "cpu", batch_size=1, window_samples=10, n_input_channels=4).setup()
+    x = np.ones((1, 10, 4), np.float32)
+    with torch.no_grad():
+        expected = linear(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(engine.infer(x), expected, rtol=1e-6)
+
+
+def test_bad_windows_are_refused_with_the_expected_shape():
+    engine = make_engine(small_model(), "eager", "cpu", batch_size=2, window_samples=64).setup()
+    with pytest.raises(EngineError, match=r"\(1\.\.2, 64, 8\)"):
+        engine.infer(np.zeros((3, 64, 8), np.float32))
+    with pytest.raises(EngineError, match="float32"):
+        engine.infer(np.zeros((1, 64, 8), np.float64))
+
+
+def test_cuda_kinds_without_cuda_fail_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(EngineError, match="CUDA is not available"):
+        make_engine(small_model(), "cuda-graph", "cpu", 1, 64)
+    with pytest.raises(EngineError, match="CUDA is not available"):
+        make_engine(small_model(), "eager", "cuda", 1, 64)
+    assert resolve_kind("auto", torch.device("cpu")) == "eager"
+    with pytest.raises(EngineError, match="engine must be one of"):
+        make_engine(small_model(), "tensorrt", "cpu", 1, 64)
+
+
+def test_batch_buckets():
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(8) == [1, 2, 4, 8]
+    assert batch_buckets(6) == [1, 2, 4, 6]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
+def test_compile_agrees_with_eager(windows):
+    """torch.compile (inductor, CPU) gives the eager numbers within float tolerance."""
+    model = small_model(seed=1)
+    eager = make_engine(model, "eager", "cpu", batch_size=1, window_samples=64).setup()
+    compiled = make_engine(model, "compile", "cpu", batch_size=1, window_samples=64).setup()
+    assert compiled.describe()["compile_mode"] == "default"
+    for row in range(windows.shape[0]):
+        np.testing.assert_allclose(compiled.infer(windows[row:row + 1]), eager.infer(windows[row:row + 1]),
+                                   rtol=1e-4, atol=1e-5)
+
+
+REPO = Path(__file__).resolve().parents[2]
+GPU_CHECK = REPO / "benchmarks" / "gpu_check.py"
+
+
+def test_gpu_check_without_cuda_exits_clearly(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = subprocess.run([sys.executable, str(GPU_CHECK), "--json", str(tmp_path / "out.json")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "CUDA is not available" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_gpu_check_cpu_smoke_run_writes_the_table_and_json(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    result = subprocess.run([sys.executable, str(GPU_CHECK), "--device", "cpu", "--kinds", "eager", "--models", "tiny",
+                             "--batches", "2", "--iterations", "10", "--warmup", "1", "--json", str(out)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "max |Δ| vs eager" in result.stdout
+    results = json.loads(out.read_text())
+    assert [(row["batch"], row["engine"]) for row in results["rows"]] == [(2, "eager")]
+    assert all(row["max_abs_diff_vs_eager"] == 0.0 and row["median_ms"] > 0 for row in results["rows"])
+    assert results["machine"]["device"] == "cpu"
