@@ -1,0 +1,265 @@
+"""brainformer.training: window datasets and augmentation, ridge-initialised skip path, `brainformer train`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mne
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from typer.testing import CliRunner
+
+from brainformer.cli import app
+from brainformer.data import PreparedRecording, build_dataset, prepare_recordings
+from brainformer.evaluation import fit_ridge
+from brainformer.model_dir import load_model
+from brainformer.settings import DataSettings, ExperimentSettings, TrainingSettings
+from brainformer.training import (
+    ContinuousWindows,
+    PreparedWindows,
+    build_model,
+    init_skip_from_ridge,
+    load_training_data,
+)
+
+TINY_MODEL_TOML = """
+[model]
+window_samples = 64
+hop_samples = 16
+patch_len = 16
+d_model = 8
+n_heads = 2
+d_ff = 16
+router_dim = 2
+skip_lags = 5
+
+[data]
+settle_s = 0.5
+train_hop_samples = 64
+
+[training]
+epochs = 1
+batch_size = 16
+loss_last_samples = 16
+time_shift_samples = 8
+noise_std = 0.1
+ridge_lag_step_samples = 2
+skip_learning_rate = 0.0
+"""
+
+
+def toy_recording(n: int = 400, n_eeg: int = 3, n_meg: int = 2) -> PreparedRecording:
+    """Rows whose values encode their index, so a window's position can be read back."""
+    rows = np.arange(n, dtype=np.float32)[:, None]
+    return PreparedRecording(
+        name="toy", source="toy.fif", eeg=np.repeat(rows, n_eeg, axis=1), meg=np.repeat(-rows, n_meg, axis=1),
+        times=np.arange(n) / 100.0, sfreq_hz=100.0, parts={"train": (10, 250), "validation": (260, 320), "test": (330, 400)},
+    )
+
+
+# --- window datasets -------------------------------------------------------------------------
+
+
+def test_continuous_windows_shift_inside_the_part_and_add_noise():
+    torch.manual_seed(0)
+    rec = toy_recording()
+    plain = ContinuousWindows([rec], "train", window_samples=32, hop_samples=16)
+    assert [start for _, start, _, _ in plain.index] == list(range(10, 250 - 32 + 1, 16))
+    item = plain[0]
+    assert item["input_values"].shape == (32, 3) and item["labels"].shape == (32, 2)
+    np.testing.assert_array_equal(item["input_values"][:, 0].numpy(), np.arange(10, 42))
+    shifted = ContinuousWindows([rec], "train", 32, 16, max_shift=8)
+    first_rows = {int(shifted[i]["input_values"][0, 0]) for i in range(len(shifted)) for _ in range(5)}
+    assert min(first_rows) >= 10 and max(first_rows) + 32 <= 250  # never outside the train part
+    assert len(first_rows - set(range(10, 250, 16))) > 0  # starts off the hop grid occur
+    for i in range(len(shifted)):
+        window = shifted[i]
+        # Inputs and labels stay aligned sample by sample.
+        np.testing.assert_array_equal(window["input_values"][:, 0].numpy(), -window["labels"][:, 0].numpy())
+    noisy = ContinuousWindows([rec], "train", 32, 16, noise_std=0.5)[0]
+    difference = noisy["input_values"] - item["input_values"]
+    assert 0.3 < float(difference.std()) < 0.7
+    np.testing.assert_array_equal(noisy["labels"].numpy(), item["labels"].numpy())  # labels stay clean
+
+
+def test_prepared_windows_splice_the_next_window_for_time_shifts():
+    torch.manual_seed(0)
+    rec = toy_recording()
+    starts = list(range(10, 250 - 32 + 1, 16))
+    split = Dataset.from_dict(
+        {
+            "input_values": [rec.eeg[s : s + 32] for s in starts],
+            "labels": [rec.meg[s : s + 32] for s in starts],
+            "recording": ["toy"] * len(starts),
+            "start_sample": starts,
+        }
+    )
+    windows = PreparedWindows(split, max_shift=12)
+    seen_shifts = set()
+    for i in range(len(windows)):
+        for _ in range(4):
+            window = windows[i]
+            first = int(window["input_values"][0, 0])
+            seen_shifts.add(first - starts[i])
+            # A shifted window is exactly the continuous recording from its new start.
+            np.testing.assert_array_equal(window["input_values"][:, 0].numpy(), np.arange(first, first + 32))
+            np.testing.assert_array_equal(window["labels"][:, 1].numpy(), -np.arange(first, first + 32))
+    assert max(seen_shifts) <= 12 and len(seen_shifts) > 3
+    last = PreparedWindows(split, max_shift=12)[len(starts) - 1]  # no next window: not shifted
+    assert int(last["input_values"][0, 0]) == starts[-1]
+
+
+# --- ridge-initialised skip path -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_fif(sample_fif, tmp_path_factory) -> Path:
+    """The first 8 s of the real recording."""
+    path = tmp_path_factory.mktemp("training") / "short_raw.fif"
+    mne.io.read_raw_fif(sample_fif, verbose="error").crop(0, 8).save(path, verbose="error")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_settings(tmp_path_factory) -> tuple[Path, ExperimentSettings]:
+    from brainformer.settings import load_settings
+
+    path = tmp_path_factory.mktemp("settings") / "tiny.toml"
+    path.write_text(TINY_MODEL_TOML)
+    return path, load_settings(path)
+
+
+def test_skip_path_starts_as_the_lagged_ridge_fit_on_the_train_part(short_fif, tiny_settings):
+    _, settings = tiny_settings
+    data = load_training_data([short_fif], settings)
+    model = build_model(data.config, seed=0)
+    fit = init_skip_from_ridge(model, data, settings)
+    assert fit.lags == (0, 2, 4)
+    rec = data.prepared.recordings[0]
+    start, stop = rec.parts["train"]
+    # The same fit as the baseline procedure on the model's train rows (validation part unseen).
+    reference = fit_ridge(rec.eeg, rec.meg, (0, 2, 4), start, stop, relative_alphas=fit.relative_alphas)
+    np.testing.assert_allclose(fit.weight, reference.weight, rtol=1e-6, atol=1e-8)
+    # The model starts as exactly that map: windows' newest samples equal the ridge prediction.
+    model.eval()
+    end = rec.parts["test"][0] + 200
+    window = torch.from_numpy(np.ascontiguousarray(rec.eeg[end - 64 : end]))[None]
+    with torch.no_grad():
+        predicted = model(input_values=window).predictions[0, -16:].numpy()
+    np.testing.assert_allclose(predicted, fit.predict(rec.eeg, end - 16, end), atol=1e-4)
+
+
+def test_skip_init_from_a_prepared_dataset_matches_the_continuous_fit(short_fif, tiny_settings, tmp_path):
+    _, settings = tiny_settings
+    prepared = prepare_recordings([short_fif], settings)
+    # Overlapping windows (hop < window) so the windows cover the train part continuously.
+    dense = ExperimentSettings(model=settings.model, data=DataSettings(settle_s=0.5, train_hop_samples=16), training=settings.training)
+    dataset_dir = tmp_path / "dataset"
+    build_dataset(prepare_recordings([short_fif], dense), dataset_dir)
+    from_dataset = load_training_data([dataset_dir], settings)
+    assert from_dataset.prepared is None and len(from_dataset.train) > 0
+    model = build_model(from_dataset.config, seed=0)
+    fit = init_skip_from_ridge(model, from_dataset, settings)
+    rec = prepared.recordings[0]
+    start, stop = rec.parts["train"]
+    # Windows cover [start, last window end); rows need a full lag history inside their window.
+    last_end = start + ((stop - start - 64) // 16) * 16 + 64
+    reference = fit_ridge(rec.eeg, rec.meg, fit.lags, start + 4, last_end, relative_alphas=fit.relative_alphas)
+    np.testing.assert_allclose(fit.predict(rec.eeg, 4000, 4100), reference.predict(rec.eeg, 4000, 4100), rtol=1e-4, atol=1e-4)
+    # Model settings that change the data cannot be applied to an existing dataset.
+    from brainformer.training import TrainingError
+
+    other_window = ExperimentSettings(model=dict(settings.model, window_samples=128, d_model=16), training=settings.training)
+    with pytest.raises(TrainingError, match=r"model.window_samples = 128 \(dataset: 64\); prepare it again"):
+        load_training_data([dataset_dir], other_window)
+    wider = load_training_data([dataset_dir], ExperimentSettings(model=dict(settings.model, d_model=16), training=settings.training))
+    assert wider.config.d_model == 16 and wider.config.eeg_std == from_dataset.config.eeg_std
+
+
+# --- `brainformer train` ---------------------------------------------------------------------
+
+
+def read_model_dir_files(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+def test_train_command_writes_a_loadable_model_dir(short_fif, tiny_settings, tmp_path):
+    config_path, _ = tiny_settings
+    out = tmp_path / "model"
+    result = CliRunner().invoke(app, ["train", "--data", str(short_fif), "--out", str(out), "--config", str(config_path), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert read_model_dir_files(out) == ["config.json", "model.safetensors"]  # checkpoints removed
+    assert "validation part" in result.output and "test part" in result.output and "lagged ridge" in result.output
+    model = load_model(out)
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["eeg_std"]) == 60 and len(config["meg_std"]) == 306 and config["skip_lags"] == 5
+    window = torch.randn(2, 64, 60)
+    with torch.no_grad():
+        predictions = model(input_values=window).predictions
+    assert predictions.shape == (2, 64, 306) and torch.isfinite(predictions).all()
+
+
+def test_train_from_a_prepared_dataset(short_fif, tiny_settings, tmp_path):
+    config_path, settings = tiny_settings
+    dataset_dir = tmp_path / "dataset"
+    build_dataset(prepare_recordings([short_fif], settings), dataset_dir)
+    out = tmp_path / "model"
+    result = CliRunner().invoke(app, ["train", "--data", str(dataset_dir), "--out", str(out), "--config", str(config_path)])
+    assert result.exit_code == 0, result.output
+    assert read_model_dir_files(out) == ["config.json", "model.safetensors"]
+    # The source recording still exists, so the scores next to the baselines are printed.
+    assert "test part" in result.output
+    assert torch.isfinite(load_model(out)(input_values=torch.zeros(1, 64, 60)).predictions).all()
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "message"),
+    [
+        (["--report-to", "wandb"], "--report-to wandb needs"),
+        (["--report-to", "mlflow"], "--report-to 'mlflow': expected one of none, tensorboard, wandb"),
+        (["--epochs", "0"], "epochs"),
+        (["--data-missing"], "no such file"),
+    ],
+)
+def test_train_bad_input_exits_2_with_one_line(short_fif, tiny_settings, tmp_path, extra_args, message):
+    import importlib.util
+
+    if extra_args == ["--report-to", "wandb"] and importlib.util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    config_path, _ = tiny_settings
+    data = str(tmp_path / "missing_raw.fif") if extra_args == ["--data-missing"] else str(short_fif)
+    args = [] if extra_args == ["--data-missing"] else extra_args
+    result = CliRunner().invoke(app, ["train", "--data", data, "--out", str(tmp_path / "m"), "--config", str(config_path), *args])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_training_settings_overrides_are_validated():
+    from brainformer.settings import SettingsError
+    from brainformer.training import _settings_with_overrides
+
+    settings = _settings_with_overrides(None, epochs=3, seed=7)
+    assert settings.training.epochs == 3 and settings.training.seed == 7
+    with pytest.raises(SettingsError, match="--epochs"):
+        _settings_with_overrides(None, epochs=0, seed=None)
+    assert TrainingSettings().loss_last_samples == 0
+
+
+def test_bundled_default_model_matches_the_committed_training_config():
+    """The shipped model dir was written by `train --config configs/train-sample.toml`."""
+    from brainformer.model_dir import DEFAULT_MODEL_DIR
+    from brainformer.settings import load_settings
+
+    repo = Path(__file__).resolve().parents[1]
+    settings = load_settings(repo / "configs" / "train-sample.toml")
+    assert sorted(p.name for p in DEFAULT_MODEL_DIR.iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors"]
+    model = load_model("default")
+    for key, value in settings.model.items():
+        assert getattr(model.config, key) == (list(value) if isinstance(value, tuple) else value), key
+    assert model.config.eeg_std is not None and model.config.meg_std is not None
+    assert "brainformer train --data brainformer/recordings/test_raw.fif" in (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text()
