@@ -494,8 +494,14 @@ class BrainformerForMEGPrediction(BrainformerPreTrainedModel):
         hidden = self.brainformer(input_values).last_hidden_state  # (batch, segments, n_meg, d_model)
         predictions = _segments_to_time(self.projection(hidden))  # (batch, time, n_meg)
         if self.linear_skip is not None:
-            padded = F.pad(input_values.transpose(1, 2), (self.config.skip_lags - 1, 0))  # (batch, n_eeg, lags-1+time)
-            predictions = predictions + self.linear_skip(padded).transpose(1, 2)
+            # Computed as one matmul over stacked lags rather than through Conv1d, whose CPU
+            # kernel for these shapes (slow_conv2d) costs more than the whole transformer.
+            lags = self.config.skip_lags
+            batch, time = input_values.shape[:2]
+            padded = F.pad(input_values, (0, 0, lags - 1, 0))  # (batch, lags-1+time, n_eeg)
+            lagged = padded.unfold(1, lags, 1).reshape(batch, time, -1)  # (batch, time, n_eeg*lags)
+            weight = self.linear_skip.weight.reshape(self.linear_skip.weight.shape[0], -1)  # (n_meg, n_eeg*lags)
+            predictions = predictions + F.linear(lagged, weight, self.linear_skip.bias)
 
         loss = None
         if labels is not None:
