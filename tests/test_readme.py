@@ -1,0 +1,466 @@
+"""README.md kept true: what it shows runs, with small inputs and short durations.
+
+- Command lines (bash blocks, the command tables, inline code): each names a real command of
+  `brainformer` / `brainformer-rt`, and each `--flag` is in that command's `--help`; every
+  command of both programs is in the tables.
+- "The model": the Python snippet runs as is.
+- "Wire formats": the ZeroMQ subscriber snippet runs against a live `serve` (its address and its
+  endless loop substituted, see `bounded_subscriber`), and the header keys it lists are the ones
+  the daemon sends.
+- "Training on your own data": the four commands on a tiny BIDS root made from the bundled
+  recording (substitutions listed in `training_commands`).
+- "Quickstart": `make demo` / `make test` stay wired to the demo and to pytest (the demo itself
+  runs in tests/rt/test_demo.py; CI runs `make test`).
+- Paths the README names exist.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import math
+import os
+import re
+import runpy
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import mne
+import mne_bids
+import pytest
+import torch
+import typer
+import zmq
+from typer.testing import CliRunner
+
+from brainformer.data import is_prepared_dataset
+from tests.rt.conftest import rt_cli, stop_process
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+#: The programs the README documents and the modules behind them (as in pyproject's scripts).
+PROGRAMS = {"brainformer": "brainformer.cli", "brainformer-rt": "brainformer_rt.cli"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: Top-level folders of the repository: a README path starting with one of them must exist.
+REPO_DIRS = ("brainformer", "brainformer_rt", "configs", "scripts", "docs", "benchmarks", "tests")
+#: Harness settings for the daemons started here: one torch thread (the cores are shared with the
+#: player and the subscriber) and no stale-window dropping (a loaded test machine must not turn
+#: into zero windows served).
+SERVE_TOML = "torch_threads = 1\nmax_input_age_s = inf\n"
+#: Seconds of the bundled recording in the tiny BIDS root (75 % train, 25 % held out).
+BIDS_SECONDS = 12.0
+
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the README
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache
+def readme_text() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+def sections() -> dict[str, str]:
+    """``{"## title": body}`` of the README's second-level sections."""
+    parts = re.split(r"^(## .+)$", readme_text(), flags=re.M)
+    return {title.strip(): body for title, body in zip(parts[1::2], parts[2::2])}
+
+
+def section(prefix: str) -> str:
+    found = [body for title, body in sections().items() if title.startswith(f"## {prefix}")]
+    assert len(found) == 1, f"README: expected one section '## {prefix}…', found {len(found)}"
+    return found[0]
+
+
+def fenced_blocks(text: str, language: str) -> list[str]:
+    return [body for lang, body in FENCE.findall(text) if lang == language]
+
+
+def bash_lines(block: str) -> list[str]:
+    """Command lines of a bash block: continuations joined, comments and blank lines dropped."""
+    lines = []
+    for line in block.replace("\\\n", " ").splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+def readme_command_lines() -> list[str]:
+    """Every `brainformer …` / `brainformer-rt …` command line of the README: bash blocks, then
+    inline code (the command tables and the prose), with the tables' escaped `\\|` unescaped."""
+    text = readme_text()
+    lines = [line for block in fenced_blocks(text, "bash") for line in bash_lines(block)]
+    prose = FENCE.sub("", text)
+    lines += [span.replace("\\|", "|") for span in re.findall(r"`([^`\n]+)`", prose)]
+    return [line for line in lines if re.match(r"brainformer(-rt)? [a-z]", line)]
+
+
+def parse_command_line(line: str) -> tuple[str, str, list[str]]:
+    """``(program, command, flags)`` of ``brainformer-rt serve --stream X [--hop N]``."""
+    program, command = line.split()[:2]
+    return program, command, FLAG.findall(line)
+
+
+def table_commands(prefix: str = "Commands") -> set[tuple[str, str]]:
+    """``(program, command)`` of every row of the README's command tables."""
+    rows = re.findall(r"^\| `(brainformer(?:-rt)?) ([a-z][a-z-]*)", section(prefix), flags=re.M)
+    return set(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# The programs
+# ----------------------------------------------------------------------------------------------
+def app_of(program: str) -> typer.Typer:
+    return importlib.import_module(PROGRAMS[program]).app
+
+
+@functools.lru_cache
+def help_text(program: str, command: str) -> str:
+    """What ``PROGRAM COMMAND --help`` prints, 200 columns wide so that no flag is cut.
+
+    In-process through typer's runner (the same `app` the console scripts call): a subprocess per
+    call would import torch and transformers again for each `brainformer` command.
+    """
+    result = CliRunner().invoke(app_of(program), [command, "--help"],
+                                env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    assert result.exit_code == 0, f"{program} {command} --help exited {result.exit_code}: {result.output}"
+    return result.output
+
+
+def program_commands(program: str) -> set[str]:
+    return set(typer.main.get_command(app_of(program)).commands)
+
+
+def cli(program: str, *args: str) -> list[str]:
+    """Command line of ``PROGRAM ARGS`` run by this interpreter."""
+    return [sys.executable, "-m", PROGRAMS[program], *args]
+
+
+def free_tcp_address() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def start_logged(command: list[str], log_stem: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """A subprocess whose stdout/stderr go to ``<log_stem>.out`` / ``.err`` (no pipe to fill)."""
+    with log_stem.with_suffix(".out").open("w") as out, log_stem.with_suffix(".err").open("w") as err:
+        return subprocess.Popen(command, stdout=out, stderr=err, cwd=cwd, env=dict(os.environ))
+
+
+def logs(log_stem: Path) -> str:
+    return "\n".join(p.read_text()[-3000:] for p in (log_stem.with_suffix(".out"), log_stem.with_suffix(".err")))
+
+
+def start_player(log_stem: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """``brainformer-rt simulate --loop`` under a name and source id no other stream has."""
+    name = f"readme-eeg-{uuid.uuid4().hex[:8]}"
+    player = start_logged(rt_cli("simulate", "--loop", "--name", name, "--source-id", f"test-{uuid.uuid4()}", *args),
+                          log_stem)
+    return player, name
+
+
+# ----------------------------------------------------------------------------------------------
+# Command lines: real commands, real flags
+# ----------------------------------------------------------------------------------------------
+COMMAND_LINES = readme_command_lines()
+
+
+def test_the_readme_shows_command_lines_of_both_programs():
+    programs = {parse_command_line(line)[0] for line in COMMAND_LINES}
+    assert programs == set(PROGRAMS), COMMAND_LINES
+
+
+@pytest.mark.parametrize("line", COMMAND_LINES, ids=[" ".join(line.split()[:2]) for line in COMMAND_LINES])
+def test_command_line_names_a_real_command_and_real_flags(line):
+    program, command, flags = parse_command_line(line)
+    assert command in program_commands(program), f"README: `{line}`: {program} has no command {command!r}"
+    help_output = help_text(program, command)
+    unknown = [flag for flag in flags if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_output)]
+    assert not unknown, f"README: `{line}`: not in `{program} {command} --help`: {unknown}"
+
+
+@pytest.mark.parametrize("line", COMMAND_LINES, ids=[" ".join(line.split()[:2]) for line in COMMAND_LINES])
+def test_listed_choices_are_named_in_the_help(line):
+    """`--engine auto|eager|…`: each choice (not a placeholder like DIR) is named in the help."""
+    program, command, _ = parse_command_line(line)
+    help_output = help_text(program, command) if command in program_commands(program) else ""
+    for flag, choices in re.findall(r"(--[a-z-]+) ([\w.:-]+(?:\|[\w.:-]+)+)", line):
+        for choice in choices.split("|"):
+            if choice != choice.upper():  # DIR, MODEL_DIR: placeholders, not values
+                assert re.search(rf"(?<![\w-]){re.escape(choice)}(?![\w-])", help_output), (
+                    f"README: `{line}`: {flag} {choice!r} is not named in `{program} {command} --help`"
+                )
+
+
+def test_the_command_tables_document_every_command():
+    documented = table_commands()
+    existing = {(program, command) for program in PROGRAMS for command in program_commands(program)}
+    assert existing - documented == set(), "commands missing from the README's tables"
+    assert documented - existing == set(), "README tables list commands that do not exist"
+
+
+def table_rows() -> list[str]:
+    """The command cells of the README's command tables, `\\|` unescaped."""
+    cells = re.findall(r"^\| `(brainformer(?:-rt)? [^`]+)` \|", section("Commands"), flags=re.M)
+    return [cell.replace("\\|", "|") for cell in cells]
+
+
+@pytest.mark.parametrize("row", table_rows(), ids=[" ".join(row.split()[:2]) for row in table_rows()])
+def test_required_options_are_shown_unbracketed(row):
+    """A table row shows optional flags in `[…]`: a required option must appear outside them."""
+    program, command, _ = parse_command_line(row)
+    unbracketed = row
+    while re.search(r"\[[^\[\]]*\]", unbracketed):
+        unbracketed = re.sub(r"\[[^\[\]]*\]", "", unbracketed)
+    click_command = typer.main.get_command(app_of(program)).commands[command]
+    required = [max(param.opts, key=len) for param in click_command.params if param.required]
+    assert not [flag for flag in required if flag not in FLAG.findall(unbracketed)], row
+
+
+def test_every_lsl_command_takes_lsl_config():
+    """README: "Every LSL command takes `--lsl-config FILE`" (every `brainformer-rt` command)."""
+    missing = [command for command in sorted(program_commands("brainformer-rt"))
+               if "--lsl-config" not in help_text("brainformer-rt", command)]
+    assert not missing
+
+
+def test_console_scripts_are_the_documented_programs():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {program: f"{module}:app" for program, module in PROGRAMS.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths
+# ----------------------------------------------------------------------------------------------
+def test_paths_the_readme_names_exist():
+    text = readme_text()
+    repo_path = re.compile(rf"(?<![\w./-])((?:{'|'.join(REPO_DIRS)})/[\w./*-]*)")
+    named = {match.rstrip(".,") for match in repo_path.findall(text)}
+    # The pipe diagram names the daemon's modules relative to brainformer_rt/.
+    [diagram] = [block for block in fenced_blocks(text, "") if "LSL inlet" in block]
+    named |= {f"brainformer_rt/{module}" for module in re.findall(r"[\w/]+\.py", diagram)}
+    # "What is in the box": the configs/ line names its files.
+    [box] = [block for block in fenced_blocks(text, "") if block.startswith("brainformer/")]
+    [configs_line] = [line for line in box.splitlines() if line.startswith("configs/")]
+    named |= {f"configs/{name}" for name in re.findall(r"[\w-]+\.toml", configs_line)}
+    assert len(named) > 10, named
+    missing = sorted(path for path in named if not list(REPO.glob(path.rstrip("/"))))
+    assert not missing, f"README names paths that do not exist: {missing}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Quickstart
+# ----------------------------------------------------------------------------------------------
+def make_recipe(target: str) -> str:
+    """The recipe lines of `target` in the Makefile."""
+    match = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n?)+)", (REPO / "Makefile").read_text(), flags=re.M)
+    assert match, f"Makefile has no target {target!r} with a recipe"
+    return match.group(1)
+
+
+def test_quickstart_commands_are_wired_to_the_demo_and_the_suite():
+    [block] = fenced_blocks(section("Quickstart"), "bash")
+    assert bash_lines(block) == ["make demo", "make test"]
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^NETNS\s*:=\s*scripts/netns-run\s*$", makefile, flags=re.M)
+    # Both run in the loopback-only namespace, as the README says.
+    assert re.search(r"^\t\$\(NETNS\) \$\(BIN\)/brainformer-rt demo\b", make_recipe("demo"), flags=re.M)
+    assert re.search(r"^\t\$\(NETNS\) \$\(BIN\)/python -m pytest\b", make_recipe("test"), flags=re.M)
+    # "Both set up .venv on first use", "After `make setup`".
+    assert all(re.search(rf"^{target}: setup\b", makefile, flags=re.M) for target in ("demo", "test"))
+    assert re.search(r"^setup:", makefile, flags=re.M)
+    # CI runs the README's test command.
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert "make test" in ci_lines
+    # "~20 s, writes brainformer-demo.png": the demo's defaults.
+    demo_help = help_text("brainformer-rt", "demo")
+    assert "brainformer-demo.png" in demo_help and re.search(r"--duration\b.*\[default: 20(\.0)?\]", demo_help)
+
+
+# ----------------------------------------------------------------------------------------------
+# "The model": the snippet as is
+# ----------------------------------------------------------------------------------------------
+def test_the_model_snippet_runs_as_is(tmp_path, monkeypatch):
+    [snippet] = fenced_blocks(section("The model"), "python")
+    path = tmp_path / "snippet.py"
+    path.write_text(snippet)
+    monkeypatch.chdir(tmp_path)
+    names = runpy.run_path(str(path), run_name="__main__")
+    assert sorted(p.name for p in (tmp_path / "my-model").iterdir()) == ["config.json", "model.safetensors"]
+    # What the daemon loads is the model that was saved.
+    model, served = names["model"].state_dict(), names["served"].state_dict()
+    assert model.keys() == served.keys()
+    assert all(torch.equal(model[key], served[key]) for key in model)
+    assert type(names["served"]) is type(names["model"])
+    assert names["trunk"].config.window_samples == 256
+
+
+# ----------------------------------------------------------------------------------------------
+# "Wire formats": the ZeroMQ subscriber against a live daemon
+# ----------------------------------------------------------------------------------------------
+def bounded_subscriber(snippet: str, address: str, messages: int) -> str:
+    """The README's subscriber with two textual substitutions, each required to apply once: its
+    address → `address`, and ``while True:`` → a loop of `messages` iterations."""
+    for old in ('"tcp://127.0.0.1:5556"', "while True:"):
+        assert snippet.count(old) == 1, f"README subscriber: expected {old!r} once"
+    return snippet.replace('"tcp://127.0.0.1:5556"', repr(address)).replace(
+        "while True:", f"for _ in range({messages}):")
+
+
+def readme_header_keys() -> set[str]:
+    match = re.search(r"header: UTF-8 JSON `\{([^}]*)\}`", section("Wire formats"))
+    assert match, "README: the ZeroMQ header keys are not listed as `{…}`"
+    return {key.strip() for key in match.group(1).split(",")}
+
+
+@pytest.mark.timeout(120)
+def test_the_zeromq_subscriber_snippet_reads_a_live_daemon(tmp_path):
+    [snippet] = fenced_blocks(section("Wire formats"), "python")
+    address = free_tcp_address()
+    script = tmp_path / "subscriber.py"
+    script.write_text(bounded_subscriber(snippet, address, messages=3))
+    config = tmp_path / "serve.toml"
+    config.write_text(SERVE_TOML)
+    player, stream = start_player(tmp_path / "player")
+    serve = start_logged(rt_cli("serve", "--stream", stream, "--model", "default", "--zmq", address,
+                                "--lsl-name", f"{stream}-meg", "--wait", "30", "--config", str(config)),
+                         tmp_path / "serve")
+    subscriber = start_logged([sys.executable, str(script)], tmp_path / "subscriber", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 90
+        while subscriber.poll() is None:
+            assert serve.poll() is None, f"serve exited with {serve.returncode}:\n{logs(tmp_path / 'serve')}"
+            assert time.monotonic() < deadline, f"the subscriber got no 3 messages:\n{logs(tmp_path / 'serve')}"
+            time.sleep(0.1)
+        output = logs(tmp_path / "subscriber")
+        assert subscriber.returncode == 0, output
+        lines = (tmp_path / "subscriber.out").read_text().splitlines()
+        parsed = [re.fullmatch(r"(\d+) \((\d+), 306\) latency (-?\d+\.\d\d) ms", line) for line in lines]
+        assert len(lines) == 3 and all(parsed), output
+        sequence = [int(match.group(1)) for match in parsed]
+        assert sequence == sorted(set(sequence)) and all(int(match.group(2)) > 0 for match in parsed)
+
+        # The header keys the README lists are those the daemon sends.
+        context = zmq.Context.instance()
+        with context.socket(zmq.SUB) as sub:
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"meg")
+            sub.connect(address)
+            for _ in range(3):
+                assert sub.poll(30_000), "no message within 30 s"
+                topic, header, payload = sub.recv_multipart()
+                header = json.loads(header)
+                assert topic == b"meg"  # one input stream
+                assert set(header) - {"channels", "channel_types"} == readme_header_keys()
+                assert ("channels" in header) == (header["seq"] % 100 == 0)
+                assert header["dtype"] == "float32"
+                assert len(payload) == 4 * header["n_samples"] * header["n_channels"]
+    finally:
+        for process in (subscriber, serve, player):
+            stop_process(process)
+
+
+# ----------------------------------------------------------------------------------------------
+# "Training on your own data": prepare → train → evaluate → serve on a tiny BIDS root
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bids_root(tmp_path_factory, sample_fif) -> Path:
+    """A ds000117-like BIDS root: sub-01/ses-meg/meg/sub-01_ses-meg_task-facerecognition_run-01_meg.fif,
+    the first `BIDS_SECONDS` of the bundled recording (so the README's evaluate path applies as is)."""
+    work = tmp_path_factory.mktemp("readme-bids")
+    cropped = work / "cropped_raw.fif"
+    mne.io.read_raw_fif(sample_fif, verbose="error").crop(0, BIDS_SECONDS).save(cropped, verbose="error")
+    raw = mne.io.read_raw_fif(cropped, verbose="error")
+    raw.info["line_freq"] = 60.0
+    root = work / "ds000117"
+    bids_path = mne_bids.BIDSPath(subject="01", session="meg", task="facerecognition", run="01", datatype="meg",
+                                  root=root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "No events found": the recording has none
+        mne_bids.write_raw_bids(raw, bids_path, overwrite=True, verbose=False)
+    return root
+
+
+def training_commands(bids_root: Path, stream: str, zmq_address: str, serve_config: Path) -> list[list[str]]:
+    """The README's four training commands, run in a scratch directory (so `runs/`, `eval.json`
+    and `eval-plots` land there), with these substitutions:
+
+    - ``/data/ds000117`` → the tiny BIDS root; ``configs/`` → this repository's configs;
+    - train: ``--epochs 1`` added (speed);
+    - serve: ``--stream EEG`` → the test's player (a unique name), and for a bounded, isolated
+      run ``--duration 3 --wait 30 --stats-json stats.json``, a free ZeroMQ port, a unique LSL
+      output name and the harness serve settings (`SERVE_TOML`).
+    """
+    [block] = fenced_blocks(section("Training on your own data"), "bash")
+    lines = bash_lines(block)
+    assert [line.split()[:2] for line in lines] == [
+        ["brainformer", "prepare"], ["brainformer", "train"], ["brainformer", "evaluate"], ["brainformer-rt", "serve"]
+    ], lines
+    commands = []
+    for line in lines:
+        line = line.replace("/data/ds000117", str(bids_root)).replace(" configs/", f" {REPO}/configs/")
+        program, command, *args = shlex.split(line)
+        if command == "train":
+            args += ["--epochs", "1"]
+        if command == "serve":
+            assert args[:2] == ["--stream", "EEG"], args
+            args = ["--stream", stream, *args[2:], "--duration", "3", "--wait", "30", "--stats-json", "stats.json",
+                    "--zmq", zmq_address, "--lsl-name", f"{stream}-meg", "--config", str(serve_config)]
+        commands.append(cli(program, command, *args))
+    return commands
+
+
+def run_step(command: list[str], cwd: Path, timeout_s: float = 150) -> None:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
+    assert result.returncode == 0, (
+        f"{' '.join(command[2:])} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_training_on_your_own_data(bids_root, tmp_path):
+    serve_config = tmp_path / "serve.toml"
+    serve_config.write_text(SERVE_TOML)
+    run_file = next(bids_root.glob("sub-01/ses-meg/meg/*_meg.fif"))
+    player, stream = start_player(tmp_path / "player", "--file", str(run_file))
+    try:
+        prepare, train, evaluate, serve = training_commands(bids_root, stream, free_tcp_address(), serve_config)
+        assert Path(evaluate[evaluate.index("--data") + 1]) == run_file  # the README's run path, under the root
+
+        run_step(prepare, tmp_path)
+        assert is_prepared_dataset(tmp_path / "runs" / "ds117-data")
+
+        run_step(train, tmp_path)
+        model_dir = tmp_path / "runs" / "ds117-model"
+        assert {"config.json", "model.safetensors"} <= {p.name for p in model_dir.iterdir()}
+        assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt"))
+
+        run_step(evaluate, tmp_path)
+        scores = json.loads((tmp_path / "eval.json").read_text())
+        for method in ("model", "ridge", "lagged_ridge"):
+            assert math.isfinite(scores[method]["r_mean"]), method
+        plots = sorted((tmp_path / "eval-plots").glob("*.png"))
+        assert plots and all(p.read_bytes()[:8] == PNG_MAGIC for p in plots)
+
+        run_step(serve, tmp_path, timeout_s=90)
+        stats = json.loads((tmp_path / "stats.json").read_text())
+        assert stats["streams"][stream]["windows_served"] > 0
+    finally:
+        stop_process(player)
