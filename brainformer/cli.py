@@ -26,10 +26,10 @@ def prepare(
     out: Path = typer.Option(..., "--out", help="Directory to write the Hugging Face dataset to."),
     config: Optional[Path] = typer.Option(None, "--config", help="Training TOML (model + preprocessing + data sections)."),
     split: Optional[float] = typer.Option(None, "--split", help="Fraction of each recording, in time, used for training (default: data.split of --config, else 0.75)."),
-    tokenize: bool = typer.Option(False, "--tokenize", help="Also store MEG as 255-level tokens for the `tokens` head."),
-    jobs: int = typer.Option(1, "--jobs", help="Recordings processed in parallel."),
+    tokenize: bool = typer.Option(False, "--tokenize", help="Mark the dataset as meant for the `tokens` head (labels are quantised to 255-level tokens while training)."),
+    jobs: int = typer.Option(1, "--jobs", help="Recordings processed in parallel (processes)."),
 ) -> None:
-    """Preprocess recordings into windowed train/test datasets (memory-mapped Arrow)."""
+    """Preprocess recordings into a time-split dataset (continuous memory-mapped arrays; windows are cut while training)."""
     from brainformer.data import prepare_command
 
     prepare_command(data=data, out=out, config_file=config, split=split, tokenize=tokenize, jobs=jobs)

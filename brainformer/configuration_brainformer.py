@@ -56,6 +56,39 @@ _HEADS = ("regression", "tokens")
 _LOSSES = ("mse", "huber")
 _EEG_REFERENCES = ("average", "none")
 
+def _generation_keys() -> frozenset[str]:
+    """Generation parameters `transformers` may set on any config (e.g. the `Trainer` writes
+    ``use_cache``); read from `GenerationConfig` so a new transformers version needs no edit."""
+    try:
+        from transformers import GenerationConfig
+
+        return frozenset(GenerationConfig._get_default_generation_params())
+    except (ImportError, AttributeError):  # older transformers: no such helper
+        return frozenset()
+
+
+# Runtime keys that transformers itself injects into a config (the `Trainer`, `from_pretrained`,
+# generation utilities, older config.json files); accepted and stored as plain attributes.
+_RUNTIME_KEYS = frozenset(
+    {
+        "use_cache",
+        "tie_word_embeddings",
+        "torchscript",
+        "pruned_heads",
+        "use_bfloat16",
+        "tf_legacy_loss",
+        "add_cross_attention",
+        "is_decoder",
+        "cross_attention_hidden_size",
+        "tokenizer_class",
+        "prefix",
+        "task_specific_params",
+        "finetuning_task",
+        "output_attentions",
+        "gradient_checkpointing",
+    }
+) | _generation_keys()
+
 # Keys that `PretrainedConfig` itself writes into config.json or accepts from `from_pretrained`;
 # everything else unknown is a typo and is refused rather than silently stored.
 _PRETRAINED_CONFIG_KEYS = frozenset(
@@ -84,6 +117,7 @@ _PRETRAINED_CONFIG_KEYS = frozenset(
         if dataclasses.is_dataclass(PretrainedConfig)
         else set()
     )
+    | _RUNTIME_KEYS
 )
 
 

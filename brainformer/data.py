@@ -1,4 +1,4 @@
-"""Recordings → preprocessed continuous arrays → train / validation / test windows → HF datasets.
+"""Recordings → preprocessed continuous arrays → train / validation / test parts → dataset directories.
 
 Readers: any MNE-readable raw file (FIF first) and BIDS roots (MEG runs found with `mne_bids`,
 ds000117 layout ``sub-*/ses-meg/meg/*_meg.fif``, EEG inside the MEG file).
@@ -16,13 +16,13 @@ data), and no window crosses a boundary. Scaling statistics are fitted on the tr
 settling) of all recordings together, then every recording is preprocessed again with them, so
 the arrays are exactly what the streaming preprocessor gives online.
 
-Datasets: `build_dataset` writes a `datasets.DatasetDict` with splits ``train``, ``validation``,
-``test`` and columns ``input_values`` float32 `(window_samples, n_eeg)`, ``labels`` float32
-`(window_samples, n_meg)` (int64 token ids with `tokenize`), ``recording`` (name) and
-``start_sample`` (first row of the window in that recording's preprocessed arrays). Rows are
-written with `Dataset.from_generator` (Arrow on disk, memory-mapped, never the whole set in RAM),
-next to ``brainformer_config.json`` (the model config with the fitted scaling) and
-``brainformer_prepare.json`` (settings and each recording's part boundaries).
+Datasets: `build_dataset` / `brainformer prepare` write each recording's continuous
+preprocessed rows once, as ``.npy`` arrays (``arrays/<name>_{eeg,meg,times}.npy``), next to
+``brainformer_config.json`` (the model config with the fitted scaling) and
+``brainformer_prepare.json`` (format, settings and each recording's part boundaries);
+`load_prepared_dataset` memory-maps them. Windows are not stored: the training dataset
+(`brainformer.training.ContinuousWindows`) cuts them on the fly from the parts, so the dataset is
+as large as the recordings (float32), whatever the hop, and never has to fit in RAM.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -58,8 +57,12 @@ logger = logging.getLogger(__name__)
 CONFIG_FILENAME = "brainformer_config.json"
 PREPARE_INFO_FILENAME = "brainformer_prepare.json"
 SPLITS = ("train", "validation", "test")
-#: Target size of one Arrow record batch while writing windows.
-WRITER_BATCH_BYTES = 64 * 2**20
+#: Folder of a prepared dataset holding the continuous arrays.
+ARRAYS_DIRNAME = "arrays"
+#: Value of ``format`` in ``brainformer_prepare.json`` for continuous-array datasets.
+DATASET_FORMAT = "brainformer-continuous-1"
+#: Rows copied at a time when a prepared recording is written into a dataset directory.
+COPY_CHUNK_SAMPLES = 65536
 
 
 class DataError(ValueError):
@@ -452,56 +455,29 @@ def prepare_recordings(
 
 
 # --------------------------------------------------------------------------------------------
-# Hugging Face datasets
+# Prepared datasets on disk: continuous memory-mapped arrays, windows cut on the fly
 # --------------------------------------------------------------------------------------------
-def _features(config: Any, tokenize: bool):
-    from datasets import Array2D, Features, Value
-
-    window = config.window_samples
-    return Features(
-        {
-            "input_values": Array2D((window, config.n_eeg_channels), "float32"),
-            "labels": Array2D((window, config.n_meg_channels), "int64" if tokenize else "float32"),
-            "recording": Value("string"),
-            "start_sample": Value("int64"),
-        }
-    )
+def _array_path(root: Path, name: str, kind: str) -> Path:
+    return root / ARRAYS_DIRNAME / f"{name}_{kind}.npy"
 
 
-def _window_rows(prepared: PreparedData, split: str, tokenize: bool) -> Iterator[dict[str, Any]]:
-    window = prepared.config.window_samples
-    hop = prepared.hop_samples(split)
-    quantizer = None
-    if tokenize:
-        from brainformer.quantization import MEGQuantizer
-
-        quantizer = MEGQuantizer.from_config(prepared.config)
-    for rec in prepared.recordings:
-        for start in rec.window_starts(split, window, hop):
-            labels = np.asarray(rec.meg[start : start + window])
-            yield {
-                "input_values": np.asarray(rec.eeg[start : start + window]),
-                "labels": quantizer.encode(labels) if quantizer else labels,
-                "recording": rec.name,
-                "start_sample": int(start),
-            }
+def _array_specs(config: Any, n_samples: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    return {
+        "eeg": ((n_samples, config.n_eeg_channels), np.float32),
+        "meg": ((n_samples, config.n_meg_channels), np.float32),
+        "times": ((n_samples,), np.float64),
+    }
 
 
-@contextlib.contextmanager
-def _quiet_datasets_progress() -> Iterator[None]:
-    import datasets
-
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
+def _is_file_of(array: np.ndarray, path: Path) -> bool:
+    """Whether `array` is a memory map of `path` (then nothing needs copying)."""
+    filename = getattr(array, "filename", None)
+    return filename is not None and path.exists() and Path(filename).resolve() == path.resolve()
 
 
 def _prepare_info(prepared: PreparedData, tokenize: bool) -> dict[str, Any]:
     return {
+        "format": DATASET_FORMAT,
         "data": dataclasses.asdict(prepared.data) | {"tokenize": tokenize},
         "window_samples": prepared.config.window_samples,
         "hop_samples": {split: prepared.hop_samples(split) for split in SPLITS},
@@ -513,6 +489,7 @@ def _prepare_info(prepared: PreparedData, tokenize: bool) -> dict[str, Any]:
                 "n_samples": rec.n_samples,
                 "sfreq_hz": rec.sfreq_hz,
                 "parts": {k: list(v) for k, v in rec.parts.items()},
+                "arrays": {kind: f"{ARRAYS_DIRNAME}/{rec.name}_{kind}.npy" for kind in ("eeg", "meg", "times")},
             }
             for rec in prepared.recordings
         ],
@@ -523,95 +500,125 @@ def build_dataset(
     prepared: PreparedData,
     out_dir: str | Path,
     tokenize: bool = False,
-    on_window: Callable[[int], None] | None = None,
-):
-    """Write the windows of `prepared` as a `datasets.DatasetDict` to `out_dir` and return it.
+    on_samples: Callable[[int], None] | None = None,
+) -> PreparedData:
+    """Write `prepared` as a dataset directory and return it, loaded back memory-mapped.
+
+    The directory holds each recording's continuous preprocessed rows once (never the
+    overlapping windows, which would multiply the size by ``window_samples / hop_samples``):
+
+    ```
+    out_dir/brainformer_config.json      model config with the fitted scaling
+    out_dir/brainformer_prepare.json     format, [data] settings, recordings with their parts
+    out_dir/arrays/<name>_eeg.npy        (n, n_eeg) float32, scaled
+    out_dir/arrays/<name>_meg.npy        (n, n_meg) float32, scaled
+    out_dir/arrays/<name>_times.npy      (n,) float64 seconds
+    ```
+
+    Training cuts windows from the memory-mapped arrays on the fly (inside each part only), so
+    a dataset of any length is read from disk as it is used and never held in RAM.
 
     Args:
-        prepared: from `prepare_recordings`.
-        out_dir: directory to write (``dataset_dict.json``, one folder per split,
-            ``brainformer_config.json``, ``brainformer_prepare.json``); created if missing.
-        tokenize: store ``labels`` as int64 token ids (`MEGQuantizer` of the config) instead of
-            float32 scaled MEG.
-        on_window: called with the number of windows written, batch by batch (progress).
+        prepared: from `prepare_recordings`; recordings already memory-mapped from
+            ``out_dir/arrays`` (``prepare_recordings(arrays_dir=out_dir / "arrays")``) are not
+            copied.
+        out_dir: directory to write; created if missing.
+        tokenize: recorded in ``brainformer_prepare.json`` (labels for the ``tokens`` head are
+            quantised on the fly, so any dataset serves both heads).
+        on_samples: called with the number of rows copied (progress).
 
-    Returns:
-        The `DatasetDict` loaded back from `out_dir` (memory-mapped).
+    Raises:
+        DataError: no training window fits.
     """
-    from datasets import Dataset, DatasetDict
-
     out_dir = Path(out_dir)
+    config = prepared.config
     if prepared.n_windows("train") == 0:
         raise DataError(
             f"{', '.join(r.source for r in prepared.recordings[:3])}: no training window fits: the train part "
-            f"after settling is shorter than window_samples={prepared.config.window_samples}"
+            f"after settling is shorter than window_samples={config.window_samples}"
         )
-    features = _features(prepared.config, tokenize)
-    config = prepared.config
-    row_bytes = config.window_samples * (config.n_eeg_channels * 4 + config.n_meg_channels * (8 if tokenize else 4))
-    writer_batch_size = max(1, WRITER_BATCH_BYTES // row_bytes)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    def rows(split: str) -> Iterator[dict[str, Any]]:
-        count = 0
-        for row in _window_rows(prepared, split, tokenize):
-            yield row
-            count += 1
-            if on_window and count % 64 == 0:
-                on_window(64)
-        if on_window and count % 64:
-            on_window(count % 64)
-
-    splits = {}
-    # `from_generator` writes Arrow files into a cache directory; keep it next to the output (same
-    # file system, no home-directory cache) and remove it once `save_to_disk` has copied them.
-    with tempfile.TemporaryDirectory(prefix=".brainformer-cache-", dir=out_dir.parent) as cache_dir, _quiet_datasets_progress():
-        for split in SPLITS:
-            if prepared.n_windows(split) == 0:
-                logger.warning("split %s has no windows", split)
-                splits[split] = Dataset.from_dict({name: [] for name in features}, features=features)
+    for split in SPLITS:
+        if prepared.n_windows(split) == 0:
+            logger.warning("split %s has no windows", split)
+    (out_dir / ARRAYS_DIRNAME).mkdir(parents=True, exist_ok=True)
+    for rec in prepared.recordings:
+        for kind, (shape, dtype) in _array_specs(config, rec.n_samples).items():
+            source, target = getattr(rec, kind), _array_path(out_dir, rec.name, kind)
+            if _is_file_of(source, target):
                 continue
-            splits[split] = Dataset.from_generator(
-                rows,
-                features=features,
-                gen_kwargs={"split": split},
-                cache_dir=cache_dir,
-                # A fresh fingerprint skips hashing the generator and the arrays it closes over.
-                fingerprint=uuid.uuid4().hex,
-                writer_batch_size=writer_batch_size,
-            )
-        dataset = DatasetDict(splits)
-        dataset.save_to_disk(str(out_dir))
-        del dataset, splits
+            written = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
+            for start in range(0, rec.n_samples, COPY_CHUNK_SAMPLES):
+                stop = min(start + COPY_CHUNK_SAMPLES, rec.n_samples)
+                written[start:stop] = source[start:stop]
+                if on_samples and kind == "eeg":
+                    on_samples(stop - start)
+            written.flush()
+            del written
     config.to_json_file(str(out_dir / CONFIG_FILENAME))
     (out_dir / PREPARE_INFO_FILENAME).write_text(json.dumps(_prepare_info(prepared, tokenize), indent=2) + "\n")
     return load_prepared_dataset(out_dir)[0]
 
 
 def is_prepared_dataset(path: str | Path) -> bool:
-    """Whether `path` is a directory written by `build_dataset` / `brainformer prepare`."""
+    """Whether `path` is a directory written by `build_dataset` / `brainformer prepare` (any version)."""
     path = Path(path)
-    return (path / CONFIG_FILENAME).is_file() and (path / "dataset_dict.json").is_file()
+    return (path / CONFIG_FILENAME).is_file() and (
+        (path / PREPARE_INFO_FILENAME).is_file() or (path / "dataset_dict.json").is_file()
+    )
 
 
-def load_prepared_dataset(path: str | Path):
-    """`(DatasetDict, BrainformerConfig)` of a directory written by `build_dataset`.
+def load_prepared_dataset(path: str | Path) -> tuple[PreparedData, Any]:
+    """`(PreparedData, BrainformerConfig)` of a directory written by `build_dataset`.
+
+    The recordings' arrays are memory-mapped read-only (``numpy.load(mmap_mode="r")``, no
+    pickles): opening a dataset costs no RAM, rows are read when windows are cut.
 
     Raises:
-        DataError: naming the directory when it is not such a dataset.
+        DataError: naming the directory or file when it is not such a dataset, was written in
+            the older windowed format, or an array is missing or of the wrong shape.
     """
-    from datasets import DatasetDict
-
     from brainformer.configuration_brainformer import BrainformerConfig
 
     path = Path(path)
     if not is_prepared_dataset(path):
-        raise DataError(f"{path}: not a dataset written by `brainformer prepare` (no {CONFIG_FILENAME} / dataset_dict.json)")
+        raise DataError(f"{path}: not a dataset written by `brainformer prepare` (no {CONFIG_FILENAME} / {PREPARE_INFO_FILENAME})")
+    try:
+        info = load_prepare_info(path)
+    except (OSError, ValueError):
+        info = {}
+    if info.get("format") != DATASET_FORMAT:
+        raise DataError(
+            f"{path}: a dataset of stored windows written by an older `brainformer prepare`; "
+            "run `brainformer prepare` again (datasets now store continuous recordings)"
+        )
     try:
         config = BrainformerConfig.from_json_file(str(path / CONFIG_FILENAME))
     except (ValueError, OSError) as err:
         raise DataError(f"{path / CONFIG_FILENAME}: invalid model config: {err}") from None
-    return DatasetDict.load_from_disk(str(path)), config
+    try:
+        data = DataSettings(**info["data"])
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{path / PREPARE_INFO_FILENAME}: invalid [data] settings: {err}") from None
+    recordings = []
+    for entry in info["recordings"]:
+        n = int(entry["n_samples"])
+        arrays = {}
+        for kind, (shape, dtype) in _array_specs(config, n).items():
+            file = _array_path(path, entry["name"], kind)
+            try:
+                array = np.load(file, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise DataError(f"{file}: cannot open the prepared array: {err}") from None
+            if array.shape != shape or array.dtype != np.dtype(dtype):
+                raise DataError(f"{file}: expected {np.dtype(dtype)} {shape}, found {array.dtype} {array.shape}")
+            arrays[kind] = array
+        recordings.append(
+            PreparedRecording(
+                name=entry["name"], source=entry["source"], sfreq_hz=float(entry["sfreq_hz"]),
+                parts={k: (int(v[0]), int(v[1])) for k, v in entry["parts"].items()}, **arrays,
+            )
+        )
+    return PreparedData(config=config, data=data, recordings=recordings), config
 
 
 def load_prepare_info(path: str | Path) -> dict[str, Any]:
@@ -634,12 +641,13 @@ def prepare_command(
     tokenize: bool,
     jobs: int,
 ) -> None:
-    """`brainformer prepare`: recordings → windowed dataset on disk, with a progress bar.
+    """`brainformer prepare`: recordings / BIDS roots → dataset directory, with progress bars.
 
+    Recordings are processed `jobs` at a time (process pool), each streamed from its file into
+    memory-mapped arrays in a staging directory next to `out`, which becomes `out` once complete.
     `split` (when not None) and `tokenize` (when True) override the ``[data]`` section of the
-    config file. An existing prepared dataset at `out` is replaced once the new one is ready to be
-    written; any other non-empty directory is refused. Bad input prints one line and exits with
-    code 2.
+    config file. An existing prepared dataset at `out` is replaced; any other non-empty directory
+    is refused. Bad input prints one line and exits with code 2, and leaves nothing behind.
     """
     import typer
     from rich.console import Console
@@ -653,6 +661,7 @@ def prepare_command(
         console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
         raise typer.Exit(2)
 
+    staging: Path | None = None
     try:
         if jobs < 1:
             fail(f"--jobs {jobs}: expected an integer >= 1")
@@ -664,11 +673,12 @@ def prepare_command(
             fail(f"--out {out}: directory exists, is not empty and is not a prepared dataset; choose another")
         files = find_recordings(data)
         out.parent.mkdir(parents=True, exist_ok=True)
+        # Same file system as `out`: the finished dataset is moved into place, not copied.
+        staging = out.parent / f".brainformer-prepare-{uuid.uuid4().hex[:12]}"
+        staging.mkdir()  # not mkdtemp: the dataset keeps the umask's permissions
         columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         progress = Progress(*columns, console=console)
-        with _transient_on_error(progress), tempfile.TemporaryDirectory(
-            prefix=".brainformer-arrays-", dir=out.parent
-        ) as arrays_dir:
+        with _transient_on_error(progress):
             tasks = {
                 "statistics": progress.add_task("statistics", total=len(files)),
                 "preprocess": progress.add_task("preprocessing", total=len(files)),
@@ -676,40 +686,42 @@ def prepare_command(
             prepared = prepare_recordings(
                 files,
                 settings,
-                arrays_dir=arrays_dir,
+                arrays_dir=staging / ARRAYS_DIRNAME,
                 jobs=jobs,
                 on_progress=lambda stage: progress.advance(tasks[stage]),
             )
-            total_windows = sum(prepared.n_windows(s) for s in SPLITS)
-            windows_task = progress.add_task("windows", total=total_windows)
-            if out.is_dir():
-                shutil.rmtree(out)
-            dataset = build_dataset(
-                prepared,
-                out,
-                tokenize=settings.data.tokenize,
-                on_window=lambda n: progress.advance(windows_task, n),
-            )
+            dataset = build_dataset(prepared, staging, tokenize=settings.data.tokenize)
+        del dataset  # release the memory maps before the directory moves
+        if out.is_dir():
+            shutil.rmtree(out)
+        staging.rename(out)
+        staging = None
+        dataset, _ = load_prepared_dataset(out)
     except (DataError, PreprocessingError, SettingsError) as err:
         fail(str(err))
     except OSError as err:
         fail(f"{err.filename or out}: {err.strerror}")
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
     table = Table(title=f"dataset written to {out}")
-    for column in ("split", "windows", "window", "hop"):
+    for column in ("split", "minutes", "windows", "window", "hop"):
         table.add_column(column, justify="right" if column != "split" else "left")
     for split_name in SPLITS:
+        rows = sum(r.parts[split_name][1] - r.parts[split_name][0] for r in dataset.recordings)
         table.add_row(
             split_name,
-            str(dataset[split_name].num_rows),
-            str(prepared.config.window_samples),
-            str(prepared.hop_samples(split_name)),
+            f"{rows / dataset.config.sfreq_hz / 60:.2f}",
+            str(dataset.n_windows(split_name)),
+            str(dataset.config.window_samples),
+            str(dataset.hop_samples(split_name)),
         )
     console.print(table)
     console.print(
-        f"{len(prepared.recordings)} recording(s), {prepared.config.n_eeg_channels} EEG → "
-        f"{prepared.config.n_meg_channels} MEG channels at {prepared.config.sfreq_hz:g} Hz, "
-        f"labels {'tokens' if settings.data.tokenize else 'float32'}, "
+        f"{len(dataset.recordings)} recording(s), {dataset.config.n_eeg_channels} EEG → "
+        f"{dataset.config.n_meg_channels} MEG channels at {dataset.config.sfreq_hz:g} Hz, "
+        f"continuous float32 arrays (windows cut while training), "
         f"{_directory_size_bytes(out) / 2**20:.1f} MiB"
     )
 

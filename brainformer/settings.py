@@ -13,7 +13,7 @@ validation_fraction = 0.2    # the last 20 % of that part: early stopping and ri
 settle_s = 1.0               # dropped at the start of each part (filter settling)
 train_hop_samples = 32       # hop between training windows
 eval_hop_samples = 256       # hop between validation / test windows (default: window_samples)
-tokenize = false             # also store MEG as tokens for the `tokens` head
+tokenize = false             # dataset meant for the `tokens` head (recorded; labels are quantised on the fly)
 
 [training]       # optimisation
 epochs = 40
@@ -157,7 +157,11 @@ class TrainingSettings:
             model's `learning_rate` with its weight decay; 0 freezes the skip path.
         loss_last_samples: the loss covers only the newest samples of each window (the ones the
             daemon publishes); 0: the whole window.
-        num_workers: data-loader worker processes.
+        num_workers: data-loader worker processes (per training process).
+        bf16: bfloat16 autocast for forward and backward (mixed precision; weights stay float32).
+            Meant for GPUs with bfloat16 (Ampere and newer); on CPU it runs under CPU autocast.
+        torch_compile: compile the model with `torch.compile` before training (the first steps
+            are slower while it compiles).
     """
 
     epochs: int = 40
@@ -175,6 +179,8 @@ class TrainingSettings:
     skip_learning_rate: Optional[float] = None
     loss_last_samples: int = 0
     num_workers: int = 0
+    bf16: bool = False
+    torch_compile: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self, "training")

@@ -1,13 +1,21 @@
 """Training with the Hugging Face `Trainer`, and the `brainformer train` command.
 
 ```
-recordings / BIDS roots ─ prepare_recordings (in memory) ─┐
-dataset dir from `brainformer prepare` ───────────────────┴─► windows (+ time shifts, input noise)
+recordings / BIDS roots ─ prepare_recordings (in memory) ──────────┐
+dataset dir from `brainformer prepare` (memory-mapped, from disk) ─┴─► windows cut on the fly
+                                                                       (+ time shifts, input noise)
     ─► model from the config (+ skip path initialised from a lagged ridge fit on the train part)
     ─► Trainer (eval every epoch on validation, early stopping, best model kept)
     ─► save_pretrained(out): config.json + model.safetensors, all the daemon needs
     ─► validation and test scores next to the ridge baselines (brainformer.evaluation)
 ```
+
+Distributed: the same command runs under ``torchrun --nproc_per_node N`` or ``accelerate launch``
+(DDP through the Trainer, gloo on CPU, NCCL on GPU). Every process prepares the same data
+deterministically (recordings in memory, or the read-only memory maps of a prepared dataset, so
+nothing is written and nothing races), builds the same seeded model, and trains on its share of
+the windows; the batch size is per process. Only the main process writes the model directory
+and prints reports.
 
 The loss can be restricted to the newest samples of each window (`training.loss_last_samples`):
 those are the only predictions the daemon publishes, and the only ones that see no future input
@@ -20,6 +28,7 @@ import dataclasses
 import importlib.util
 import inspect
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -114,51 +123,6 @@ class ContinuousWindows(torch.utils.data.Dataset):
         return {"input_values": eeg, "labels": labels}
 
 
-class PreparedWindows(torch.utils.data.Dataset):
-    """Windows of one split of a dataset written by `brainformer prepare`.
-
-    Time shifts: a window is shifted forward by up to `min(max_shift, gap)` samples by splicing in
-    the first samples of the next window of the same recording (`gap` = its start offset), so any
-    start position of the continuous part can be drawn, not only multiples of the hop. Noise as
-    in `ContinuousWindows`.
-    """
-
-    def __init__(self, split: Any, max_shift: int = 0, noise_std: float = 0.0) -> None:
-        self.split = split.with_format("numpy", columns=["input_values", "labels"])
-        self.max_shift = int(max_shift)
-        self.noise_std = float(noise_std)
-        self.next_index = np.full(len(split), -1, dtype=np.int64)
-        self.gap = np.zeros(len(split), dtype=np.int64)
-        if self.max_shift and len(split):
-            window = int(np.asarray(self.split[0]["input_values"]).shape[0])
-            recordings = np.asarray(split["recording"])
-            starts = np.asarray(split["start_sample"], dtype=np.int64)
-            order = np.lexsort((starts, recordings))
-            for a, b in zip(order[:-1], order[1:]):
-                gap = starts[b] - starts[a]
-                if recordings[a] == recordings[b] and 0 < gap <= window:
-                    self.next_index[a], self.gap[a] = b, gap
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        row = self.split[int(item)]
-        eeg, labels = np.asarray(row["input_values"]), np.asarray(row["labels"])
-        following = int(self.next_index[item])
-        if self.max_shift and following >= 0:
-            shift = int(torch.randint(0, min(self.max_shift, int(self.gap[item])) + 1, ()).item())
-            if shift:
-                window, gap = eeg.shape[0], int(self.gap[item])
-                nxt = self.split[following]
-                eeg = np.concatenate([eeg[shift:], np.asarray(nxt["input_values"])[window - gap : window - gap + shift]])
-                labels = np.concatenate([labels[shift:], np.asarray(nxt["labels"])[window - gap : window - gap + shift]])
-        eeg_t = torch.from_numpy(np.array(eeg, dtype=np.float32))
-        if self.noise_std:
-            eeg_t = eeg_t + self.noise_std * torch.randn_like(eeg_t)
-        return {"input_values": eeg_t, "labels": torch.from_numpy(np.array(labels))}
-
-
 # --------------------------------------------------------------------------------------------
 # Loading the training data
 # --------------------------------------------------------------------------------------------
@@ -168,10 +132,9 @@ class TrainingData:
 
     Attributes:
         config: model config with the fitted scaling statistics and the `[model]` settings.
-        train, validation, test: torch datasets of windows (validation/test may be empty).
-        prepared: continuous prepared recordings (`brainformer.data.PreparedData`) when training
-            from recordings; None for a prepared dataset directory.
-        dataset_splits: the `datasets.DatasetDict` when training from a prepared dataset.
+        train, validation, test: `ContinuousWindows` over the parts (validation/test may be empty).
+        prepared: the continuous prepared recordings (`brainformer.data.PreparedData`): in memory
+            when training from recordings, memory-mapped from disk for a prepared dataset.
         sources: the recording files behind the data.
     """
 
@@ -179,8 +142,7 @@ class TrainingData:
     train: torch.utils.data.Dataset
     validation: torch.utils.data.Dataset
     test: torch.utils.data.Dataset
-    prepared: Any | None
-    dataset_splits: Any | None
+    prepared: Any
     sources: list[str]
 
 
@@ -202,40 +164,37 @@ def _eval_hop(settings: ExperimentSettings, window_samples: int) -> int:
 def load_training_data(paths: Sequence[str | Path], settings: ExperimentSettings) -> TrainingData:
     """Prepare recordings in memory, or open a dataset written by `brainformer prepare`.
 
+    With a prepared dataset, its parts and window hops (its ``[data]`` settings) are those it was
+    prepared with; the `[model]` settings may change the network but not the data.
+
     Raises:
         TrainingError / DataError / PreprocessingError: with the path and the problem.
     """
-    from brainformer.data import is_prepared_dataset, load_prepare_info, load_prepared_dataset, prepare_recordings
-    from brainformer.quantization import MEGQuantizer
+    from brainformer.data import is_prepared_dataset, load_prepared_dataset, prepare_recordings
 
     paths = [Path(p) for p in paths]
     if not paths:
         raise TrainingError("--data: give at least one recording, BIDS root or prepared dataset")
-    training = settings.training
     prepared_dirs = [p for p in paths if p.is_dir() and is_prepared_dataset(p)]
     if prepared_dirs:
         if len(paths) > 1:
             raise TrainingError(f"{prepared_dirs[0]}: a prepared dataset must be the only --data argument")
-        splits, dataset_config = load_prepared_dataset(paths[0])
-        config = _config_with_model_settings(dataset_config, settings.model, paths[0])
-        tokens = np.issubdtype(np.dtype(splits["train"].features["labels"].dtype), np.integer)
-        if tokens != (config.head == "tokens"):
-            raise TrainingError(
-                f"{paths[0]}: labels are {'tokens' if tokens else 'continuous'} but model.head = {config.head!r}; "
-                f"run `brainformer prepare` {'with' if config.head == 'tokens' else 'without'} --tokenize"
-            )
-        sources = [r["source"] for r in load_prepare_info(paths[0]).get("recordings", [])]
-        return TrainingData(
-            config=config,
-            train=PreparedWindows(splits["train"], training.time_shift_samples, training.noise_std),
-            validation=PreparedWindows(splits["validation"]),
-            test=PreparedWindows(splits["test"]),
-            prepared=None,
-            dataset_splits=splits,
-            sources=sources,
-        )
-    prepared = prepare_recordings(paths, settings)
+        prepared, dataset_config = load_prepared_dataset(paths[0])
+        prepared.config = _config_with_model_settings(dataset_config, settings.model, paths[0])
+        settings = dataclasses.replace(settings, data=prepared.data)
+    else:
+        prepared = prepare_recordings(paths, settings)
+    return training_data_from_prepared(prepared, settings)
+
+
+def training_data_from_prepared(prepared: Any, settings: ExperimentSettings) -> TrainingData:
+    """`TrainingData` over the parts of `prepared` (`brainformer.data.PreparedData`): windows of
+    `settings.data` hops, augmentation of `settings.training`, token labels for a tokens head."""
+    from brainformer.quantization import MEGQuantizer
+
+    training = settings.training
     config = prepared.config
+    # Token ids are computed per window from the scaled MEG: any dataset serves both heads.
     quantizer = MEGQuantizer.from_config(config) if config.head == "tokens" else None
     window = config.window_samples
     eval_hop = _eval_hop(settings, window)
@@ -248,7 +207,6 @@ def load_training_data(paths: Sequence[str | Path], settings: ExperimentSettings
         validation=ContinuousWindows(prepared.recordings, "validation", window, eval_hop, quantizer),
         test=ContinuousWindows(prepared.recordings, "test", window, eval_hop, quantizer),
         prepared=prepared,
-        dataset_splits=None,
         sources=[rec.source for rec in prepared.recordings],
     )
 
@@ -283,46 +241,16 @@ def _normalised(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 def _prepared_ridge_blocks(data: TrainingData, max_lag: int) -> tuple[Any, dict[str, int]]:
     """Block source over the train rows and the validation boundary (last 20 %) per recording."""
-    if data.prepared is not None:
-        recs = [r for r in data.prepared.recordings if r.parts["train"][1] > r.parts["train"][0]]
-        boundaries = {
-            r.name: r.parts["train"][1] - int(round(DEFAULT_VALIDATION_FRACTION * (r.parts["train"][1] - r.parts["train"][0])))
-            for r in recs
-        }
-
-        def blocks() -> Iterator[RowBlock]:
-            for r in recs:
-                start, stop = r.parts["train"]
-                yield from continuous_blocks(r.eeg, r.meg, start, stop, max_lag, group=r.name)
-
-        return blocks, boundaries
-
-    split = data.dataset_splits["train"]
-    recordings = np.asarray(split["recording"])
-    starts = np.asarray(split["start_sample"], dtype=np.int64)
-    window = data.config.window_samples
-    order = np.lexsort((starts, recordings))
-    boundaries = {}
-    for name in np.unique(recordings):
-        mine = starts[recordings == name]
-        lo, hi = int(mine.min()) + max_lag, int(mine.max()) + window
-        boundaries[str(name)] = hi - int(round(DEFAULT_VALIDATION_FRACTION * (hi - lo)))
-    numeric = split.with_format("numpy", columns=["input_values", "labels"])
+    recs = [r for r in data.prepared.recordings if r.parts["train"][1] > r.parts["train"][0]]
+    boundaries = {
+        r.name: r.parts["train"][1] - int(round(DEFAULT_VALIDATION_FRACTION * (r.parts["train"][1] - r.parts["train"][0])))
+        for r in recs
+    }
 
     def blocks() -> Iterator[RowBlock]:
-        covered: dict[str, int] = {}
-        for i in order:
-            name, start = str(recordings[i]), int(starts[i])
-            first_new = max(covered.get(name, start), start + max_lag)  # rows with a full lag history
-            covered[name] = max(covered.get(name, start), start + window)
-            if first_new >= start + window:
-                continue
-            row = numeric[int(i)]
-            history = first_new - start
-            yield RowBlock(
-                eeg=np.asarray(row["input_values"]), history=history,
-                meg=np.asarray(row["labels"])[history:], first_row=first_new, group=name,
-            )
+        for r in recs:
+            start, stop = r.parts["train"]
+            yield from continuous_blocks(r.eeg, r.meg, start, stop, max_lag, group=r.name)
 
     return blocks, boundaries
 
@@ -388,8 +316,10 @@ def _make_trainer_class():
                 return (outputs.loss, outputs) if return_outputs else outputs.loss
             labels = inputs["labels"]
             outputs = model(input_values=inputs["input_values"])
-            scores = outputs.predictions if model.config.head == "regression" else outputs.logits
-            loss = _newest_samples_loss(model, scores, labels, self.loss_last_samples)
+            # `model` may be wrapped (DDP, torch.compile); the config lives on the plain model.
+            plain = self.model
+            scores = outputs.predictions if plain.config.head == "regression" else outputs.logits
+            loss = _newest_samples_loss(plain, scores, labels, self.loss_last_samples)
             return (loss, outputs) if return_outputs else loss
 
         def create_optimizer(self, *args: Any, **kwargs: Any):
@@ -428,6 +358,21 @@ def check_report_to(report_to: str) -> str:
     return report_to
 
 
+def launch_rank() -> int:
+    """Global rank of this process under torchrun / accelerate launch (their ``RANK``); 0 alone."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _launched_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def build_model(config: Any, seed: int) -> Any:
     """A freshly initialised model for `config` (regression or tokens head), seeded."""
     from transformers import set_seed
@@ -449,6 +394,8 @@ class TrainResult:
     test_loss: float | None
     wall_s: float
     ridge_init: RidgeFit | None
+    is_main_process: bool = True
+    world_size: int = 1
 
 
 def _training_arguments(settings: ExperimentSettings, output_dir: Path, report_to: str, has_validation: bool, progress: bool):
@@ -482,6 +429,14 @@ def _training_arguments(settings: ExperimentSettings, output_dir: Path, report_t
         disable_tqdm=not progress,
         optim="adamw_torch",
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without a GPU, several processes mean DDP over gloo on the CPU (without `use_cpu` the
+        # Trainer would leave each process training alone), and bf16 means CPU autocast.
+        use_cpu=not torch.cuda.is_available() and (_launched_world_size() > 1 or training.bf16),
+        bf16=training.bf16,
+        torch_compile=training.torch_compile,
+        # Every parameter gets a gradient each step (a frozen skip path is frozen before the DDP
+        # wrapper sees it), so DDP need not search the graph for unused ones.
+        ddp_find_unused_parameters=False,
     )
     parameters = inspect.signature(TrainingArguments.__init__).parameters
     if "warmup_ratio" in parameters:  # transformers 4.x
@@ -527,10 +482,15 @@ def train_model(
     if not has_validation:
         logger.info("no validation windows: no early stopping, the last epoch is kept")
     start_time = time.perf_counter()
+    # Same seed on every process: identical initial weights and ridge fit everywhere (DDP also
+    # broadcasts the main process's weights when it wraps the model).
     model = build_model(data.config, training.seed)
     ridge = None
     if training.init_skip_from_ridge and getattr(model, "linear_skip", None) is not None:
         ridge = init_skip_from_ridge(model, data, settings)
+    if training.skip_learning_rate == 0 and getattr(model, "linear_skip", None) is not None:
+        # Frozen before the Trainer wraps the model: DDP must not wait for its gradients.
+        model.linear_skip.requires_grad_(False)
 
     checkpoints = out_dir / CHECKPOINTS_DIRNAME
     args = _training_arguments(settings, checkpoints, report_to, has_validation, progress)
@@ -551,15 +511,17 @@ def train_model(
     test_loss = None
     for callback in callbacks:  # the test evaluation must not count as a validation step
         trainer.remove_callback(callback)
-    if len(data.test) > 0:
+    if len(data.test) > 0:  # every process takes part: the evaluation loop gathers across them
         test_loss = float(trainer.evaluate(data.test, metric_key_prefix="test")["test_loss"])
-    model = trainer.model.to("cpu").eval()
-    # The Trainer writes `use_cache` into every model's config; it is no Brainformer field, and a
-    # config.json holding it would be refused when the model directory is loaded.
-    model.config.__dict__.pop("use_cache", None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
-    _remove_checkpoints(checkpoints)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model = getattr(model, "_orig_mod", model).to("cpu").eval()  # the module under torch.compile
+    # All processes are past the last checkpoint load before the main one removes checkpoints.
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out_dir))
+        _remove_checkpoints(checkpoints)
+    trainer.accelerator.wait_for_everyone()
     return TrainResult(
         model=model,
         epochs_run=float(trainer.state.epoch or 0.0),
@@ -567,6 +529,8 @@ def train_model(
         test_loss=test_loss,
         wall_s=time.perf_counter() - start_time,
         ridge_init=ridge,
+        is_main_process=trainer.is_world_process_zero(),
+        world_size=int(trainer.args.world_size),
     )
 
 
@@ -578,21 +542,12 @@ def evaluate_trained(model: Any, data: TrainingData, settings: ExperimentSetting
 
     Validation: baselines fitted on the train part. Test: baselines fitted on train + validation
     (the whole first `split` of the recording), as in `brainformer evaluate`. At most
-    `MAX_EVALUATED_RECORDINGS` recordings; with a prepared dataset, its source recordings are
-    preprocessed again with the model's config when they still exist.
+    `MAX_EVALUATED_RECORDINGS` recordings, read from the prepared arrays.
 
     Returns:
         `[(recording name, "validation" | "test", report), …]`.
     """
     prepared = data.prepared
-    if prepared is None:
-        from brainformer.data import prepare_recordings
-
-        existing = [s for s in data.sources if Path(s).exists()][:MAX_EVALUATED_RECORDINGS]
-        if not existing:
-            logger.info("the prepared dataset's recordings are not available: no baseline comparison")
-            return []
-        prepared = prepare_recordings(existing, settings, config=model.config)
     reports = []
     for rec in prepared.recordings[:MAX_EVALUATED_RECORDINGS]:
         train, validation, test = rec.parts["train"], rec.parts["validation"], rec.parts["test"]
@@ -652,8 +607,10 @@ def train_command(
 
     from brainformer.evaluation import format_comparisons, format_table, wide_console
 
-    console = wide_console()
-    error_console = Console(stderr=True)
+    # Under torchrun / accelerate launch every process runs this; only the main one speaks.
+    is_main = launch_rank() == 0
+    console = wide_console() if is_main else Console(quiet=True)
+    error_console = Console(stderr=True, quiet=not is_main)
     try:
         check_report_to(report_to)
         settings = _settings_with_overrides(config_file, epochs, seed)
@@ -670,6 +627,8 @@ def train_command(
             highlight=False,
         )
         result = train_model(training_data, settings, out, report_to=report_to)
+        if not result.is_main_process:
+            return
         with console.status("scoring against the baselines …"):
             reports = evaluate_trained(result.model, training_data, settings)
     except (ValueError, OSError) as err:  # TrainingError, SettingsError, DataError, PreprocessingError …
@@ -679,7 +638,8 @@ def train_command(
     n_parameters = sum(p.numel() for p in result.model.parameters())
     console.print(
         f"model written to {out} ({n_parameters / 1e6:.2f} M parameters) after {result.epochs_run:g} epoch(s) "
-        f"in {result.wall_s:.0f} s; best validation loss "
+        f"in {result.wall_s:.0f} s{f' on {result.world_size} processes' if result.world_size > 1 else ''}; "
+        f"best validation loss "
         f"{'–' if result.best_validation_loss is None else f'{result.best_validation_loss:.4f}'}, test loss "
         f"{'–' if result.test_loss is None else f'{result.test_loss:.4f}'}",
         highlight=False,

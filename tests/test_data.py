@@ -1,4 +1,4 @@
-"""brainformer.data: readers (FIF, BIDS), parts and windows, HF datasets, `brainformer prepare`."""
+"""brainformer.data: readers (FIF, BIDS), parts and windows, dataset directories, `brainformer prepare`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import mne
 import mne_bids
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from brainformer.cli import app
@@ -19,6 +20,7 @@ from brainformer.configuration_brainformer import (
     DEFAULT_MEG_CHANNEL_TYPES,
 )
 from brainformer.data import (
+    ARRAYS_DIRNAME,
     CONFIG_FILENAME,
     DataError,
     build_dataset,
@@ -36,6 +38,7 @@ from brainformer.data import (
 from brainformer.preprocessing import PreprocessingError, fit_scaling, preprocess_recording, without_scaling
 from brainformer.quantization import MEGQuantizer
 from brainformer.settings import DataSettings, ExperimentSettings
+from brainformer.training import ContinuousWindows
 
 WINDOW = 64
 SETTINGS = ExperimentSettings(
@@ -68,17 +71,21 @@ def short_fif(sample_fif, work) -> Path:
     return path
 
 
+BIDS_RUNS = ("sub-01_ses-meg_task-test_run-01_meg", "sub-02_ses-meg_task-test_run-01_meg")
+
+
 @pytest.fixture(scope="module")
 def bids_root(sample_fif, work) -> Path:
-    """A ds000117-like BIDS tree (sub-01/ses-meg/meg/*_meg.fif) with two 4 s runs of the real recording."""
+    """A ds000117-like BIDS tree (sub-*/ses-meg/meg/*_meg.fif): two subjects with one 4 s run each,
+    cut from the real recording (seconds 0–4 and 4–8)."""
     root = work / "bids"
-    for run, (start, stop) in enumerate([(0, 4), (4, 8)], start=1):
-        segment = work / f"segment{run}_raw.fif"
+    for subject, (start, stop) in enumerate([(0, 4), (4, 8)], start=1):
+        segment = work / f"segment{subject}_raw.fif"
         mne.io.read_raw_fif(sample_fif, verbose="error").crop(start, stop).save(segment, verbose="error")
         raw = mne.io.read_raw_fif(segment, verbose="error")
         raw.info["line_freq"] = 60.0
         bids_path = mne_bids.BIDSPath(
-            subject="01", session="meg", task="test", run=f"{run:02d}", datatype="meg", root=root
+            subject=f"{subject:02d}", session="meg", task="test", run="01", datatype="meg", root=root
         )
         with pytest.warns(RuntimeWarning, match="No events"):
             mne_bids.write_raw_bids(raw, bids_path, overwrite=True, verbose=False)
@@ -123,8 +130,8 @@ def test_config_for_recording_takes_channels_and_rate_from_the_file(short_fif):
 
 def test_find_recordings_files_and_bids_roots(short_fif, bids_root):
     runs = find_recordings([bids_root])
-    assert [p.name for p in runs] == ["sub-01_ses-meg_task-test_run-01_meg.fif", "sub-01_ses-meg_task-test_run-02_meg.fif"]
-    assert all(p.parent == bids_root.resolve() / "sub-01" / "ses-meg" / "meg" for p in runs)
+    assert [p.name for p in runs] == [f"{name}.fif" for name in BIDS_RUNS]
+    assert [p.parent for p in runs] == [bids_root.resolve() / sub / "ses-meg" / "meg" for sub in ("sub-01", "sub-02")]
     both = find_recordings([short_fif, bids_root, short_fif])  # duplicates dropped, order kept
     assert both == [short_fif.resolve(), *runs]
 
@@ -206,40 +213,68 @@ def test_prepare_fits_scaling_on_the_train_part_only(prepared, short_fif):
     np.testing.assert_array_equal(again.recordings[0].meg, rec.meg)
 
 
-def test_dataset_round_trip_with_no_window_crossing_a_boundary(prepared, work):
+def test_dataset_stores_each_recording_once_and_windows_stay_inside_their_parts(prepared, work):
     out = work / "dataset"
     dataset = build_dataset(prepared, out)
     assert is_prepared_dataset(out)
     loaded, config = load_prepared_dataset(out)
     assert config.meg_std == prepared.config.meg_std and config.window_samples == WINDOW
     assert (out / CONFIG_FILENAME).is_file()
-    rec = prepared.recordings[0]
+    rec, stored = prepared.recordings[0], loaded.recordings[0]
     info = load_prepare_info(out)
     assert info["recordings"][0]["parts"] == {k: list(v) for k, v in rec.parts.items()}
+    assert stored.parts == rec.parts and stored.name == "short_raw" and loaded.data == prepared.data
+    # Continuous rows, memory-mapped from disk, exactly the prepared arrays.
+    assert isinstance(stored.eeg, np.memmap) and not stored.eeg.flags.writeable
+    np.testing.assert_array_equal(stored.eeg, rec.eeg)
+    np.testing.assert_array_equal(stored.meg, rec.meg)
+    np.testing.assert_array_equal(stored.times, rec.times)
+    # No stored windows: the directory is as large as the recording itself, whatever the hop.
+    array_bytes = sum(p.stat().st_size for p in (out / ARRAYS_DIRNAME).iterdir())
+    assert array_bytes < rec.n_samples * (60 + 306) * 4 + rec.n_samples * 8 + 3 * 4096
     for split, hop in (("train", 16), ("validation", 32), ("test", 32)):
-        part = loaded[split].with_format("numpy")
-        assert part.num_rows == dataset[split].num_rows == prepared.n_windows(split) > 0
-        columns = part.select_columns(["start_sample", "recording"])[:]
+        assert loaded.hop_samples(split) == hop and dataset.n_windows(split) == prepared.n_windows(split) > 0
+        windows = ContinuousWindows(loaded.recordings, split, WINDOW, hop)
         lo, hi = rec.parts[split]
-        assert columns["start_sample"].tolist() == list(range(lo, hi - WINDOW + 1, hop))  # inside the part
-        assert set(columns["recording"]) == {"short_raw"}
-        rows = part[[0, part.num_rows - 1]]
-        for k, start in enumerate(rows["start_sample"]):
-            assert rows["input_values"][k].dtype == np.float32 and rows["input_values"][k].shape == (WINDOW, 60)
-            np.testing.assert_array_equal(rows["input_values"][k], rec.eeg[start : start + WINDOW])
-            np.testing.assert_array_equal(rows["labels"][k], rec.meg[start : start + WINDOW])
-    assert not any(p.name.startswith(".brainformer-cache") for p in work.iterdir())
+        assert [start for _, start, _, _ in windows.index] == list(range(lo, hi - WINDOW + 1, hop))  # inside the part
+        for k in (0, len(windows) - 1):
+            start = windows.index[k][1]
+            item = windows[k]
+            assert item["input_values"].dtype == torch.float32 and item["input_values"].shape == (WINDOW, 60)
+            np.testing.assert_array_equal(item["input_values"].numpy(), rec.eeg[start : start + WINDOW])
+            np.testing.assert_array_equal(item["labels"].numpy(), rec.meg[start : start + WINDOW])
+    assert not any(p.name.startswith(".brainformer-") for p in work.iterdir())
 
 
-def test_tokenized_dataset_stores_quantizer_ids(prepared, work):
+def test_tokens_are_quantised_from_the_stored_meg(prepared, work):
     loaded = build_dataset(prepared, work / "tokens", tokenize=True)
-    row = loaded["validation"].with_format("numpy")[0]
-    rec = prepared.recordings[0]
-    start = int(row["start_sample"])
-    assert row["labels"].dtype == np.int64
-    expected = MEGQuantizer.from_config(prepared.config).encode(rec.meg[start : start + WINDOW])
-    np.testing.assert_array_equal(row["labels"], expected)
     assert load_prepare_info(work / "tokens")["data"]["tokenize"] is True
+    quantizer = MEGQuantizer.from_config(loaded.config)
+    windows = ContinuousWindows(loaded.recordings, "validation", WINDOW, 32, quantizer=quantizer)
+    item, start = windows[0], windows.index[0][1]
+    assert item["labels"].dtype == torch.int64
+    expected = quantizer.encode(prepared.recordings[0].meg[start : start + WINDOW])
+    np.testing.assert_array_equal(item["labels"].numpy(), expected)
+
+
+def test_damaged_or_old_dataset_directories_are_clear_errors(prepared, work):
+    out = work / "damaged"
+    build_dataset(prepared, out)
+    meg = out / ARRAYS_DIRNAME / "short_raw_meg.npy"
+    np.save(meg, np.zeros((10, 306), np.float32))
+    with pytest.raises(DataError, match=r"short_raw_meg\.npy: expected float32 \(\d+, 306\), found float32 \(10, 306\)"):
+        load_prepared_dataset(out)
+    meg.unlink()
+    with pytest.raises(DataError, match=r"short_raw_meg\.npy: cannot open the prepared array"):
+        load_prepared_dataset(out)
+    # A directory of stored windows from an older `prepare`: prepare again.
+    old = work / "old_format"
+    old.mkdir()
+    prepared.config.to_json_file(str(old / CONFIG_FILENAME))
+    (old / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "validation", "test"]}))
+    assert is_prepared_dataset(old)
+    with pytest.raises(DataError, match=r"old_format: a dataset of stored windows .* run `brainformer prepare` again"):
+        load_prepared_dataset(old)
 
 
 def test_recordings_that_do_not_match_the_first_are_clear_errors(short_fif, work):
@@ -262,22 +297,30 @@ def run_prepare(*args: str):
     return CliRunner().invoke(app, ["prepare", *args])
 
 
-def test_prepare_command_writes_a_dataset_from_files_and_bids(short_fif, bids_root, work):
+def test_prepare_command_writes_a_dataset_from_files_and_a_bids_root_in_parallel(short_fif, bids_root, work):
     config = work / "train.toml"
     config.write_text(SETTINGS_TOML)
     out = work / "cli_dataset"
     result = run_prepare("--data", str(short_fif), "--data", str(bids_root), "--out", str(out), "--config", str(config), "--jobs", "2")
     assert result.exit_code == 0, result.output
+    assert "preprocessing" in result.output and "3/3" in result.output  # the progress bar, per recording
     loaded, model_config = load_prepared_dataset(out)
-    names = set(loaded["train"].select_columns(["recording"])[:]["recording"])
-    assert names == {"short_raw", "sub-01_ses-meg_task-test_run-01_meg", "sub-01_ses-meg_task-test_run-02_meg"}
+    assert [r.name for r in loaded.recordings] == ["short_raw", *BIDS_RUNS]
     assert model_config.window_samples == WINDOW and model_config.eeg_std is not None
-    # In-process and parallel preparation give the same windows.
+    # In-process and parallel preparation give the same arrays.
     serial = prepare_recordings([short_fif, bids_root], SETTINGS)
-    first = loaded["train"].with_format("numpy")[0]
-    rec = next(r for r in serial.recordings if r.name == first["recording"])
-    start = int(first["start_sample"])
-    np.testing.assert_array_equal(first["input_values"], rec.eeg[start : start + WINDOW])
+    for rec, stored in zip(serial.recordings, loaded.recordings):
+        assert stored.parts == rec.parts
+        np.testing.assert_array_equal(stored.eeg, rec.eeg)
+        np.testing.assert_array_equal(stored.meg, rec.meg)
+    # Running it again replaces the dataset in place.
+    again = run_prepare("--data", str(bids_root), "--out", str(out), "--config", str(config))
+    assert again.exit_code == 0, again.output
+    assert [r.name for r in load_prepared_dataset(out)[0].recordings] == list(BIDS_RUNS)
+    assert sorted(p.name for p in (out / ARRAYS_DIRNAME).iterdir()) == sorted(
+        f"{name}_{kind}.npy" for name in BIDS_RUNS for kind in ("eeg", "meg", "times")
+    )
+    assert not any(p.name.startswith(".brainformer-") for p in work.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -300,3 +343,4 @@ def test_prepare_command_bad_input_exits_2_with_one_line(short_fif, work, make_i
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert re.search(message, lines[0]), lines[0]
     assert not out.exists()
+    assert not any(p.name.startswith(".brainformer-") for p in work.iterdir())  # no staging left behind

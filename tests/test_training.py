@@ -9,7 +9,6 @@ import mne
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
 from typer.testing import CliRunner
 
 from brainformer.cli import app
@@ -19,7 +18,7 @@ from brainformer.model_dir import load_model
 from brainformer.settings import DataSettings, ExperimentSettings, TrainingSettings
 from brainformer.training import (
     ContinuousWindows,
-    PreparedWindows,
+    _training_arguments,
     build_model,
     init_skip_from_ridge,
     load_training_data,
@@ -85,31 +84,32 @@ def test_continuous_windows_shift_inside_the_part_and_add_noise():
     np.testing.assert_array_equal(noisy["labels"].numpy(), item["labels"].numpy())  # labels stay clean
 
 
-def test_prepared_windows_splice_the_next_window_for_time_shifts():
+def test_windows_of_a_prepared_dataset_are_read_from_disk_with_the_same_augmentation(tmp_path):
+    """A dataset directory is memory-mapped; shifted windows are cut from the continuous rows."""
+    from brainformer.configuration_brainformer import BrainformerConfig
+    from brainformer.data import PreparedData
+
     torch.manual_seed(0)
     rec = toy_recording()
-    starts = list(range(10, 250 - 32 + 1, 16))
-    split = Dataset.from_dict(
-        {
-            "input_values": [rec.eeg[s : s + 32] for s in starts],
-            "labels": [rec.meg[s : s + 32] for s in starts],
-            "recording": ["toy"] * len(starts),
-            "start_sample": starts,
-        }
+    config = BrainformerConfig(
+        eeg_channel_names=["E1", "E2", "E3"], meg_channel_names=["MEG 0111", "MEG 0112"], meg_channel_types=["mag", "grad"],
+        sfreq_hz=100.0, window_samples=32, patch_len=16, hop_samples=16, notch_hz=[], lowpass_hz=None,
     )
-    windows = PreparedWindows(split, max_shift=12)
-    seen_shifts = set()
+    loaded = build_dataset(PreparedData(config, DataSettings(train_hop_samples=16), [rec]), tmp_path / "toy")
+    stored = loaded.recordings[0]
+    assert isinstance(stored.eeg, np.memmap) and stored.parts == rec.parts
+    windows = ContinuousWindows(loaded.recordings, "train", 32, 16, max_shift=12)
+    seen_first_rows = set()
     for i in range(len(windows)):
         for _ in range(4):
             window = windows[i]
             first = int(window["input_values"][0, 0])
-            seen_shifts.add(first - starts[i])
-            # A shifted window is exactly the continuous recording from its new start.
+            seen_first_rows.add(first)
+            # A shifted window is exactly the continuous recording from its new start, inside the part.
+            assert 10 <= first and first + 32 <= 250
             np.testing.assert_array_equal(window["input_values"][:, 0].numpy(), np.arange(first, first + 32))
             np.testing.assert_array_equal(window["labels"][:, 1].numpy(), -np.arange(first, first + 32))
-    assert max(seen_shifts) <= 12 and len(seen_shifts) > 3
-    last = PreparedWindows(split, max_shift=12)[len(starts) - 1]  # no next window: not shifted
-    assert int(last["input_values"][0, 0]) == starts[-1]
+    assert len(seen_first_rows - set(range(10, 250, 16))) > 3  # off the hop grid
 
 
 # --- ridge-initialised skip path -------------------------------------------------------------
@@ -155,20 +155,17 @@ def test_skip_path_starts_as_the_lagged_ridge_fit_on_the_train_part(short_fif, t
 def test_skip_init_from_a_prepared_dataset_matches_the_continuous_fit(short_fif, tiny_settings, tmp_path):
     _, settings = tiny_settings
     prepared = prepare_recordings([short_fif], settings)
-    # Overlapping windows (hop < window) so the windows cover the train part continuously.
-    dense = ExperimentSettings(model=settings.model, data=DataSettings(settle_s=0.5, train_hop_samples=16), training=settings.training)
     dataset_dir = tmp_path / "dataset"
-    build_dataset(prepare_recordings([short_fif], dense), dataset_dir)
+    build_dataset(prepare_recordings([short_fif], settings), dataset_dir)
     from_dataset = load_training_data([dataset_dir], settings)
-    assert from_dataset.prepared is None and len(from_dataset.train) > 0
+    assert isinstance(from_dataset.prepared.recordings[0].eeg, np.memmap) and len(from_dataset.train) > 0
     model = build_model(from_dataset.config, seed=0)
     fit = init_skip_from_ridge(model, from_dataset, settings)
     rec = prepared.recordings[0]
     start, stop = rec.parts["train"]
-    # Windows cover [start, last window end); rows need a full lag history inside their window.
-    last_end = start + ((stop - start - 64) // 16) * 16 + 64
-    reference = fit_ridge(rec.eeg, rec.meg, fit.lags, start + 4, last_end, relative_alphas=fit.relative_alphas)
-    np.testing.assert_allclose(fit.predict(rec.eeg, 4000, 4100), reference.predict(rec.eeg, 4000, 4100), rtol=1e-4, atol=1e-4)
+    # The continuous rows are on disk: the same fit as on the in-memory train part.
+    reference = fit_ridge(rec.eeg, rec.meg, fit.lags, start, stop, relative_alphas=fit.relative_alphas)
+    np.testing.assert_allclose(fit.weight, reference.weight, rtol=1e-6, atol=1e-8)
     # Model settings that change the data cannot be applied to an existing dataset.
     from brainformer.training import TrainingError
 
@@ -177,6 +174,11 @@ def test_skip_init_from_a_prepared_dataset_matches_the_continuous_fit(short_fif,
         load_training_data([dataset_dir], other_window)
     wider = load_training_data([dataset_dir], ExperimentSettings(model=dict(settings.model, d_model=16), training=settings.training))
     assert wider.config.d_model == 16 and wider.config.eeg_std == from_dataset.config.eeg_std
+    # The dataset's own parts and hops hold, whatever the [data] section of the training config.
+    other_data = ExperimentSettings(model=settings.model, data=DataSettings(split=0.5, train_hop_samples=8), training=settings.training)
+    assert len(load_training_data([dataset_dir], other_data).train) == len(from_dataset.train)
+    tokens = load_training_data([dataset_dir], ExperimentSettings(model=dict(settings.model, head="tokens"), training=settings.training))
+    assert tokens.train[0]["labels"].dtype == torch.int64  # one dataset serves both heads
 
 
 # --- `brainformer train` ---------------------------------------------------------------------
@@ -248,6 +250,34 @@ def test_training_settings_overrides_are_validated():
     with pytest.raises(SettingsError, match="--epochs"):
         _settings_with_overrides(None, epochs=0, seed=None)
     assert TrainingSettings().loss_last_samples == 0
+
+
+def test_bf16_and_compile_settings_reach_the_training_arguments(tmp_path):
+    from brainformer.settings import SettingsError, settings_from_dict
+
+    settings = settings_from_dict({"training": {"bf16": True, "torch_compile": True}})
+    args = _training_arguments(settings, tmp_path, "none", has_validation=True, progress=False)
+    assert args.bf16 is True and args.torch_compile is True
+    plain = _training_arguments(ExperimentSettings(), tmp_path, "none", has_validation=True, progress=False)
+    assert plain.bf16 is False and plain.torch_compile is False and plain.ddp_find_unused_parameters is False
+    with pytest.raises(SettingsError, match=r"training.bf16 = 'yes' is invalid: expected true or false"):
+        settings_from_dict({"training": {"bf16": "yes"}})
+
+
+def test_config_keys_written_by_transformers_load_and_typos_do_not(tmp_path):
+    """The Trainer writes `use_cache` into the config: a model dir holding it must load."""
+    from brainformer.configuration_brainformer import BrainformerConfig
+
+    config = BrainformerConfig(window_samples=64, patch_len=16, d_model=8, n_heads=2, d_ff=16, router_dim=2)
+    build_model(config, seed=0).save_pretrained(tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    stored["use_cache"] = False
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert load_model(tmp_path).config.window_samples == 64
+    stored["use_cahce"] = False
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="use_cahce"):
+        load_model(tmp_path)
 
 
 def test_bundled_default_model_matches_the_committed_training_config():
