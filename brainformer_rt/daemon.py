@@ -28,22 +28,47 @@ Loop design
   which costs more latency than a thread wake-up (see the platform notes: 0.8/1.5 ms vs
   0.5/0.65 ms median/p99 for LSL alone).
 
-Gaps: a jump between consecutive input timestamps larger than ``gap_threshold_s`` (or backwards)
-means samples were lost or the source restarted. The stream is reset: the preprocessor forgets
-its filter state, the ring buffer and windower start over, and nothing is published until a
-fresh full window has arrived after the gap — a prediction never uses a window that spans a gap.
-Gaps and the estimated missing samples are counted. Samples that arrived in the same pull just
-before a gap are not processed (their windows would be stale anyway: only the newest window is
-ever served). A chunk holding NaN/Inf is dropped and handled the same way (counted in
-``nan_chunks``); a prediction holding NaN/Inf is not published (counted in ``nan_windows``).
+Faults (each injected by a test in ``tests/rt/test_faults.py``)
+-------------------------------------------------------------
+- **Gaps**: a step between consecutive input timestamps larger than ``gap_threshold_s``, or
+  backwards (a source restart, lost samples, a clock jump on the source side, chunks out of
+  order), resets the stream: the preprocessor forgets its filter state, the ring buffer and the
+  windower start over, and nothing is published until a fresh full window has arrived — a
+  prediction never uses a window that spans a gap (reset rather than mark: the filters would
+  ring across the hole). Counted: ``gaps`` and ``gap_samples`` (estimated; a clock jump counts
+  the silence, not the leap: see ``GapDetector``). Samples that arrived in the same pull just
+  before a gap are dropped (only the newest window is ever served).
+- **Source gone and back** (same ``source_id``): liblsl reconnects by itself (~1 s after the
+  source is back); the daemon logs the silence (``input_silent`` after ``silence_s``, counted in
+  ``silences``), the gap, liblsl's reconnect (``reconnects``, see ``inlet.py``) and the moment
+  it publishes again (``publishing_resumed``, with the outage in seconds).
+- **Timestamps in another clock**: a segment whose newest samples are more than
+  ``FOREIGN_CLOCK_THRESHOLD_S`` from this machine's clock when they arrive (the source's clock
+  was reset) is served with that offset taken out of ages and latencies (not dropped as stale
+  forever); published timestamps stay the source's.
+- **NaN/Inf input**: the chunk is dropped and the stream reset like a gap (``nan_chunks``); the
+  windows that would have been due meanwhile and during the refill are counted in
+  ``nan_windows``; the log names the channels (at most one line per ``LOG_REPEAT_INTERVAL_S``).
+  A prediction holding NaN/Inf is not published (``nan_windows`` too).
+- **Flat channels** (no change for a second: electrode off, amplifier saturated) are served as
+  they are — after the average reference and the high-pass they carry minus the mean of the
+  others, no error — with a warning naming them; windows served meanwhile: ``flat_windows``.
+- **Consumers**: publishing never blocks. ZeroMQ PUB keeps a queue per subscriber and drops for
+  a stalled one only; an LSL outlet buffers per consumer. A stalled or vanished consumer costs
+  the others nothing.
+- **Staleness**: a due window whose newest sample is older than ``max_input_age_s`` (input that
+  arrived late, e.g. a backlog) is not served; it is counted in ``windows_stale``.
+- **Signals**: SIGINT/SIGTERM stop the daemon within ~``pull_timeout_s``. Before serving starts
+  (settings, model import and load, warm-up/compile, waiting for a stream) the signal
+  interrupts that work at once. Either way the outputs are closed, the statistics printed, and
+  the exit code is 0.
+- **Bad model directories** (missing files, corrupt safetensors, another model type, pickles)
+  are refused with one line and exit code 2 before any stream is opened (``model_dir.py``
+  never unpickles).
 
-Staleness: a due window whose newest sample is older than ``max_input_age_s`` (input that
-arrived late, e.g. a backlog after a reconnect) is not served; it is counted in
-``windows_stale``.
-
-Signals: SIGINT/SIGTERM stop the daemon within ~``pull_timeout_s``. Before serving starts
-(waiting for a stream, loading the model, warm-up/compile) the signal interrupts that work at
-once. Either way the outputs are closed, the statistics printed, and the exit code is 0.
+Observability: every event is one log line with the stream name and counts
+(``--log-format json``: one JSON object per line, see ``logs.py``); ``--metrics-port`` serves
+the same numbers to Prometheus (``prometheus.py``).
 """
 
 from __future__ import annotations
@@ -55,7 +80,6 @@ import logging
 import math
 import signal
 import socket
-import sys
 import threading
 import time
 import typing
@@ -70,12 +94,13 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
 
-from brainformer_rt.metrics import ServeMetrics, StreamCounters, json_ready, summary_table
+from brainformer_rt.logs import EventThrottle, configure_logging, log_event, remove_log_handler
+from brainformer_rt.metrics import ServeMetrics, StreamCounters, StreamGauges, json_ready, summary_table
 
 logger = logging.getLogger("brainformer_rt.daemon")
 
 __all__ = ["ServeSettings", "SettingsError", "load_settings", "build_settings", "Daemon", "serve_command",
-           "run_serve", "unscale_meg_into", "StreamPipeline",
+           "run_serve", "unscale_meg_into", "StreamPipeline", "configure_logging",
            "ServeInterrupted", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
 EXIT_OK = 0
@@ -84,6 +109,14 @@ EXIT_USAGE = 2  # bad settings, model, or a stream the model cannot serve
 
 DEFAULT_ZMQ_ADDRESS = "tcp://127.0.0.1:5556"
 DEFAULT_LSL_NAME = "brainformer-meg"
+DEFAULT_METRICS_HOST = "127.0.0.1"
+#: A repeating fault (NaN chunks, NaN predictions) is logged at most once per this many seconds.
+LOG_REPEAT_INTERVAL_S = 5.0
+#: A segment whose timestamps are further than this from this machine's clock at arrival is
+#: stamped by another clock (e.g. the source's clock was reset): see StreamPipeline._decide_offset.
+FOREIGN_CLOCK_THRESHOLD_S = 1.0
+#: While waiting for a stream, a reminder is logged this often.
+WAIT_REMINDER_INTERVAL_S = 10.0
 
 
 # ==============================================================================================
@@ -117,11 +150,13 @@ class ServeSettings:
         max_input_age_s: a due window whose newest sample is older than this is dropped as stale.
         gap_threshold_s: a step between input timestamps above this is a gap (stream reset).
         max_chunk_samples: most samples one pull returns (the inlet's buffer).
+        silence_s: input silent for longer than this is logged (once) and counted.
         stats_interval_s: seconds between two progress log lines (``inf``: none).
-        metrics_port: Prometheus metrics on 127.0.0.1:PORT (not available yet).
+        metrics_port: serve Prometheus metrics on ``metrics_host:PORT``.
+        metrics_host: address of the metrics server (default 127.0.0.1; another one is warned about).
         log_format: ``text`` | ``json`` (one JSON object per line).
         log_level: ``debug`` | ``info`` | ``warning`` | ``error``.
-        zmq_curve_keys: directory of ZeroMQ CURVE keys.
+        zmq_curve_keys: directory of ZeroMQ CURVE keys (layout in ``publishers/zmq.py``).
         stats_json: write the final statistics to this JSON file.
         torch_threads: threads for CPU inference (default: torch's choice).
     """
@@ -141,8 +176,10 @@ class ServeSettings:
     max_input_age_s: float = 0.5
     gap_threshold_s: float = 0.1
     max_chunk_samples: int = 4096
+    silence_s: float = 1.0
     stats_interval_s: float = 10.0
     metrics_port: Optional[int] = None
+    metrics_host: str = DEFAULT_METRICS_HOST
     log_format: str = "text"
     log_level: str = "info"
     zmq_curve_keys: Optional[str] = None
@@ -165,6 +202,8 @@ class ServeSettings:
         require(self.zmq == "" or "://" in self.zmq, "zmq", "a ZeroMQ address like tcp://127.0.0.1:5556, or ''")
         if not self.zmq and not self.lsl_name:
             raise SettingsError(f"{source}: zmq and lsl_name are both empty: the predictions would go nowhere")
+        if self.zmq_curve_keys is not None and not self.zmq:
+            raise SettingsError(f"{source}: zmq_curve_keys is set but ZeroMQ is disabled (zmq = '')")
         require(self.hop_samples is None or self.hop_samples >= 1, "hop_samples", "an integer >= 1")
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
                 "auto, cpu, cuda or cuda:N")
@@ -177,8 +216,11 @@ class ServeSettings:
         require(self.max_input_age_s > 0, "max_input_age_s", "seconds > 0 (inf: never stale)")
         require(self.gap_threshold_s > 0, "gap_threshold_s", "seconds > 0")
         require(self.max_chunk_samples >= 1, "max_chunk_samples", "an integer >= 1")
+        require(self.silence_s > 0, "silence_s", "seconds > 0 (inf: never report silence)")
         require(self.stats_interval_s > 0, "stats_interval_s", "seconds > 0 (inf: no progress lines)")
         require(self.metrics_port is None or 1 <= self.metrics_port <= 65535, "metrics_port", "a port 1-65535")
+        require(bool(self.metrics_host.strip()) and "://" not in self.metrics_host, "metrics_host",
+                "a host address like 127.0.0.1")
         require(self.log_format in ("text", "json"), "log_format", "text or json")
         require(self.log_level in ("debug", "info", "warning", "error"), "log_level", "debug, info, warning or error")
         require(self.torch_threads is None or self.torch_threads >= 1, "torch_threads", "an integer >= 1")
@@ -269,52 +311,6 @@ def build_settings(config_file: Optional[Path] = None, **cli: Any) -> ServeSetti
 
 
 # ==============================================================================================
-# Logging
-# ==============================================================================================
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: ``{time, level, logger, message, ...extra}``."""
-
-    _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": record.created, "level": record.levelname.lower(), "logger": record.name,
-                 "message": record.getMessage()}
-        for key, value in vars(record).items():
-            if key not in self._STANDARD:
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(json_ready(entry), default=str)
-
-
-_log_handler: Optional[logging.Handler] = None
-
-
-def configure_logging(log_format: str, log_level: str) -> None:
-    """Log lines on stderr (``text`` or one JSON object per line); replaces only the handler a
-    previous call installed, so an embedding application keeps its own."""
-    global _log_handler
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonLogFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    if _log_handler is not None:
-        root.removeHandler(_log_handler)
-    root.addHandler(handler)
-    _log_handler = handler
-    root.setLevel(getattr(logging, log_level.upper()))
-
-
-def _remove_log_handler() -> None:
-    global _log_handler
-    if _log_handler is not None:
-        logging.getLogger().removeHandler(_log_handler)
-        _log_handler = None
-
-
-# ==============================================================================================
 # Stop requests
 # ==============================================================================================
 class ServeInterrupted(BaseException):
@@ -332,8 +328,9 @@ class StopRequest:
         self._previous: Dict[int, Any] = {}
 
     def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread (e.g. in tests)
+        """Take over SIGINT/SIGTERM (idempotent; main thread only)."""
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return  # installed already, or not the main thread (signal handlers live there only)
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
 
@@ -367,15 +364,19 @@ class StreamPipeline:
         gap_threshold_s: see :class:`~brainformer_rt.preprocess.GapDetector`.
         counters: this stream's ``StreamCounters`` in the daemon's metrics.
         publishers: sinks; each has ``publish(data (n, n_meg), timestamps (n,))`` and ``close()``.
+        n_output_channels: MEG channels of the predictions.
+        gauges: this stream's ``StreamGauges`` (a private one when None).
+        silence_s: input silent for longer than this is logged once and counted (``silences``).
 
     State (all of it): the inlet, preprocessing, ring buffer and windower state, the gap
-    detector, and the hand-off slot (``pending_*``, used with several streams, guarded by the
-    daemon's condition lock).
+    detector, the hand-off slot (``pending_*``, used with several streams, guarded by the
+    daemon's condition lock), and the fault bookkeeping below (outages, NaN input, silence,
+    the timestamp offset of the current segment).
     """
 
     def __init__(self, key: str, inlet: Any, stage: Any, window_samples: int, hop_samples: int,
                  gap_threshold_s: float, counters: StreamCounters, publishers: Sequence[Any],
-                 n_output_channels: int) -> None:
+                 n_output_channels: int, gauges: Optional[StreamGauges] = None, silence_s: float = 1.0) -> None:
         from brainformer_rt.preprocess import GapDetector
         from brainformer_rt.ring_buffer import RingBuffer
         from brainformer_rt.windower import Windower
@@ -384,7 +385,10 @@ class StreamPipeline:
         self.inlet = inlet
         self.stage = stage
         self.window_samples = window_samples
+        self.hop_samples = hop_samples
         self.counters = counters
+        self.gauges = gauges if gauges is not None else StreamGauges()
+        self.silence_s = silence_s
         self.publishers = list(publishers)
         self.ring = RingBuffer(max(4 * window_samples, 1024), stage.n_channels)
         self.windower = Windower(window_samples, hop_samples)
@@ -393,50 +397,201 @@ class StreamPipeline:
         self.pending_window = np.empty((window_samples, stage.n_channels), dtype=np.float32)
         self.pending_timestamps = np.empty(window_samples, dtype=np.float64)
         self.pending_publish = 0  # > 0: a window waits in the slot, publishing this many samples
+        self.pending_generation = 0  # the segment the waiting window belongs to
+        self.generation = 0  # +1 at every reset: tells windows from before a reset apart
         self.failed: Optional[BaseException] = None
         self._started = False
+        self._throttle = EventThrottle(LOG_REPEAT_INTERVAL_S)
+        # Outage: the last input arrival before a reset (gap or NaN), until a prediction is out again.
+        self.outage_since: Optional[float] = None
+        self.published_any = False
+        # NaN/Inf input: raw samples since the outage began (dropped ones and the refill) and the
+        # windows that would have been due in them, already counted in nan_windows.
+        self._nan_outage = False
+        self._nan_raw_samples = 0
+        self._nan_windows_counted = 0
+        # Silence: no input for longer than silence_s.
+        self._silent = False
+        # Timestamps of the current segment relative to this machine's clock (see _decide_offset).
+        self._lag_min_s = math.inf
+        self._offset_decided = False
 
     # -- input ------------------------------------------------------------------------------------
-    def ingest(self, data: np.ndarray, timestamps: np.ndarray) -> None:
-        """Check, preprocess and buffer one pulled chunk ``(n, n_stream_channels)``, ``(n,)``."""
+    def ingest(self, data: np.ndarray, timestamps: np.ndarray, arrival_s: Optional[float] = None) -> None:
+        """Check, preprocess and buffer one pulled chunk ``(n, n_stream_channels)``, ``(n,)``.
+
+        ``arrival_s``: ``local_clock()`` when the chunk was pulled (silence, gap-size and
+        clock-offset bookkeeping); None in tests that do not care.
+        """
         from brainformer.preprocessing import NonFiniteInputError
 
-        counters = self.counters
+        counters, gauges = self.counters, self.gauges
         n = timestamps.shape[0]
         counters.samples_in += n
+        previous_arrival = gauges.last_arrival
+        if arrival_s is not None:
+            gauges.last_arrival = arrival_s
+            gauges.input_lag_s = arrival_s - float(timestamps[-1])
+            if self._silent:
+                self._silent = False
+                log_event(logger, logging.INFO, "input_resumed", "stream %r: input resumed after %.2f s of silence",
+                          self.key, arrival_s - previous_arrival, stream=self.key,
+                          silence_s=arrival_s - previous_arrival, silences=counters.silences)
         if not self._started:
             self._started = True
             counters.first_timestamp = float(timestamps[0])
-            self.gaps.check(timestamps)
+            self.gaps.check(timestamps, arrival_s)
         else:
-            start = self.gaps.check(timestamps)
+            start = self.gaps.check(timestamps, arrival_s)
             if start >= 0:
                 counters.gaps += 1
                 counters.gap_samples += self.gaps.missing_samples
-                logger.warning("stream %r: gap of %+.3f s in the input timestamps (~%d samples missing); "
-                               "resetting, next prediction after a full window", self.key, self.gaps.last_step_s,
-                               self.gaps.missing_samples, extra={"stream": self.key, "gaps": counters.gaps})
+                counters.reconnects = getattr(self.inlet, "reconnects", counters.reconnects)
+                log_event(logger, logging.WARNING, "gap",
+                          "stream %r: gap of %+.3f s in the input timestamps (~%d samples missing); resetting, "
+                          "next prediction after a full window", self.key, self.gaps.last_step_s,
+                          self.gaps.missing_samples, stream=self.key, step_s=self.gaps.last_step_s,
+                          missing_samples=self.gaps.missing_samples, gaps=counters.gaps,
+                          gap_samples=counters.gap_samples, reconnects=counters.reconnects)
+                self._end_nan_outage()
+                self._begin_outage(previous_arrival)
                 self.reset()
                 data, timestamps = data[start:], timestamps[start:]
                 counters.last_reset_timestamp = float(timestamps[0])
         try:
             out, out_timestamps = self.stage.process(data, timestamps)
         except NonFiniteInputError:
-            counters.nan_chunks += 1
-            logger.warning("stream %r: %d samples with NaN/Inf dropped; resetting", self.key, n,
-                           extra={"stream": self.key, "nan_chunks": counters.nan_chunks})
-            self.reset()
+            self._nan_input(timestamps.shape[0], previous_arrival)
             return
         self.ring.write(out, out_timestamps)
         counters.samples_preprocessed += out.shape[0]
-        counters.reconnects = getattr(self.inlet, "reconnects", counters.reconnects)
+        if arrival_s is not None and not self._offset_decided:
+            self._lag_min_s = min(self._lag_min_s, arrival_s - float(timestamps[-1]))
+        if self._nan_outage:
+            self._count_nan_refill(timestamps.shape[0])
+        if self.stage.flat.changed:
+            self._flat_changed()
+        gauges.buffer_fill = min(1.0, (self.ring.total_written - self.windower.origin) / self.window_samples)
 
+    def _begin_outage(self, last_arrival: float) -> None:
+        if self.outage_since is None and self.published_any and math.isfinite(last_arrival):
+            self.outage_since = last_arrival
+
+    def _nan_input(self, n_samples: int, previous_arrival: float) -> None:
+        """A chunk with NaN/Inf: dropped, the stream reset (its filters must not see a hole)."""
+        counters = self.counters
+        counters.nan_chunks += 1
+        if not self._nan_outage:
+            self._nan_outage = True
+            self._nan_raw_samples = 0
+            self._nan_windows_counted = 0
+        self._nan_raw_samples += n_samples
+        self._count_nan_windows()
+        self._begin_outage(previous_arrival)
+        ready, suppressed = self._throttle.ready("nan")
+        if ready:
+            channels = self.stage.non_finite_channels()
+            log_event(logger, logging.WARNING, "nan_input",
+                      "stream %r: %d samples with NaN/Inf in %s dropped; resetting, no prediction until a full "
+                      "finite window%s", self.key, n_samples, _channel_list(channels),
+                      f" ({suppressed} more such chunks since the last message)" if suppressed else "",
+                      stream=self.key, channels=channels, nan_chunks=counters.nan_chunks,
+                      nan_windows=counters.nan_windows)
+        self.reset()
+
+    def _count_nan_windows(self) -> None:
+        """Windows that would have been due (one per hop of model-rate samples) since the NaN
+        input began and that the refill keeps from being served: counted as ``nan_windows``."""
+        due = (self._nan_raw_samples // self.stage.decimation) // self.hop_samples
+        if due > self._nan_windows_counted:
+            self.counters.nan_windows += due - self._nan_windows_counted
+            self._nan_windows_counted = due
+
+    def _count_nan_refill(self, n_raw_samples: int) -> None:
+        if self.ring.total_written - self.windower.origin >= self.window_samples:
+            self._end_nan_outage()  # a finite window is complete: the windower serves it now
+            return
+        self._nan_raw_samples += n_raw_samples
+        self._count_nan_windows()
+
+    def _end_nan_outage(self) -> None:
+        if self._nan_outage:
+            self._nan_outage = False
+            self._throttle.forget("nan")
+
+    def _flat_changed(self) -> None:
+        names = self.stage.flat_channel_names()
+        self.gauges.flat_channels = len(names)
+        if names:
+            log_event(logger, logging.WARNING, "flat_channels",
+                      "stream %r: %s flat for the last second (no change at all); predictions go on, built from "
+                      "a channel without signal", self.key, _channel_list(names), stream=self.key, channels=names,
+                      flat_channels=len(names), flat_windows=self.counters.flat_windows)
+        else:
+            log_event(logger, logging.INFO, "flat_channels", "stream %r: no flat channel any more", self.key,
+                      stream=self.key, channels=[], flat_channels=0, flat_windows=self.counters.flat_windows)
+
+    def check_silence(self, now: float) -> None:
+        """Called when a pull returned nothing: log (once) and count input silent for ``silence_s``."""
+        last = self.gauges.last_arrival
+        if self._silent or not math.isfinite(last) or now - last < self.silence_s:
+            return
+        self._silent = True
+        self.counters.silences += 1
+        log_event(logger, logging.WARNING, "input_silent",
+                  "stream %r: no input for %.1f s (source stopped or disconnected?); serving resumes when it is back",
+                  self.key, now - last, stream=self.key, silence_s=now - last, silences=self.counters.silences)
+
+    # -- windows ----------------------------------------------------------------------------------
     def poll(self) -> int:
         """Samples to publish if a window is due now (see :class:`~brainformer_rt.windower.Windower`), else 0."""
         n_publish = self.windower.poll(self.ring.total_written)
         if n_publish:
+            if not self._offset_decided:
+                self._decide_offset()
+            if self.gauges.flat_channels:
+                self.counters.flat_windows += 1
             self._sync_window_counters()
         return n_publish
+
+    def _decide_offset(self) -> None:
+        """Are this segment's timestamps in this machine's clock? Decided at its first window
+        from the smallest age seen at arrival (transport time, ~1 ms normally). A source whose
+        clock was reset (or that stamps with another clock) is seconds off: the difference is
+        removed before ages (staleness) and latencies are measured, so the segment is served
+        instead of being dropped as stale forever. Published timestamps stay the source's."""
+        self._offset_decided = True
+        lag = self._lag_min_s
+        offset = lag if math.isfinite(lag) and abs(lag) > FOREIGN_CLOCK_THRESHOLD_S else 0.0
+        if offset:
+            log_event(logger, logging.WARNING, "timestamp_offset",
+                      "stream %r: its timestamps are %.3f s %s this machine's clock (source clock reset?); ages and "
+                      "latencies are measured with that offset removed", self.key, abs(offset),
+                      "behind" if offset > 0 else "ahead of", stream=self.key, timestamp_offset_s=offset)
+        elif self.gauges.timestamp_offset_s:
+            log_event(logger, logging.INFO, "timestamp_offset", "stream %r: its timestamps are in this machine's "
+                      "clock again", self.key, stream=self.key, timestamp_offset_s=0.0)
+        self.gauges.timestamp_offset_s = offset
+
+    def age_s(self, now: float, timestamp: float) -> float:
+        """How old a sample stamped ``timestamp`` is at ``now`` (``local_clock()``)."""
+        return now - timestamp - self.gauges.timestamp_offset_s
+
+    def published(self, now: float, generation: int) -> None:
+        """A prediction of this stream went out at ``now`` (``local_clock()``); it was computed
+        from a window of segment ``generation`` (see :meth:`reset`)."""
+        if not self.published_any:
+            self.published_any = True
+            log_event(logger, logging.INFO, "first_prediction", "stream %r: first prediction published", self.key,
+                      stream=self.key, windows_served=self.counters.windows_served)
+        if self.outage_since is not None and generation == self.generation:  # not a window from before
+            outage_s = now - self.outage_since
+            self.outage_since = None
+            self.gauges.last_outage_s = outage_s
+            log_event(logger, logging.INFO, "publishing_resumed",
+                      "stream %r: publishing again, %.2f s after the last input before the interruption", self.key,
+                      outage_s, stream=self.key, outage_s=outage_s, gaps=self.counters.gaps,
+                      nan_chunks=self.counters.nan_chunks, reconnects=self.counters.reconnects)
 
     def drop_window(self, n_publish: int, stale: bool) -> None:
         """The window just returned by :meth:`poll` is not served."""
@@ -451,10 +606,15 @@ class StreamPipeline:
         self.counters.samples_unpublished = self.windower.samples_unpublished
 
     def reset(self) -> None:
-        """Start over after a gap: fresh filter state, empty buffer, wait for a full window."""
+        """Start over after a gap: fresh filter state, empty buffer, wait for a full window, and
+        decide the new segment's timestamp offset afresh."""
         self.stage.reset()
         self.ring.clear()
         self.windower.reset(self.ring.total_written)
+        self.gauges.buffer_fill = 0.0
+        self.generation += 1
+        self._lag_min_s = math.inf
+        self._offset_decided = False
 
     def close(self) -> None:
         for publisher in self.publishers:
@@ -466,6 +626,14 @@ class StreamPipeline:
             self.inlet.close()
         except Exception:  # noqa: BLE001
             logger.exception("stream %r: closing the inlet failed", self.key)
+
+
+def _channel_list(names: Sequence[str], limit: int = 6) -> str:
+    if not names:
+        return "no channel"
+    shown = ", ".join(repr(n) for n in names[:limit])
+    word = "channel" if len(names) == 1 else "channels"
+    return f"{word} {shown}" + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 # ==============================================================================================
@@ -529,58 +697,68 @@ class Daemon:
         self._warmup_end: Optional[float] = None
 
     # -- shared: forward + publish ------------------------------------------------------------------
-    def _serve_batch(self, items: List[Tuple[StreamPipeline, int, np.ndarray]]) -> None:
+    def _serve_batch(self, items: List[Tuple[StreamPipeline, int, np.ndarray, int]]) -> None:
         """Windows are in ``engine.input_buffer[:k]``; ``items[i] = (pipeline, n_publish,
-        timestamps (T,))`` for row ``i``. Forward once, then un-scale and publish each row's newest
-        ``n_publish`` samples with their input timestamps."""
+        timestamps (T,), generation)`` for row ``i``. Forward once, then un-scale and publish each
+        row's newest ``n_publish`` samples with their input timestamps."""
         k = len(items)
         started = time.perf_counter()
         predictions = self.engine.infer(self.engine.input_buffer[:k], out=self._predictions[:k])
         forwarded = time.perf_counter()
         self.metrics.add_forward(forwarded - started, k)
         T = self.window_samples
-        for row, (pipeline, n_publish, timestamps) in enumerate(items):
+        for row, (pipeline, n_publish, timestamps, generation) in enumerate(items):
             scaled = predictions[row, T - n_publish:]  # (n_publish, n_meg)
             if not math.isfinite(float(scaled.sum())):
                 # Counted as served (the forward ran) and as a NaN window; nothing is published.
                 pipeline.counters.nan_windows += 1
-                logger.warning("stream %r: the model predicted NaN/Inf; window not published", pipeline.key,
-                               extra={"stream": pipeline.key, "nan_windows": pipeline.counters.nan_windows})
+                ready, suppressed = pipeline._throttle.ready("nan_prediction")
+                if ready:
+                    log_event(logger, logging.WARNING, "nan_prediction",
+                              "stream %r: the model predicted NaN/Inf; window not published%s", pipeline.key,
+                              f" ({suppressed} more since the last message)" if suppressed else "",
+                              stream=pipeline.key, nan_windows=pipeline.counters.nan_windows)
                 continue
             physical = self._unscale(scaled, pipeline.physical[:n_publish])
             out_timestamps = timestamps[T - n_publish:]
             for publisher in pipeline.publishers:
                 if publisher.publish(physical, out_timestamps) is False:
                     pipeline.counters.zmq_drops += 1
-            self.metrics.add_e2e(pipeline.key, self.clock() - float(timestamps[-1]))
+            now = self.clock()
+            self.metrics.add_e2e(pipeline.key, pipeline.age_s(now, float(timestamps[-1])))
             pipeline.counters.samples_published += n_publish
+            pipeline.published(now, generation)
         self.metrics.add_stage("publish", time.perf_counter() - forwarded)
 
     def _unscale(self, scaled: np.ndarray, out: np.ndarray) -> np.ndarray:
         return unscale_meg_into(scaled, self._meg_mean, self._meg_std, self._unscale_work, out)
 
     def _is_stale(self, pipeline: StreamPipeline, newest_timestamp: float) -> bool:
-        return self.clock() - newest_timestamp > self.settings.max_input_age_s
+        return pipeline.age_s(self.clock(), newest_timestamp) > self.settings.max_input_age_s
 
     def _pull_and_ingest(self, pipeline: StreamPipeline) -> bool:
         """One blocking pull (and a drain when the inlet buffer was full); True when data came."""
         inlet = pipeline.inlet
         data, timestamps = inlet.pull(self.settings.pull_timeout_s)
         if timestamps.shape[0] == 0:
+            pipeline.check_silence(self.clock())
             return False
         pulled = time.perf_counter()
+        arrival = self.clock()
         # Transport: newest sample pushed (its timestamp) → we hold it.
-        self.metrics.add_stage("pull", self.clock() - float(timestamps[-1]))
+        self.metrics.add_stage("pull", pipeline.age_s(arrival, float(timestamps[-1])))
         try:
-            pipeline.ingest(data, timestamps)
+            pipeline.ingest(data, timestamps, arrival)
             while timestamps.shape[0] == inlet.max_chunk_samples:  # more may be waiting
                 data, timestamps = inlet.pull(0.0)
                 if timestamps.shape[0]:
-                    pipeline.ingest(data, timestamps)
+                    pipeline.ingest(data, timestamps, self.clock())
         except Exception:  # noqa: BLE001 - a broken chunk resets the stream, never kills the daemon
-            logger.exception("stream %r: preprocessing failed; resetting the stream", pipeline.key)
+            logger.exception("stream %r: preprocessing failed; resetting the stream", pipeline.key,
+                             extra={"event": "stream_error", "stream": pipeline.key})
             pipeline.reset()
             return True
+        pipeline.gauges.clock_offset_s = getattr(inlet, "clock_offset_s", 0.0)
         self.metrics.add_stage("preprocess", time.perf_counter() - pulled)
         return True
 
@@ -592,11 +770,15 @@ class Daemon:
         for key, counters in self.metrics.streams.items():
             recent = self.metrics.e2e[key].recent(1024)
             p99 = float(np.percentile(recent, 99.0)) * 1e3 if recent.size else math.nan
-            logger.info("stream %r: %d windows served, %d skipped, %d gaps; e2e p99 %.3f ms (last %d)",
-                        key, counters.windows_served, counters.windows_skipped, counters.gaps, p99, recent.size,
-                        extra={"stream": key, "windows_served": counters.windows_served,
-                               "windows_skipped": counters.windows_skipped, "gaps": counters.gaps,
-                               "e2e_p99_ms": p99})
+            log_event(logger, logging.INFO, "progress",
+                      "stream %r: %d windows served, %d skipped, %d stale, %d gaps, %d NaN windows; e2e p99 %.3f ms "
+                      "(last %d)", key, counters.windows_served, counters.windows_skipped, counters.windows_stale,
+                      counters.gaps, counters.nan_windows, p99, recent.size,
+                      stream=key, samples_in=counters.samples_in, windows_served=counters.windows_served,
+                      windows_skipped=counters.windows_skipped, windows_stale=counters.windows_stale,
+                      gaps=counters.gaps, gap_samples=counters.gap_samples, reconnects=counters.reconnects,
+                      nan_windows=counters.nan_windows, flat_windows=counters.flat_windows,
+                      zmq_drops=counters.zmq_drops, e2e_p99_ms=p99)
 
     # -- loops --------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -635,7 +817,7 @@ class Daemon:
                     continue
                 np.copyto(input_buffer[0], window)
                 # The ring is not written again before publishing: its timestamp view stays valid.
-                self._serve_batch([(pipeline, n_publish, timestamps)])
+                self._serve_batch([(pipeline, n_publish, timestamps, pipeline.generation)])
                 self._progress()
 
     def _run_many(self) -> None:
@@ -656,7 +838,8 @@ class Daemon:
                     for row, pipeline in enumerate(pending[:batch]):
                         np.copyto(input_buffer[row], pipeline.pending_window)
                         np.copyto(self._batch_timestamps[row], pipeline.pending_timestamps)
-                        items.append((pipeline, pipeline.pending_publish, self._batch_timestamps[row]))
+                        items.append((pipeline, pipeline.pending_publish, self._batch_timestamps[row],
+                                      pipeline.pending_generation))
                         pipeline.pending_publish = 0
                 if items:
                     self._serve_batch(items)
@@ -690,6 +873,7 @@ class Daemon:
                     np.copyto(pipeline.pending_window, window)
                     np.copyto(pipeline.pending_timestamps, timestamps)
                     pipeline.pending_publish = n_publish
+                    pipeline.pending_generation = pipeline.generation
                     self._cond.notify()
         except Exception as error:  # noqa: BLE001 - one stream's failure must not stop the others
             pipeline.failed = error
@@ -736,19 +920,26 @@ def serve_command(**options: Any) -> None:
     import typer
     from rich.console import Console
 
+    # Signals are taken over first, so that a stop at any later moment ends in an orderly exit.
+    stop = StopRequest()
+    stop.install()
     console = Console(highlight=False, markup=False)
     err_console = Console(stderr=True, highlight=False, markup=False)
     config_file = options.pop("config_file", None)
     try:
         settings = build_settings(config_file, **options)
+        configure_logging(settings.log_format, settings.log_level)
     except SettingsError as error:
+        stop.restore()
         err_console.print(f"error: {error}", markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
-    configure_logging(settings.log_format, settings.log_level)
+    except ServeInterrupted:
+        stop.restore()
+        raise typer.Exit(EXIT_OK) from None
     try:
-        code = run_serve(settings, console, err_console)
+        code = run_serve(settings, console, err_console, stop)  # restores the signal handlers
     finally:
-        _remove_log_handler()
+        remove_log_handler()
         # Everything is closed and printed; the process exits next. Python's final garbage
         # collections walk every object torch and transformers created (~2 s on 2 busy cores);
         # frozen objects are skipped, so a stop request ends the process well within a second.
@@ -767,27 +958,36 @@ class _Resources:
         self.zmq_publisher: Any = None  # one PUB socket for every stream (one topic each)
         self.resolvers: List[Any] = []
         self.pipelines: List[StreamPipeline] = []
+        self.exporter: Any = None  # the Prometheus metrics server
 
     def close(self) -> None:
-        for resolver in self.resolvers:
-            resolver.close()
-        for pipeline in self.pipelines:
-            pipeline.close()
+        """Close everything (each step on its own: one failure must not keep the rest open)."""
+        closed: List[str] = []
+        steps = [("resolvers", lambda: [r.close() for r in self.resolvers])]
+        steps += [(f"stream {p.key!r}", p.close) for p in self.pipelines]
         owned = {id(p.inlet) for p in self.pipelines}
-        for inlet in self.inlets.values():
-            if id(inlet) not in owned:
-                inlet.close()
-        for publisher in self.publishers:
-            publisher.close()
+        steps += [(f"inlet {k!r}", inlet.close) for k, inlet in self.inlets.items() if id(inlet) not in owned]
+        steps += [(type(p).__name__, p.close) for p in self.publishers]
         if self.zmq_publisher is not None:
-            self.zmq_publisher.close()
+            steps.append((f"ZeroMQ {self.zmq_publisher.address}", self.zmq_publisher.close))
         if self.engine is not None:
-            self.engine.close()
+            steps.append(("engine", self.engine.close))
+        if self.exporter is not None:
+            steps.append((f"metrics server {self.exporter.address}", self.exporter.close))
+        for what, close in steps:
+            try:
+                close()
+                closed.append(what)
+            except Exception:  # noqa: BLE001 - the others must still be closed
+                logger.exception("closing %s failed", what, extra={"event": "close_failed"})
+        if len(closed) > 1:
+            log_event(logger, logging.INFO, "closed", "closed: %s", ", ".join(closed[1:]), closed=closed[1:])
 
 
-def run_serve(settings: ServeSettings, console: Any, err_console: Any) -> int:
+def run_serve(settings: ServeSettings, console: Any, err_console: Any, stop: Optional["StopRequest"] = None) -> int:
     """Run the daemon with validated ``settings``; returns the exit code."""
-    stop = StopRequest()
+    if stop is None:
+        stop = StopRequest()
     stop.install()
     metrics = ServeMetrics(settings.streams)
     resources = _Resources()
@@ -808,25 +1008,31 @@ def run_serve(settings: ServeSettings, console: Any, err_console: Any) -> int:
             names = ", ".join(repr(p.key) for p in pipelines)
             console.print(f"serving {names} with engine {engine.kind} on {engine.device} "
                           f"(hop {pipelines[0].windower.hop_samples} samples); stop with Ctrl-C", soft_wrap=True)
+            log_event(logger, logging.INFO, "serving", "serving %s", names, streams=list(settings.streams),
+                      engine=engine.kind, device=str(engine.device), hop_samples=pipelines[0].windower.hop_samples)
             daemon.run()
         except ServeInterrupted:
             pass
         finally:
             stop.interrupt = False
+            if stop.signal_name:
+                log_event(logger, logging.INFO, "stopping", "stopping on %s", stop.signal_name, signal=stop.signal_name)
     except _UsageError as error:
-        err_console.print(f"error: {error}", markup=False, soft_wrap=True)
-        code = EXIT_USAGE
+        code, error_line = EXIT_USAGE, f"error: {error}"
     except _Failure as error:
-        err_console.print(f"error: {error}", markup=False, soft_wrap=True)
-        code = EXIT_FAILURE
+        code, error_line = EXIT_FAILURE, f"error: {error}"
     except Exception as error:  # noqa: BLE001 - one line for the user, the traceback in the log
         logger.debug("serve failed", exc_info=True)
-        err_console.print(f"error: {type(error).__name__}: {error}", markup=False, soft_wrap=True)
-        code = EXIT_FAILURE
+        code, error_line = EXIT_FAILURE, f"error: {type(error).__name__}: {error}"
     finally:
         resources.close()
         stop.restore()
-    if code == EXIT_OK:
+    if code != EXIT_OK:
+        if settings.log_format == "json":  # lab pipelines read the log; people read the line below
+            log_event(logger, logging.ERROR, "error", "%s", error_line.removeprefix("error: "), exit_code=code)
+        # After the closing log lines: the error is the last line the user (or a script) sees.
+        err_console.print(error_line, markup=False, soft_wrap=True)
+    else:
         if stop.signal_name:
             console.print(f"stopped by {stop.signal_name}")
         console.print(summary_table(metrics))
@@ -844,14 +1050,28 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, 
     Raises _UsageError / _Failure / ServeInterrupted."""
     from brainformer_rt.inlet import EEGInlet
 
+    if settings.zmq and settings.zmq_curve_keys is not None:
+        from brainformer_rt.publishers.zmq import load_curve_keys
+
+        try:  # checked now, not after the wait for the streams
+            load_curve_keys(settings.zmq_curve_keys)
+        except ValueError as error:
+            raise _UsageError(str(error)) from None
     if settings.metrics_port is not None:
-        raise _UsageError("metrics_port: the Prometheus exporter is not available in this version")
+        from brainformer_rt.prometheus import ExporterError, start_exporter
+
+        try:
+            resources.exporter = start_exporter(metrics, settings.metrics_host, settings.metrics_port)
+        except ExporterError as error:
+            raise _UsageError(str(error)) from None
     # Resolving runs in liblsl's background threads while the model loads and warms up. The
     # inlets are opened only afterwards, so that no backlog piles up in them meanwhile.
     wait_s = None if math.isinf(settings.wait_s) else settings.wait_s
     for key in settings.streams:
         limit = "" if wait_s is None else f" (up to {wait_s:g} s)"
         console.print(f"waiting for LSL stream {key!r} (by name, then type){limit} …", soft_wrap=True)
+        log_event(logger, logging.INFO, "waiting", "waiting for LSL stream %r (by name, then type)%s", key, limit,
+                  stream=key, wait_s=settings.wait_s)
     resolvers = {key: _StreamResolver(key) for key in settings.streams}
     resources.resolvers.extend(resolvers.values())
     resolve_started = time.monotonic()
@@ -862,6 +1082,7 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, 
 
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
+    log_event(logger, logging.INFO, "model_loading", "loading model %s", settings.model, model=str(settings.model))
     model, config = _load(settings)
     hop = settings.hop_samples if settings.hop_samples is not None else int(config.hop_samples)
     window = int(config.window_samples)
@@ -872,19 +1093,35 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, 
         resources.engine = engine = make_engine(model, settings.engine, settings.device, batch_size, window)
     except EngineError as error:
         raise _UsageError(str(error)) from None
+    log_event(logger, logging.INFO, "engine_warmup", "preparing the %s engine on %s (warm-up)", engine.kind,
+              engine.device, engine=engine.kind, device=str(engine.device), batch_size=batch_size)
+    warmup_started = time.monotonic()
     engine.setup()
+    log_event(logger, logging.INFO, "engine_ready", "engine ready after %.2f s", time.monotonic() - warmup_started,
+              engine=engine.kind, setup_s=time.monotonic() - warmup_started)
     infos: Dict[str, Any] = {}
+    next_reminder = resolve_started + WAIT_REMINDER_INTERVAL_S
     while len(infos) < len(resolvers):
         for key, resolver in resolvers.items():
             if key not in infos:
                 info = resolver.poll()
                 if info is not None:
                     infos[key] = info
+                    log_event(logger, logging.INFO, "stream_found", "found LSL stream %r (source_id %r)", key,
+                              info.source_id(), stream=key, source_id=info.source_id(), lsl_name=info.name())
         if len(infos) < len(resolvers):
-            if wait_s is not None and time.monotonic() - resolve_started > wait_s:
-                missing = next(key for key in settings.streams if key not in infos)
-                raise _Failure(f"no LSL stream with name or type {missing!r} appeared within {wait_s:g} s "
+            now = time.monotonic()
+            missing = [key for key in settings.streams if key not in infos]
+            if wait_s is not None and now - resolve_started > wait_s:
+                log_event(logger, logging.ERROR, "wait_timeout", "no LSL stream %r after %g s", missing[0], wait_s,
+                          stream=missing[0], wait_s=wait_s)
+                raise _Failure(f"no LSL stream with name or type {missing[0]!r} appeared within {wait_s:g} s "
                                "(list the visible streams with `brainformer-rt streams`)")
+            if now >= next_reminder:
+                next_reminder = now + WAIT_REMINDER_INTERVAL_S
+                for key in missing:
+                    log_event(logger, logging.INFO, "waiting", "still waiting for LSL stream %r (%.0f s)", key,
+                              now - resolve_started, stream=key, waited_s=now - resolve_started)
             time.sleep(0.05)  # a signal raises ServeInterrupted here
     for resolver in resolvers.values():
         resolver.close()
@@ -918,7 +1155,8 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, 
     for key in settings.streams:
         publishers = _make_publishers(settings, config, key, outputs[key], resources)
         resources.pipelines.append(StreamPipeline(key, inlets[key], stages[key], window, hop, settings.gap_threshold_s,
-                                                  metrics.streams[key], publishers, engine.n_output_channels))
+                                                  metrics.streams[key], publishers, engine.n_output_channels,
+                                                  gauges=metrics.gauges[key], silence_s=settings.silence_s))
         resources.publishers = []  # owned by the pipeline now
 
 
@@ -1007,36 +1245,6 @@ def _raise_connect_error(key: str, outcome: Any) -> None:
         raise _Failure(f"stream {key!r}: could not be opened")
 
 
-class _SharedZMQTopic:
-    """One stream's topic on a ZeroMQ publisher shared by several streams (one PUB socket on one
-    address, one topic per stream, as the wire format prescribes).
-
-    The stream keeps its own ``seq``, topic and stream name and lends them to the shared
-    publisher for each message, so every topic counts its own ``seq`` from 0 and carries the
-    channel names in its own first message. Only the main thread publishes, so no lock is needed.
-    """
-
-    def __init__(self, publisher: Any, topic: bytes, stream_name: str) -> None:
-        self.publisher = publisher
-        self.topic = topic
-        self.stream_name = stream_name
-        self.seq = 0
-
-    @property
-    def messages_dropped(self) -> int:
-        return self.publisher.messages_dropped
-
-    def publish(self, data: np.ndarray, timestamps: np.ndarray) -> bool:
-        shared = self.publisher
-        shared.topic, shared.stream_name, shared.seq = self.topic, self.stream_name, self.seq
-        sent = shared.publish(data, timestamps)
-        self.seq = shared.seq
-        return sent
-
-    def close(self) -> None:
-        self.publisher.close()  # idempotent: the first topic closed closes the socket
-
-
 def _make_publishers(settings: ServeSettings, config: Any, key: str, output: Tuple[str, bytes],
                      resources: _Resources) -> List[Any]:
     """The LSL outlet and ZeroMQ topic of one stream (registered in ``resources`` as made)."""
@@ -1055,14 +1263,15 @@ def _make_publishers(settings: ServeSettings, config: Any, key: str, output: Tup
         if settings.zmq:
             from brainformer_rt.publishers.zmq import ZMQPublisher
 
-            if resources.zmq_publisher is None:
+            if resources.zmq_publisher is None:  # one socket; with several streams one topic each
                 resources.zmq_publisher = ZMQPublisher(
                     settings.zmq, topic, channel_names=names, channel_types=types, sfreq_hz=float(config.sfreq_hz),
                     model_name=model_name, stream_name=key, curve_keys_dir=settings.zmq_curve_keys)
-            if len(settings.streams) == 1:
-                made.append(resources.zmq_publisher)
-            else:
-                made.append(_SharedZMQTopic(resources.zmq_publisher, topic, key))
-    except (NotImplementedError, ValueError) as error:
+                log_event(logger, logging.INFO, "zmq_bound", "ZeroMQ publisher on %s%s",
+                          resources.zmq_publisher.address, " (CURVE)" if resources.zmq_publisher.curve else "",
+                          address=resources.zmq_publisher.address, curve=resources.zmq_publisher.curve)
+            made.append(resources.zmq_publisher if len(settings.streams) == 1
+                        else resources.zmq_publisher.add_topic(topic, key))
+    except ValueError as error:
         raise _UsageError(str(error)) from None
     return made

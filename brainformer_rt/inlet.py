@@ -12,7 +12,15 @@ Design notes (measured facts in the project's platform notes):
   another host. Its first call takes ~0.6 s, so it happens in :meth:`EEGInlet.open`; later
   calls return liblsl's background estimate in ~20 µs and are made at most every few seconds.
 - With ``recover=True`` liblsl silently reconnects to a restarted outlet with the same
-  ``source_id``; the only trace is a jump in the timestamps, which is counted here.
+  ``source_id`` (~1 s after it is back). Two traces are left, counted separately here:
+  a jump in the timestamps (``discontinuities``, which lost data and clock jumps cause too) and
+  liblsl's "clock may have been reset" flag (``was_clock_reset()``), which it raises when it
+  re-established the connection — but only once a time-offset estimate exists. The inlet
+  therefore starts liblsl's background offset estimation at :meth:`EEGInlet.open` (a
+  non-blocking ``time_correction(0)``) and again after every reconnect; a reconnect is counted
+  (``reconnects``) when a discontinuity comes with that flag. liblsl needs ~2 s after a
+  reconnect to re-estimate the offset, so a second restart within that time is seen as a
+  discontinuity only.
 
 Importing this module imports pylsl: point liblsl at the loopback configuration first
 (:func:`brainformer_rt.lsl_config.use_loopback_config`).
@@ -170,8 +178,8 @@ class EEGInlet:
         recover: let liblsl reconnect silently to a restarted outlet with the same source_id.
             When False, a lost outlet raises :class:`StreamLostError`.
         gap_threshold_s: a jump between consecutive timestamps larger than this (or any step
-            backwards by more than half a sample period) is counted as a discontinuity (a
-            reconnect or lost data). Default: 5 sample periods.
+            backwards by more than half a sample period) is counted as a discontinuity (lost
+            data, a clock jump or a reconnect). Default: 5 sample periods.
         max_buffer_s: seconds of data liblsl keeps for this inlet before dropping the oldest.
         correct_clock: add liblsl's ``time_correction()`` offset to the timestamps. ``None``
             (default): only for streams from another host; on this host both ends read the same
@@ -207,11 +215,13 @@ class EEGInlet:
             gap_threshold_s = 5 * self._period_s if self._period_s else float("inf")
         self.gap_threshold_s = gap_threshold_s
         self._last_timestamp: float | None = None  # newest timestamp seen (source clock)
+        self._steps = np.empty(0, dtype=np.float64)  # timestamp steps of one pull (reused)
         self._next_clock_refresh_s = 0.0
         # Counters.
         self.samples_in = 0
         self.chunks = 0
-        self.reconnects = 0  # discontinuities in the timestamps (reconnect or lost data)
+        self.discontinuities = 0  # jumps in the timestamps (lost data, clock jump or reconnect)
+        self.reconnects = 0  # connections liblsl re-established to a restarted outlet
         self.last_gap_s = 0.0
         self.clock_offset_s = 0.0  # added to source timestamps to get local_clock() time
 
@@ -251,9 +261,12 @@ class EEGInlet:
             self.correct_clock = description.hostname != socket.gethostname()
         if self.correct_clock:
             self._refresh_clock_offset(timeout_s)  # the slow first call, off the hot path
+        else:
+            self._arm_reconnect_detection()
         dtype = np.float32 if self.description.channel_format == "float32" else np.float64
         self._data = np.zeros((self.max_chunk_samples, self.description.n_channels), dtype=dtype)
         self._timestamps = np.zeros(self.max_chunk_samples, dtype=np.float64)
+        self._steps = np.zeros(self.max_chunk_samples, dtype=np.float64)
         logger.info(
             "opened LSL stream %r (type %r, %d channels, %g Hz, %s, source_id %r, clock offset %.3f ms)",
             self.description.name, self.description.type, self.description.n_channels,
@@ -261,6 +274,14 @@ class EEGInlet:
             self.clock_offset_s * 1e3,
         )
         return self.description
+
+    def _arm_reconnect_detection(self) -> None:
+        """Start liblsl's background time-offset estimation without waiting for it: liblsl flags
+        a reconnect (``was_clock_reset``) only while an estimate exists."""
+        try:
+            self._inlet.time_correction(0.0)
+        except LSLTimeoutError:
+            pass  # expected: the estimate arrives in the background
 
     def _refresh_clock_offset(self, timeout_s: float) -> None:
         try:
@@ -301,23 +322,35 @@ class EEGInlet:
 
     def _count_discontinuities(self, source_timestamps: np.ndarray) -> None:
         """Count jumps (forward beyond the threshold, or backwards) including the step from the
-        previous chunk; liblsl's silent reconnects show up only this way."""
+        previous chunk, and the reconnects among them (liblsl's clock-reset flag)."""
         previous = self._last_timestamp
         self._last_timestamp = float(source_timestamps[-1])
         if not self._period_s:
             return
-        steps = np.diff(source_timestamps, prepend=source_timestamps[0] if previous is None else previous)
+        n = source_timestamps.shape[0]
+        steps = self._steps[:n]
+        steps[0] = 0.0 if previous is None else source_timestamps[0] - previous
+        if n > 1:
+            np.subtract(source_timestamps[1:], source_timestamps[:-1], out=steps[1:])
         jumps = (steps > self.gap_threshold_s) | (steps < -0.5 * self._period_s)
-        if jumps.any():
-            n_jumps = int(np.count_nonzero(jumps))
-            self.reconnects += n_jumps
-            self.last_gap_s = float(steps[jumps][-1])
-            logger.warning(
-                "LSL stream %r: %d discontinuit%s in the timestamps (last %+.3f s): reconnect or lost data",
-                self.description.name, n_jumps, "y" if n_jumps == 1 else "ies", self.last_gap_s,
-            )
-            # The offset may have changed with the connection: refresh at the next pull.
-            self._next_clock_refresh_s = 0.0
+        if not jumps.any():
+            return
+        n_jumps = int(np.count_nonzero(jumps))
+        self.discontinuities += n_jumps
+        self.last_gap_s = float(steps[jumps][-1])
+        reconnected = bool(self._inlet.was_clock_reset())
+        if reconnected:
+            self.reconnects += 1
+            self._arm_reconnect_detection()
+        logger.warning(
+            "LSL stream %r: %d discontinuit%s in the timestamps (last %+.3f s)%s",
+            self.description.name, n_jumps, "y" if n_jumps == 1 else "ies", self.last_gap_s,
+            "; liblsl reconnected to the restarted source" if reconnected else "",
+            extra={"event": "discontinuity", "stream": self.description.name, "discontinuities": self.discontinuities,
+                   "reconnects": self.reconnects},
+        )
+        # The offset may have changed with the connection: refresh at the next pull.
+        self._next_clock_refresh_s = 0.0
 
     def close(self) -> None:
         if self._inlet is not None:

@@ -1,9 +1,13 @@
 """Serving metrics: counters, per-stage timings and end-to-end latency, in one object.
 
 Everything the daemon measures lives in one :class:`ServeMetrics` so that the final table, the
-stats JSON and an exporter read the same numbers. The hot path only does integer additions and
-writes one float into a preallocated ring (:class:`TimingRing`); percentiles are computed when a
-summary is asked for, never per window.
+stats JSON and the Prometheus exporter (``prometheus.py``) read the same numbers. The hot path
+only does integer additions and writes one float into a preallocated ring (:class:`TimingRing`);
+percentiles are computed when a summary is asked for, never per window, and the exporter folds
+the values added since its last scrape into its histograms (:meth:`ServeMetrics.take_new`).
+
+Per stream there are counters (:class:`StreamCounters`: only ever grow) and gauges
+(:class:`StreamGauges`: the current state, e.g. how full the window is after a gap).
 
 Units: times are recorded in seconds (``local_clock()`` differences) and summarised in
 milliseconds (keys end in ``_ms``).
@@ -18,7 +22,7 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
-__all__ = ["TimingRing", "StreamCounters", "ServeMetrics", "STAGES", "summary_table"]
+__all__ = ["TimingRing", "StreamCounters", "StreamGauges", "ServeMetrics", "STAGES", "summary_table"]
 
 #: The timed stages of one loop iteration, in pipeline order.
 STAGES = ("pull", "preprocess", "forward", "publish")
@@ -33,14 +37,15 @@ class TimingRing:
     ``add`` is O(1) and allocation-free; :meth:`summary` computes percentiles over what is kept.
     """
 
-    __slots__ = ("values_s", "capacity", "count", "_next")
+    __slots__ = ("values_s", "capacity", "count", "clears", "_next")
 
     def __init__(self, capacity: int = DEFAULT_RING_CAPACITY) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.values_s = np.zeros(capacity, dtype=np.float64)
         self.capacity = capacity
-        self.count = 0  # values added in total (may exceed capacity)
+        self.count = 0  # values added in total since the last clear (may exceed capacity)
+        self.clears = 0  # times clear() was called (tells a reader that `count` restarted)
         self._next = 0
 
     def add(self, value_s: float) -> None:
@@ -53,6 +58,7 @@ class TimingRing:
     def clear(self) -> None:
         self.count = 0
         self._next = 0
+        self.clears += 1
 
     def recent(self, n: int) -> np.ndarray:
         """Up to the ``n`` newest values (a view when they do not wrap, else a copy)."""
@@ -98,14 +104,46 @@ class StreamCounters:
     windows_served: int = 0
     windows_skipped: int = 0  # windows never computed because a newer one was served
     windows_stale: int = 0  # due windows dropped because their newest sample was too old
-    gaps: int = 0  # discontinuities in the input timestamps (each resets the stream)
-    gap_samples: int = 0  # samples missing in those gaps, estimated from the nominal rate
-    reconnects: int = 0  # inlet reconnections reported by the inlet
+    gaps: int = 0  # discontinuities in the input timestamps: lost data, clock jumps, restarts, chunks
+    #                out of order (each resets the stream)
+    gap_samples: int = 0  # samples missing in those gaps (estimated, see preprocess.GapDetector)
+    reconnects: int = 0  # connections liblsl re-established to a restarted source (see inlet.py)
+    silences: int = 0  # times the input stopped for longer than the silence threshold
     nan_chunks: int = 0  # input chunks dropped because they held NaN/Inf (each resets the stream)
-    nan_windows: int = 0  # windows not published because the prediction held NaN/Inf
-    zmq_drops: int = 0  # ZeroMQ messages the socket refused (high-water mark)
+    nan_windows: int = 0  # windows not served because of NaN/Inf: due while input held NaN/Inf or
+    #                       was refilling after it, or whose prediction held NaN/Inf
+    flat_windows: int = 0  # windows served while at least one input channel was flat
+    zmq_drops: int = 0  # ZeroMQ messages the socket refused as a whole (PUB drops per subscriber
+    #                     silently at its high-water mark: subscribers see that as a seq jump)
     first_timestamp: float = math.nan  # timestamp of the first raw sample the daemon processed
     last_reset_timestamp: float = math.nan  # first raw sample after the last gap reset
+
+    def to_dict(self) -> Dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class StreamGauges:
+    """The current state of one served stream (plain numbers, read by the exporter at any time).
+
+    ``buffer_fill``: fraction of a model window the stream holds since its last reset (1.0 when
+    serving; below while refilling after the start, a gap or NaN input). ``clock_offset_s``:
+    liblsl's offset added to the stream's timestamps (0 on this host). ``timestamp_offset_s``:
+    how far the current segment's timestamps are behind this machine's clock when they are not
+    in it (e.g. the source's clock was reset; 0 normally), removed before ages and latencies are
+    measured. ``input_lag_s``: age of the newest sample when it was pulled. ``last_arrival``:
+    ``local_clock()`` of the newest pull that returned data. ``flat_channels``: channels flat in
+    the last second. ``last_outage_s``: last sample before the newest reset → first prediction
+    published after it.
+    """
+
+    buffer_fill: float = 0.0
+    clock_offset_s: float = 0.0
+    timestamp_offset_s: float = 0.0
+    input_lag_s: float = math.nan
+    last_arrival: float = math.nan
+    flat_channels: int = 0
+    last_outage_s: float = math.nan
 
     def to_dict(self) -> Dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -133,6 +171,7 @@ class ServeMetrics:
     def __init__(self, stream_names: Iterable[str], capacity: int = DEFAULT_RING_CAPACITY) -> None:
         self.stream_names: List[str] = list(stream_names)
         self.streams: Dict[str, StreamCounters] = {name: StreamCounters() for name in self.stream_names}
+        self.gauges: Dict[str, StreamGauges] = {name: StreamGauges() for name in self.stream_names}
         self.stages: Dict[str, TimingRing] = {stage: TimingRing(capacity) for stage in STAGES}
         self.e2e: Dict[str, TimingRing] = {name: TimingRing(capacity) for name in self.stream_names}
         self.batch_sizes = TimingRing(capacity)
@@ -159,6 +198,22 @@ class ServeMetrics:
     def add_e2e(self, stream: str, latency_s: float) -> None:
         with self._lock:
             self.e2e[stream].add(latency_s)
+
+    # -- exporter ------------------------------------------------------------------------------
+    def take_new(self, ring: TimingRing, seen_count: int, seen_clears: int) -> tuple:
+        """Values added to ``ring`` since a reader saw ``(seen_count, seen_clears)``.
+
+        Returns ``(values (k,) float64 copy, count, clears, lost)``; ``lost`` values were added
+        but already overwritten (the reader came back after more than ``capacity`` additions).
+        Holds the lock only for the copy.
+        """
+        with self._lock:
+            count, clears = ring.count, ring.clears
+            start = seen_count if clears == seen_clears else 0
+            new = count - start
+            kept = min(new, ring.capacity)
+            values = ring.recent(kept).copy() if kept > 0 else np.zeros(0)
+        return values, count, clears, max(0, new - kept)
 
     # -- summaries ------------------------------------------------------------------------------
     def reset_timings(self) -> None:
@@ -203,6 +258,7 @@ class ServeMetrics:
             "timed_duration_s": timed_s,  # the period the timings cover (after the warm-up)
             "totals": self.totals(),
             "streams": {name: c.to_dict() for name, c in self.streams.items()},
+            "gauges": {name: g.to_dict() for name, g in self.gauges.items()},
             "stages": {stage: ring.summary() for stage, ring in self.stages.items()},
             "e2e_latency": {"all": self.e2e_summary(), **{name: self.e2e_summary(name) for name in self.stream_names}},
             "forward_calls": self.forward_calls,
@@ -252,7 +308,8 @@ def summary_table(metrics: ServeMetrics):
     for name in metrics.stream_names:
         counters.add_column(name, justify="right")
     keys = ["samples_in", "samples_published", "windows_served", "windows_skipped", "windows_stale",
-            "samples_unpublished", "gaps", "gap_samples", "reconnects", "nan_chunks", "nan_windows", "zmq_drops"]
+            "samples_unpublished", "gaps", "gap_samples", "reconnects", "silences", "nan_chunks", "nan_windows",
+            "flat_windows", "zmq_drops"]
     for key in keys:
         counters.add_row(key.replace("_", " "), *(str(getattr(metrics.streams[name], key)) for name in metrics.stream_names))
 
