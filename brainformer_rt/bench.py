@@ -652,7 +652,7 @@ def _outputs(receivers: ReceiverThreads, transport: str, streams: Sequence[str],
         summary["samples_fraction"] = summary["samples"] / expected_samples
         if transport == "lsl" and stream in receivers.lsl_subscribers:
             # Jumps in the output's timestamps (samples never published, e.g. after a stall).
-            summary["timestamp_discontinuities"] = receivers.lsl_subscribers[stream].reconnects
+            summary["timestamp_discontinuities"] = receivers.lsl_subscribers[stream].discontinuities
         per_stream[stream] = summary
     rows = np.concatenate(pooled)
     pooled_summary = _latency_summary(rows)

@@ -81,6 +81,11 @@ class LSLSubscriber:
     def reconnects(self) -> int:
         return self._inlet.reconnects if self._inlet else 0
 
+    @property
+    def discontinuities(self) -> int:
+        """Jumps in the received timestamps (gaps, clock resets)."""
+        return self._inlet.discontinuities if self._inlet else 0
+
     def receive_all(self, timeout_s: float = 0.1) -> list[Received]:
         """Wait up to ``timeout_s`` for data, then take everything that arrived.
 
