@@ -23,7 +23,7 @@ app = typer.Typer(
 @app.command()
 def prepare(
     data: List[Path] = typer.Option(..., "--data", help="Raw recordings (any MNE-readable file) or BIDS roots; repeat for several."),
-    out: Path = typer.Option(..., "--out", help="Directory to write the Hugging Face dataset to."),
+    out: Path = typer.Option(..., "--out", help="Dataset directory to write (continuous arrays; brainformer.data.hf_windows opens it as a Hugging Face dataset)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Training TOML (model + preprocessing + data sections)."),
     split: Optional[float] = typer.Option(None, "--split", help="Fraction of each recording, in time, used for training (default: data.split of --config, else 0.75)."),
     tokenize: bool = typer.Option(False, "--tokenize", help="Mark the dataset as meant for the `tokens` head (labels are quantised to 255-level tokens while training)."),

@@ -87,30 +87,23 @@ class ContinuousWindows(torch.utils.data.Dataset):
         max_shift: int = 0,
         noise_std: float = 0.0,
     ) -> None:
-        from brainformer.data import window_starts
+        from brainformer.data import window_index
 
-        parts = (part,) if isinstance(part, str) else tuple(part)
         self.recordings = list(recordings)
         self.window = int(window_samples)
         self.quantizer = quantizer
         self.max_shift = int(max_shift)
         self.noise_std = float(noise_std)
-        self.index: list[tuple[int, int, int, int]] = []  # (recording, start, part_start, part_stop)
-        for i, rec in enumerate(self.recordings):
-            starts = [rec.parts[p][0] for p in parts if rec.parts[p][1] > rec.parts[p][0]]
-            stops = [rec.parts[p][1] for p in parts if rec.parts[p][1] > rec.parts[p][0]]
-            if not starts:
-                continue
-            # Several adjacent parts (train + validation) form one continuous stretch.
-            lo, hi = min(starts), max(stops)
-            for start in window_starts(lo, hi, self.window, hop_samples):
-                self.index.append((i, int(start), lo, hi))
+        # (n_windows, 4) int64 rows (recording, start, stretch_start, stretch_stop); several
+        # adjacent parts (train + validation) form one continuous stretch. An array, not a list
+        # of tuples: 32 bytes a window keeps the index of a many-hour dataset small.
+        self.index = window_index(self.recordings, part, self.window, hop_samples)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        rec_index, start, lo, hi = self.index[item]
+        rec_index, start, lo, hi = (int(v) for v in self.index[item])
         if self.max_shift:
             shift = int(torch.randint(-self.max_shift, self.max_shift + 1, ()).item())
             start = min(max(start + shift, lo), hi - self.window)
