@@ -1163,46 +1163,51 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, 
 class _StreamResolver:
     """Finds the stream for one ``--stream`` value: by name first, then by type.
 
-    liblsl's continuous resolvers query in their own threads; :meth:`poll` only reads their
-    current results, so it never blocks and a stop signal is answered at once (a blocking
-    ``resolve_byprop`` would hold the process for up to its wait, even at exit). A type match is
-    accepted once no name match has shown up for ``TYPE_GRACE_S`` after it: with machine-scope
-    discovery an older outlet answers ~0.5 s after a newer one, so the name match may be late.
+    The lookups run in a daemon thread, so :meth:`poll` never blocks and a stop signal is
+    answered at once. They are blocking ``resolve_byprop`` calls with 1 s waits rather than
+    liblsl's continuous resolvers: with machine-scope discovery only the newest outlet answers a
+    query at once and older ones ~0.5 s later, and continuous resolvers looking for several
+    streams together missed most of them (2 of 8 found in a minute). A type match is accepted
+    only after a further name lookup found nothing, so a late-answering name match wins.
     """
 
-    TYPE_GRACE_S = 1.0
+    LOOKUP_WAIT_S = 1.0
 
     def __init__(self, name_or_type: str) -> None:
-        import pylsl
-
         if "'" in name_or_type:  # liblsl builds an XPath predicate name='value'
             raise _UsageError(f"stream {name_or_type!r}: a stream name or type must not contain a quote (')")
         self.key = name_or_type
-        self._by_name = pylsl.ContinuousResolver(prop="name", value=name_or_type, forget_after=5.0)
-        self._by_type = pylsl.ContinuousResolver(prop="type", value=name_or_type, forget_after=5.0)
-        self._type_seen_at: Optional[float] = None
+        self._found: Optional[tuple] = None  # (how, [pylsl.StreamInfo, ...])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"resolve-{name_or_type}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import pylsl
+
+        type_match = None
+        while not self._stop.is_set():
+            found = pylsl.resolve_byprop("name", self.key, 1, self.LOOKUP_WAIT_S)
+            if found:
+                self._found = ("name", found)
+                return
+            if type_match:  # a whole name lookup came back empty after the type match
+                self._found = ("type", type_match)
+                return
+            type_match = pylsl.resolve_byprop("type", self.key, 1, self.LOOKUP_WAIT_S) or None
 
     def poll(self) -> Any:
         """The resolved ``pylsl.StreamInfo``, or None while nothing suitable is visible."""
-        found = self._by_name.results()
-        how = "name"
-        if not found:
-            found = self._by_type.results()
-            how = "type"
-            if not found:
-                return None
-            now = time.monotonic()
-            if self._type_seen_at is None:
-                self._type_seen_at = now
-            if now - self._type_seen_at < self.TYPE_GRACE_S:
-                return None
+        if self._found is None:
+            return None
+        how, found = self._found
         if len({info.source_id() for info in found}) > 1:
             logger.warning("%d LSL streams have %s %r; using the one with source_id %r", len(found), how, self.key,
                            found[0].source_id(), extra={"stream": self.key})
         return found[0]
 
     def close(self) -> None:
-        self._by_name = self._by_type = None  # liblsl stops the resolvers with the objects
+        self._stop.set()  # the thread ends after its current lookup (at most LOOKUP_WAIT_S)
 
 
 class _Background:
