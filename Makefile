@@ -7,13 +7,17 @@ NETNS  := scripts/netns-run
 .PHONY: demo test setup clean
 setup: $(VENV)/.installed
 
-# torch is pinned to the CPU wheel here; the package itself only asks for a range.
+# torch is pinned to the CPU wheel here; the package itself only asks for a range. The installers'
+# output goes to a log, shown only when something fails.
+SETUP_LOG := .venv-setup.log
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $@
+	@echo "setting up $(VENV): Python packages for brainformer (first run only, about a minute; log in $(SETUP_LOG))"
+	@( $(PYTHON) -m venv $(VENV) \
+	   && $(BIN)/pip install --upgrade pip \
+	   && $(BIN)/pip install torch==2.13.0 \
+	   && $(BIN)/pip install -e '.[dev]' ) > $(SETUP_LOG) 2>&1 \
+	   || { tail -n 30 $(SETUP_LOG); echo "set-up failed; full log in $(SETUP_LOG)"; exit 1; }
+	@touch $@
 
 demo: setup
 	$(NETNS) $(BIN)/brainformer-rt demo $(ARGS)
@@ -22,4 +26,4 @@ test: setup
 	$(NETNS) $(BIN)/python -m pytest $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(SETUP_LOG) build *.egg-info
