@@ -124,11 +124,17 @@ class BrainformerSelfAttention(nn.Module):
         self.qkv_proj = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, is_causal: bool = False, last_queries: int | None = None) -> torch.Tensor:
+        """`last_queries`: only the newest `last_queries` positions ask (all positions still answer),
+        giving `(..., last_queries, d_model)`; what a streaming server needs from the last layer."""
         length, d_model = x.shape[-2:]
         # (..., L, 3*d_model) -> 3 x (problems, n_heads, L, head_dim) as views, no copies.
         qkv = self.qkv_proj(x).reshape(-1, length, 3, self.n_heads, d_model // self.n_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if last_queries is not None:
+            if is_causal:  # SDPA aligns its causal mask top-left, which is wrong for a query suffix.
+                raise ValueError("last_queries is only supported without a causal mask")
+            q = q[:, :, length - last_queries:]
         attended = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
         )
@@ -190,14 +196,21 @@ class BrainformerTwoStageAttention(nn.Module):
         self.router_scatter = BrainformerCrossAttention(config.d_model, config.n_heads, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last_segments: int | None = None) -> torch.Tensor:
+        """`last_segments`: return only the newest segments `(batch, last_segments, channels, d_model)`;
+        the time stage still reads every segment."""
         # Time stage on the (batch, channels, segments, d_model) view.
-        attended = self.time_attention(self.time_norm(x).transpose(1, 2), is_causal=self.causal)
+        attended = self.time_attention(self.time_norm(x).transpose(1, 2), is_causal=self.causal,
+                                       last_queries=last_segments)
+        router = self.router
+        if last_segments is not None:
+            x = x[:, x.shape[1] - last_segments:]
+            router = router[router.shape[0] - last_segments:]
         x = x + self.dropout(attended.transpose(1, 2))
 
         # Channel stage, per segment: (batch, segments, router_dim | channels, d_model).
         normed = self.channel_norm(x)
-        router = self.router.expand(x.shape[0], -1, -1, -1)
+        router = router.expand(x.shape[0], -1, -1, -1)
         buffer = self.router_gather(router, normed)  # (batch, segments, router_dim, d_model)
         return x + self.dropout(self.router_scatter(normed, buffer))
 
@@ -243,9 +256,10 @@ class BrainformerDecoderLayer(nn.Module):
         self.ffn = BrainformerFeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, meg: torch.Tensor, eeg: torch.Tensor) -> torch.Tensor:
+    def forward(self, meg: torch.Tensor, eeg: torch.Tensor, last_segments: int | None = None) -> torch.Tensor:
+        """`last_segments`: compute the output of the newest segments only (see the decoder)."""
         meg = meg + self.dropout(self.cross_attention(self.cross_norm(meg), eeg))
-        meg = self.two_stage_attention(meg)
+        meg = self.two_stage_attention(meg, last_segments)
         return meg + self.dropout(self.ffn(self.ffn_norm(meg)))
 
 
@@ -281,15 +295,20 @@ class BrainformerDecoder(nn.Module):
         self.layers = nn.ModuleList(BrainformerDecoderLayer(config, causal) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, encoder_states: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, encoder_states: torch.Tensor, inputs_embeds: torch.Tensor | None = None,
+                last_segments: int | None = None) -> torch.Tensor:
+        """`last_segments`: return `(batch, last_segments, n_meg, d_model)`, the newest segments only.
+        Every layer but the last needs all segments (the next time stage reads them); the last one
+        computes its queries, channel stage and feed-forward for the newest segments only, which
+        is all a streaming server publishes."""
         queries = self.channel_queries + self.position_embedding()[:, None, :]  # (segments, n_meg, d_model)
         if inputs_embeds is None:
             x = queries.expand(encoder_states.shape[0], -1, -1, -1)
         else:
             x = inputs_embeds + queries
         x = self.dropout(x)
-        for layer in self.layers:
-            x = layer(x, encoder_states)
+        for index, layer in enumerate(self.layers):
+            x = layer(x, encoder_states, last_segments if index == len(self.layers) - 1 else None)
         return self.final_norm(x)
 
 
@@ -428,16 +447,21 @@ class BrainformerModel(BrainformerPreTrainedModel):
         self.post_init()
 
     def forward(
-        self, input_values: torch.Tensor, decoder_inputs_embeds: torch.Tensor | None = None
+        self, input_values: torch.Tensor, decoder_inputs_embeds: torch.Tensor | None = None,
+        last_segments: int | None = None,
     ) -> BrainformerModelOutput:
         """
         Args:
             input_values: EEG `(batch, window_samples, n_eeg)` in scaled units.
             decoder_inputs_embeds: optional `(batch, segments, n_meg, d_model)` added to the MEG queries.
+            last_segments: decode only the newest segments (non-causal decoder only); the result
+                equals the full output's `[:, -last_segments:]`.
         """
         self._check_input_values(input_values)
+        if last_segments is not None and not 1 <= last_segments <= self.config.n_segments:
+            raise ValueError(f"last_segments = {last_segments!r}; expected 1 … n_segments={self.config.n_segments}")
         encoder_states = self.encoder(input_values)
-        decoder_states = self.decoder(encoder_states, decoder_inputs_embeds)
+        decoder_states = self.decoder(encoder_states, decoder_inputs_embeds, last_segments)
         return BrainformerModelOutput(last_hidden_state=decoder_states, encoder_last_hidden_state=encoder_states)
 
 
@@ -483,23 +507,40 @@ class BrainformerForMEGPrediction(BrainformerPreTrainedModel):
                 raise ValueError(f"set_linear_skip {name} has shape {tuple(tensor.shape)}; expected {tuple(parameter.shape)}")
             parameter.copy_(tensor)
 
-    def forward(self, input_values: torch.Tensor, labels: torch.Tensor | None = None) -> BrainformerMEGPredictionOutput:
+    def forward(
+        self, input_values: torch.Tensor, labels: torch.Tensor | None = None, last_samples: int | None = None
+    ) -> BrainformerMEGPredictionOutput:
         """
         Args:
             input_values: EEG `(batch, window_samples, n_eeg)`, scaled units.
             labels: MEG `(batch, window_samples, n_meg)`, scaled units; gives `loss` when passed.
+            last_samples: predict only the newest `last_samples` samples, `(batch, last_samples,
+                n_meg)`, equal to the full prediction's `[:, -last_samples:]`: a server that publishes
+                the newest hop of each window skips the decoder work for older segments. Not with
+                `labels`.
         """
         if labels is not None:
             self._check_labels(labels, input_values)
-        hidden = self.brainformer(input_values).last_hidden_state  # (batch, segments, n_meg, d_model)
-        predictions = _segments_to_time(self.projection(hidden))  # (batch, time, n_meg)
+        window = self.config.window_samples
+        if last_samples is not None:
+            if labels is not None:
+                raise ValueError("last_samples cannot be combined with labels: the loss needs the whole window")
+            if isinstance(last_samples, bool) or not isinstance(last_samples, int) or not 1 <= last_samples <= window:
+                raise ValueError(f"last_samples = {last_samples!r}; expected an integer in 1 … window_samples={window}")
+        n_out = window if last_samples is None else last_samples
+        last_segments = None if last_samples is None else -(-last_samples // self.config.patch_len)
+        hidden = self.brainformer(input_values, last_segments=last_segments).last_hidden_state
+        predictions = _segments_to_time(self.projection(hidden))  # (batch, segments' samples, n_meg)
+        if n_out < predictions.shape[1]:
+            predictions = predictions[:, predictions.shape[1] - n_out:]
         if self.linear_skip is not None:
             # Computed as one matmul over stacked lags rather than through Conv1d, whose CPU
             # kernel for these shapes (slow_conv2d) costs more than the whole transformer.
             lags = self.config.skip_lags
-            batch, time = input_values.shape[:2]
+            batch = input_values.shape[0]
             padded = F.pad(input_values, (0, 0, lags - 1, 0))  # (batch, lags-1+time, n_eeg)
-            lagged = padded.unfold(1, lags, 1).reshape(batch, time, -1)  # (batch, time, n_eeg*lags)
+            padded = padded[:, padded.shape[1] - (n_out + lags - 1):]  # what the newest n_out outputs see
+            lagged = padded.unfold(1, lags, 1).reshape(batch, n_out, -1)  # (batch, n_out, n_eeg*lags)
             weight = self.linear_skip.weight.reshape(self.linear_skip.weight.shape[0], -1)  # (n_meg, n_eeg*lags)
             predictions = predictions + F.linear(lagged, weight, self.linear_skip.bias)
 

@@ -366,6 +366,8 @@ class StreamPipeline:
         publishers: sinks; each has ``publish(data (n, n_meg), timestamps (n,))`` and ``close()``.
         n_output_channels: MEG channels of the predictions.
         gauges: this stream's ``StreamGauges`` (a private one when None).
+        max_publish: most samples one window publishes: the engine's ``output_samples``
+            (default: the whole window).
         silence_s: input silent for longer than this is logged once and counted (``silences``).
 
     State (all of it): the inlet, preprocessing, ring buffer and windower state, the gap
@@ -376,7 +378,8 @@ class StreamPipeline:
 
     def __init__(self, key: str, inlet: Any, stage: Any, window_samples: int, hop_samples: int,
                  gap_threshold_s: float, counters: StreamCounters, publishers: Sequence[Any],
-                 n_output_channels: int, gauges: Optional[StreamGauges] = None, silence_s: float = 1.0) -> None:
+                 n_output_channels: int, gauges: Optional[StreamGauges] = None, silence_s: float = 1.0,
+                 max_publish: Optional[int] = None) -> None:
         from brainformer_rt.preprocess import GapDetector
         from brainformer_rt.ring_buffer import RingBuffer
         from brainformer_rt.windower import Windower
@@ -391,7 +394,7 @@ class StreamPipeline:
         self.silence_s = silence_s
         self.publishers = list(publishers)
         self.ring = RingBuffer(max(4 * window_samples, 1024), stage.n_channels)
-        self.windower = Windower(window_samples, hop_samples)
+        self.windower = Windower(window_samples, hop_samples, max_publish)
         self.gaps = GapDetector(stage.input_sfreq_hz, gap_threshold_s, inlet.max_chunk_samples)
         self.physical = np.empty((window_samples, n_output_channels), dtype=np.float32)  # un-scaled output rows
         self.pending_window = np.empty((window_samples, stage.n_channels), dtype=np.float32)
@@ -687,8 +690,10 @@ class Daemon:
         self._meg_mean = meg_mean
         self._meg_std = meg_std
         n_out = engine.n_output_channels
-        # (batch, T, n_meg) predictions of one forward, (batch, T) timestamps of its windows.
-        self._predictions = np.empty((engine.batch_size, self.window_samples, n_out), dtype=np.float32)
+        # (batch, S, n_meg) predictions of one forward (the newest S samples of each window),
+        # (batch, T) timestamps of its windows.
+        self.output_samples = engine.output_samples
+        self._predictions = np.empty((engine.batch_size, self.output_samples, n_out), dtype=np.float32)
         self._batch_timestamps = np.empty((engine.batch_size, self.window_samples), dtype=np.float64)
         self._unscale_work = np.empty((self.window_samples, n_out), dtype=np.float64)
         self._cond = threading.Condition()
@@ -706,9 +711,9 @@ class Daemon:
         predictions = self.engine.infer(self.engine.input_buffer[:k], out=self._predictions[:k])
         forwarded = time.perf_counter()
         self.metrics.add_forward(forwarded - started, k)
-        T = self.window_samples
+        T, S = self.window_samples, self.output_samples
         for row, (pipeline, n_publish, timestamps, generation) in enumerate(items):
-            scaled = predictions[row, T - n_publish:]  # (n_publish, n_meg)
+            scaled = predictions[row, S - n_publish:]  # (n_publish, n_meg); n_publish <= S (windower)
             if not math.isfinite(float(scaled.sum())):
                 # Counted as served (the forward ran) and as a NaN window; nothing is published.
                 pipeline.counters.nan_windows += 1
@@ -914,6 +919,19 @@ def _load(settings: ServeSettings):
     return model, config
 
 
+def serving_output_samples(model: Any, window_samples: int, hop_samples: int) -> int:
+    """Newest samples the engine predicts per window: the whole decoder segments that cover two
+    hops (so a window merged with a late one still publishes every sample), or the whole window
+    for a model whose forward has no ``last_samples``. A window publishes only its newest hop;
+    the decoder work for older segments would be thrown away."""
+    import inspect
+
+    patch_len = getattr(getattr(model, "config", None), "patch_len", None)
+    if patch_len is None or "last_samples" not in inspect.signature(model.forward).parameters:
+        return window_samples
+    return min(window_samples, patch_len * -(-2 * hop_samples // patch_len))
+
+
 def serve_command(**options: Any) -> None:
     """CLI ``serve``: see ``brainformer-rt serve --help``; exits 0 after a stop, 1 on failure,
     2 on unusable settings, model or stream."""
@@ -1090,7 +1108,8 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, 
         raise _UsageError(f"hop_samples = {hop} is invalid: expected 1..{window} (the model's window_samples)")
     batch_size = settings.batch_size or len(settings.streams)
     try:
-        resources.engine = engine = make_engine(model, settings.engine, settings.device, batch_size, window)
+        resources.engine = engine = make_engine(model, settings.engine, settings.device, batch_size, window,
+                                                output_samples=serving_output_samples(model, window, hop))
     except EngineError as error:
         raise _UsageError(str(error)) from None
     log_event(logger, logging.INFO, "engine_warmup", "preparing the %s engine on %s (warm-up)", engine.kind,
@@ -1156,7 +1175,8 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, 
         publishers = _make_publishers(settings, config, key, outputs[key], resources)
         resources.pipelines.append(StreamPipeline(key, inlets[key], stages[key], window, hop, settings.gap_threshold_s,
                                                   metrics.streams[key], publishers, engine.n_output_channels,
-                                                  gauges=metrics.gauges[key], silence_s=settings.silence_s))
+                                                  gauges=metrics.gauges[key], silence_s=settings.silence_s,
+                                                  max_publish=engine.output_samples))
         resources.publishers = []  # owned by the pipeline now
 
 

@@ -13,11 +13,12 @@ Policy
   hop), the older windows are never computed: only the newest one is served, and the windows it
   replaced are counted in ``windows_skipped``. Nothing is ever queued.
 - Publish range: each served window publishes the samples that have not been published yet —
-  exactly the samples since the last published one — capped at ``window_samples`` (older samples
-  are not in the window any more). So in steady state a window publishes its newest ``hop``
-  samples, a window that arrives after a chunk of ``n > hop`` samples publishes all ``n`` (no
-  hole in the output), and only when more than a whole window accumulated do samples go without
-  a prediction; those are counted in ``samples_unpublished``. The first window after a reset
+  exactly the samples since the last published one — capped at ``max_publish`` (default
+  ``window_samples``: older samples are not in the window any more; a server whose engine
+  predicts only the newest ``S`` samples of a window sets it to ``S``). So in steady state a
+  window publishes its newest ``hop`` samples, a window that arrives after a chunk of
+  ``hop < n <= max_publish`` samples publishes all ``n`` (no hole in the output), and only when
+  more accumulated do samples go without a prediction; those are counted in ``samples_unpublished``. The first window after a reset
   publishes its newest ``hop`` samples, like every steady-state window.
 
 State (all of it): ``origin`` (total_written at the last reset), ``last_window_end`` (end of the
@@ -36,17 +37,25 @@ class Windower:
     Args:
         window_samples: samples per model window (the model's ``window_samples``).
         hop_samples: new samples between two served windows, ``1 <= hop_samples <= window_samples``.
+        max_publish: most samples one window publishes, ``hop_samples <= max_publish <=
+            window_samples`` (default ``window_samples``).
     """
 
-    def __init__(self, window_samples: int, hop_samples: int) -> None:
+    def __init__(self, window_samples: int, hop_samples: int, max_publish: int | None = None) -> None:
         if not isinstance(window_samples, int) or window_samples < 1:
             raise ValueError(f"window_samples must be a positive integer, got {window_samples!r}")
         if not isinstance(hop_samples, int) or not 1 <= hop_samples <= window_samples:
             raise ValueError(
                 f"hop_samples must be an integer in [1, window_samples={window_samples}], got {hop_samples!r}"
             )
+        if max_publish is None:
+            max_publish = window_samples
+        if not isinstance(max_publish, int) or not hop_samples <= max_publish <= window_samples:
+            raise ValueError(f"max_publish must be an integer in [hop_samples={hop_samples}, "
+                             f"window_samples={window_samples}], got {max_publish!r}")
         self.window_samples = window_samples
         self.hop_samples = hop_samples
+        self.max_publish = max_publish
         self.windows_served = 0
         self.windows_skipped = 0
         self.samples_unpublished = 0
@@ -77,9 +86,9 @@ class Windower:
         self.windows_served += 1
         self.last_window_end = total_written
         unpublished = total_written - self.last_published_end
-        if unpublished > self.window_samples:
-            self.samples_unpublished += unpublished - self.window_samples
-            unpublished = self.window_samples
+        if unpublished > self.max_publish:
+            self.samples_unpublished += unpublished - self.max_publish
+            unpublished = self.max_publish
         self.last_published_end = total_written
         return unpublished
 
@@ -94,13 +103,14 @@ class Windower:
         """A served window that still waits to be run (publishing ``pending_samples``) is
         replaced by the newer one just returned by :meth:`poll` (publishing ``n_samples``).
 
-        The older one counts as skipped; the newer one publishes both ranges, capped at one
-        window (the excess counted as unpublished). Returns the newer window's publish count.
+        The older one counts as skipped; the newer one publishes both ranges, capped at
+        ``max_publish`` (the excess counted as unpublished). Returns the newer window's
+        publish count.
         """
         self.windows_served -= 1
         self.windows_skipped += 1
         total = pending_samples + n_samples
-        if total > self.window_samples:
-            self.samples_unpublished += total - self.window_samples
-            total = self.window_samples
+        if total > self.max_publish:
+            self.samples_unpublished += total - self.max_publish
+            total = self.max_publish
         return total

@@ -184,6 +184,31 @@ def test_linear_skip_is_a_causal_lagged_linear_map():
         BrainformerForMEGPrediction(tiny_config()).set_linear_skip(weight, bias)
 
 
+@pytest.mark.parametrize("n_layers, skip_lags", [(1, 0), (2, 3)])
+def test_last_samples_equal_the_newest_samples_of_the_full_prediction(n_layers, skip_lags):
+    """The streaming path (decoder work for the newest segments only) gives the full output's tail."""
+    model = BrainformerForMEGPrediction(tiny_config(n_layers=n_layers, skip_lags=skip_lags)).eval()
+    if skip_lags:
+        model.set_linear_skip(torch.randn(7, 5, skip_lags), torch.randn(7))
+    eeg = torch.randn(3, 32, 5)
+    with torch.no_grad():
+        full = model(eeg).predictions
+        for n in (1, 3, 4, 5, 17, 32):  # inside one segment, a whole segment, across segments, all
+            tail = model(eeg, last_samples=n).predictions
+            assert tail.shape == (3, n, 7)
+            torch.testing.assert_close(tail, full[:, -n:], rtol=1e-5, atol=1e-6)
+
+
+def test_last_samples_errors_name_the_argument():
+    model = BrainformerForMEGPrediction(tiny_config()).eval()
+    eeg = torch.randn(1, 32, 5)
+    for bad in (0, 33, 2.0, True):
+        with pytest.raises(ValueError, match=r"last_samples = .*window_samples=32"):
+            model(eeg, last_samples=bad)
+    with pytest.raises(ValueError, match="cannot be combined with labels"):
+        model(eeg, labels=torch.randn(1, 32, 7), last_samples=4)
+
+
 def test_tokens_head_logits_and_loss_ignore_pad():
     config = tiny_config(head="tokens", n_quantization_levels=31)
     model = BrainformerForMEGTokens(config).eval()

@@ -75,6 +75,24 @@ def test_windows_written_into_the_input_buffer_are_used_in_place(windows):
     np.testing.assert_allclose(out, reference(model, windows[:2]), rtol=1e-5, atol=1e-6)
 
 
+def test_output_samples_gives_the_newest_predictions_of_each_window(windows):
+    model = small_model()
+    engine = make_engine(model, "eager", "cpu", batch_size=3, window_samples=64, output_samples=16).setup()
+    assert engine.output_samples == 16 and engine.describe()["output_samples"] == 16
+    out = engine.infer(windows)
+    assert out.shape == (3, 16, 12)
+    np.testing.assert_allclose(out, reference(model, windows)[:, -16:], rtol=1e-5, atol=1e-6)
+    with pytest.raises(EngineError, match="output_samples must be in 1..window_samples=64"):
+        make_engine(model, "eager", "cpu", batch_size=1, window_samples=64, output_samples=65)
+
+
+def test_output_samples_needs_a_model_that_takes_last_samples():
+    linear = torch.nn.Linear(4, 3)
+    with pytest.raises(EngineError, match="needs a model whose forward takes last_samples; Linear does not"):
+        make_engine(linear, "eager", "cpu", batch_size=1, window_samples=10, n_input_channels=4,
+                    output_samples=5).setup()
+
+
 def test_any_module_returning_a_tensor_is_served():
     linear = torch.nn.Linear(4, 3)
     engine = make_engine(linear, "eager", "cpu", batch_size=1, window_samples=10, n_input_channels=4).setup()
@@ -121,6 +139,9 @@ def test_compile_agrees_with_eager(windows):
     for row in range(windows.shape[0]):
         np.testing.assert_allclose(compiled.infer(windows[row:row + 1]), eager.infer(windows[row:row + 1]),
                                    rtol=1e-4, atol=1e-5)
+    # The serving shape: a batch bucket of 2 and only the newest 16 samples per window.
+    tail = make_engine(model, "compile", "cpu", batch_size=2, window_samples=64, output_samples=16).setup()
+    np.testing.assert_allclose(tail.infer(windows[:2]), reference(model, windows[:2])[:, -16:], rtol=1e-4, atol=1e-5)
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -52,6 +52,19 @@ def test_falling_behind_more_than_a_window_serves_the_newest_and_counts_the_loss
     assert w.windows_served == 2
 
 
+def test_max_publish_caps_what_a_late_window_publishes_and_counts_the_rest():
+    w = Windower(window_samples=8, hop_samples=2, max_publish=4)
+    assert w.poll(8) == 2
+    assert w.poll(12) == 4  # two hops late: still everything
+    assert w.poll(18) == 4  # three hops late: the engine predicts only the newest 4
+    assert w.samples_unpublished == 2
+    first = w.poll(20)
+    assert w.supersede(first, w.poll(24)) == 4 and w.samples_unpublished == 4
+    for bad in (1, 9, 4.0):
+        with pytest.raises(ValueError, match="max_publish"):
+            Windower(8, 2, max_publish=bad)
+
+
 def test_reset_waits_for_a_fresh_full_window():
     w = Windower(window_samples=8, hop_samples=2)
     assert w.poll(8) == 2
