@@ -5,7 +5,9 @@
 Forward latency: median and p99 of one window (batch 1) through the default regression model, for
 the MNE sample layout (60 EEG → 306 MEG, 600.615 Hz) and the ds000117 layout (70 → 306, 1100 Hz).
 Real-time factor = forward time / hop duration (hop = 32 samples by default): below 1 the model
-keeps up, the goal is ≤ 0.25.
+keeps up, the goal is ≤ 0.25. The "serving" columns time what the daemon runs per hop: the same
+forward asked for the newest hop only (`last_samples`), which skips the decoder work for older
+segments, eager and through `torch.compile` (`--engine compile`; `--no-compile` skips it).
 
 Training throughput: windows per second of forward + backward + optimizer step for the default
 `patch_len` and for `patch_len=1` (one token per sample, the original brainformer design), same
@@ -41,16 +43,25 @@ def layout_config(sfreq_hz: float, n_eeg: int, **overrides) -> BrainformerConfig
     )
 
 
-def bench_forward(config: BrainformerConfig, warmup: int, iterations: int) -> dict:
+def bench_forward(config: BrainformerConfig, warmup: int, iterations: int, last_samples: int | None = None,
+                  compiled: bool = False) -> dict:
     model = BrainformerForMEGPrediction(config).eval()
     window = torch.randn(1, config.window_samples, config.n_eeg_channels)
     times_s = []
     with torch.inference_mode():
+        step = lambda x: model(x, last_samples=last_samples).predictions  # noqa: E731
+        if compiled:  # as the daemon's compile engine does it (see brainformer_rt/engine.py)
+            from brainformer_rt.engine import make_engine
+
+            engine = make_engine(model, "compile", "cpu", 1, config.window_samples,
+                                 output_samples=last_samples).setup()
+            window_np = window.numpy()
+            step = lambda x: engine.infer(window_np, out=None)  # noqa: E731
         for _ in range(warmup):
-            model(window)
+            step(window)
         for _ in range(iterations):
             start = time.perf_counter()
-            model(window)
+            step(window)
             times_s.append(time.perf_counter() - start)
     times_ms = np.array(times_s) * 1e3
     return {
@@ -93,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batch", type=int, default=4, help="training batch size (default 4)")
     parser.add_argument("--train-seconds", type=float, default=10.0, help="minimum timed training seconds per model")
     parser.add_argument("--skip-training", action="store_true", help="only measure forward latency")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip the torch.compile serving forward (saves ~30 s of compilation)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.hop < 1 or args.iterations < 1 or args.train_batch < 1:
@@ -113,17 +126,26 @@ def main(argv: list[str] | None = None) -> int:
 
     table = Table(title=f"Forward, batch 1, {args.threads} CPU thread(s), default model (patch_len={default.patch_len})")
     # The minimum is the least disturbed by other load on a shared machine.
-    for column in ("layout", "min ms", "median ms", "p99 ms", "hop ms", "RTF median", "RTF p99"):
+    for column in ("layout", "min ms", "median ms", "p99 ms", "hop ms", "RTF median", "RTF p99",
+                   "serving median ms", "serving RTF median", "compiled serving median ms", "compiled RTF median"):
         table.add_column(column, justify="right" if column != "layout" else "left")
     for name, layout in LAYOUTS.items():
         config = layout_config(layout["sfreq_hz"], layout["n_eeg"])
         stats = bench_forward(config, args.warmup, args.iterations)
+        last = min(args.hop, config.window_samples)
+        serving = bench_forward(config, args.warmup, args.iterations, last_samples=last)
+        compiled = (bench_forward(config, args.warmup, args.iterations, last_samples=last, compiled=True)
+                    if args.compile else {"median_ms": float("nan"), "p99_ms": float("nan")})
         hop_ms = args.hop / config.sfreq_hz * 1e3
-        stats.update(hop_ms=hop_ms, rtf_median=stats["median_ms"] / hop_ms, rtf_p99=stats["p99_ms"] / hop_ms)
+        stats.update(hop_ms=hop_ms, rtf_median=stats["median_ms"] / hop_ms, rtf_p99=stats["p99_ms"] / hop_ms,
+                     serving_median_ms=serving["median_ms"], serving_p99_ms=serving["p99_ms"],
+                     serving_rtf_median=serving["median_ms"] / hop_ms, compiled_serving_median_ms=compiled["median_ms"],
+                     compiled_serving_p99_ms=compiled["p99_ms"], compiled_rtf_median=compiled["median_ms"] / hop_ms)
         results["forward"][name] = stats
         table.add_row(
             name, f"{stats['min_ms']:.2f}", f"{stats['median_ms']:.2f}", f"{stats['p99_ms']:.2f}", f"{hop_ms:.1f}",
-            f"{stats['rtf_median']:.3f}", f"{stats['rtf_p99']:.3f}",
+            f"{stats['rtf_median']:.3f}", f"{stats['rtf_p99']:.3f}", f"{serving['median_ms']:.2f}",
+            f"{stats['serving_rtf_median']:.3f}", f"{compiled['median_ms']:.2f}", f"{stats['compiled_rtf_median']:.3f}",
         )
     console.print(table)
 

@@ -14,9 +14,11 @@ the newest window is a view of it.
 Loop design
 -----------
 - **One stream**: everything runs in the main thread. ``pull`` blocks in liblsl until the
-  first new sample arrives (``min_samples=1``) and returns everything available; the window is
-  served at once. No thread hand-off, no polling sleep: the lowest latency pylsl offers. The
-  pull timeout (``pull_timeout_s``) only bounds how long a stop request waits.
+  samples the next window still needs have arrived (``min_samples``; liblsl hands a pushed chunk
+  over in pieces, and waking for each piece would preprocess the hop in several calls) and
+  returns everything available; the window is served at once. No thread hand-off, no polling
+  sleep: the lowest latency pylsl offers. The pull timeout (``pull_timeout_s``) only bounds how
+  long a stop request waits.
 - **Several streams**: one pull thread per stream runs inlet → preprocessing → ring buffer →
   windower; when a window is due it copies it into the stream's hand-off slot under one shared
   condition lock and notifies the main thread. The main thread takes every pending slot at
@@ -576,6 +578,15 @@ class StreamPipeline:
                       "clock again", self.key, stream=self.key, timestamp_offset_s=0.0)
         self.gauges.timestamp_offset_s = offset
 
+    def input_samples_until_due(self) -> int:
+        """Input samples the next window still needs at least (>= 1): the model-rate samples it
+        needs, at the stream's rate. A lower bound, so a pull that waits for them never waits
+        past the sample that makes the window due."""
+        windower, written = self.windower, self.ring.total_written
+        needed = max(1, windower.origin + self.window_samples - written,
+                     windower.last_window_end + windower.hop_samples - written)
+        return (needed - 1) * self.stage.decimation + 1
+
     def age_s(self, now: float, timestamp: float) -> float:
         """How old a sample stamped ``timestamp`` is at ``now`` (``local_clock()``)."""
         return now - timestamp - self.gauges.timestamp_offset_s
@@ -744,7 +755,7 @@ class Daemon:
     def _pull_and_ingest(self, pipeline: StreamPipeline) -> bool:
         """One blocking pull (and a drain when the inlet buffer was full); True when data came."""
         inlet = pipeline.inlet
-        data, timestamps = inlet.pull(self.settings.pull_timeout_s)
+        data, timestamps = inlet.pull(self.settings.pull_timeout_s, pipeline.input_samples_until_due())
         if timestamps.shape[0] == 0:
             pipeline.check_silence(self.clock())
             return False

@@ -291,8 +291,12 @@ class EEGInlet:
             logger.debug("time_correction() timed out; keeping offset %.6f s", self.clock_offset_s)
         self._next_clock_refresh_s = time.monotonic() + CLOCK_REFRESH_INTERVAL_S
 
-    def pull(self, timeout_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-        """Wait up to ``timeout_s`` for the first sample, then take everything available.
+    def pull(self, timeout_s: float = 0.0, min_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Wait up to ``timeout_s`` for ``min_samples`` samples, then take everything available.
+
+        The daemon passes the samples its next window still needs: it then wakes once per hop
+        instead of once per network packet (liblsl delivers a pushed chunk in pieces), and
+        preprocesses the hop in one call. On timeout whatever arrived is returned.
 
         Returns ``(data (n, channels), timestamps (n,))``, oldest first, with timestamps in this
         machine's ``local_clock()``; ``n`` is 0 when nothing came, at most
@@ -306,7 +310,7 @@ class EEGInlet:
         try:
             _, source_timestamps = self._inlet.pull_chunk(
                 timeout=timeout_s, max_samples=self.max_chunk_samples, dest_obj=self._data,
-                min_samples=1, as_numpy=True,
+                min_samples=max(1, min(int(min_samples), self.max_chunk_samples)), as_numpy=True,
             )
         except LostError as error:
             raise StreamLostError(f"LSL stream {self.description.name!r} was lost") from error

@@ -24,7 +24,7 @@ def test_defaults_follow_the_contract():
     assert config.meg_channel_types.count("mag") == 102 and config.meg_channel_types.count("grad") == 204
     assert config.sfreq_hz == 600.614990234375
     assert (config.window_samples, config.hop_samples) == (256, 16)
-    assert config.patch_len == 32 and config.n_segments == 8
+    assert config.patch_len == 64 and config.n_segments == 4
     assert (config.d_model, config.n_heads, config.n_layers, config.d_ff, config.router_dim) == (64, 4, 1, 128, 10)
     assert config.dropout == 0.1 and config.position_embedding == "learned"
     assert (config.head, config.loss, config.huber_delta) == ("regression", "mse", 1.0)
