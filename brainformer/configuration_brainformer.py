@@ -263,7 +263,7 @@ class BrainformerConfig(PretrainedConfig):
     ...     eeg_channel_names=[f"EEG {i:03d}" for i in range(1, 71)], sfreq_hz=1100.0, lowpass_hz=100.0
     ... )
     >>> config.n_eeg_channels, config.n_meg_channels, config.n_segments, config.vocab_size
-    (70, 306, 8, 258)
+    (70, 306, 4, 258)
 
     ```
     """
