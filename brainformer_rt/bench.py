@@ -107,6 +107,8 @@ class BenchSettings:
         threads: torch threads of each system.
         chunk_samples: samples per player push (None: one hop).
         recording: the recording played (None: the bundled one).
+        aligned: players push in step (``simulate --aligned``: one acquisition clock, so windows
+            of all streams are due together); default: each player starts at its own phase.
     """
 
     model: str = "default"
@@ -120,6 +122,7 @@ class BenchSettings:
     threads: int = DEFAULT_THREADS
     chunk_samples: Optional[int] = None
     recording: Optional[str] = None
+    aligned: bool = False
 
     def validate(self) -> "BenchSettings":
         if not (isinstance(self.duration_s, (int, float)) and math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -802,7 +805,8 @@ def run_bench(settings: BenchSettings, console: Any = None) -> Dict[str, Any]:
             for i, stream in enumerate(streams):
                 players.append(Child(f"player-{i}", _cli(
                     "simulate", "--file", facts.recording, "--loop", "--chunk", str(facts.chunk_samples),
-                    "--source-id", f"bench-{uuid.uuid4()}", "--name", stream), directory))
+                    "--source-id", f"bench-{uuid.uuid4()}", "--name", stream,
+                    *(["--aligned"] if settings.aligned else [])), directory))
             systems = [("daemon", _start_daemon)] + ([("naive", _start_naive)] if settings.peer == "naive" else [])
             for system, start in systems:
                 console.print(f"{system}: starting (model {settings.model}, hop {facts.hop_samples}, "
@@ -929,7 +933,8 @@ def results_table(results: Dict[str, Any]):
         notes.append("[yellow]the daemon's forward and stage times include its warm-up[/] (this daemon version "
                      "cannot leave it out): its p99 forward may be too high and its overhead too low.")
     notes.append("latency = local_clock() when the subscriber read a message − timestamp of its newest sample "
-                 f"(the time the player pushed that EEG sample; players push chunks of {s['chunk_samples']}).")
+                 f"(the time the player pushed that EEG sample; players push chunks of {s['chunk_samples']}"
+                 f"{', in step' if s.get('aligned') else ''}).")
     lateness = [p for p in results.get("players", []) if p.get("lateness_max_ms") is not None]
     if lateness:
         notes.append("player lateness over the whole run (included in the latencies): mean "
@@ -1016,6 +1021,7 @@ def bench_command(
     warmup_s: float = DEFAULT_WARMUP_S,
     threads: int = DEFAULT_THREADS,
     chunk: Optional[int] = None,
+    aligned: bool = False,
 ) -> Dict[str, Any]:
     """CLI ``bench``: run the benchmark, print the tables, write ``--json`` / ``--plot``.
 
@@ -1044,7 +1050,7 @@ def bench_command(
         root.addHandler(RichHandler(console=err_console, show_path=False))
     settings = BenchSettings(model=model or "default", duration_s=duration, n_streams=n_streams, hop_samples=hop,
                              engine=engine, device=device, peer=peer, warmup_s=warmup_s, threads=threads,
-                             chunk_samples=chunk)
+                             chunk_samples=chunk, aligned=aligned)
     try:
         results = run_bench(settings, console)
     except BenchError as error:

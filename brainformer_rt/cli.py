@@ -68,6 +68,7 @@ def simulate(
     loop: bool = typer.Option(False, "--loop", help="Start again at the end of the recording."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
     source_id: Optional[str] = typer.Option(None, "--source-id", help="LSL source_id (default derived from the name)."),
+    aligned: bool = typer.Option(False, "--aligned", help="Push chunks at whole multiples of the chunk period, so players push together."),
     lsl_config: Optional[Path] = typer.Option(None, "--lsl-config", help=LSL_CONFIG_HELP),
 ) -> None:
     """Play the EEG of a recording (or of the simulator) into LSL at the real rate."""
@@ -75,7 +76,7 @@ def simulate(
     from brainformer_rt.player import simulate_command
 
     simulate_command(file=file, synthetic=synthetic, name=name, stream_type=stream_type, chunk=chunk,
-                     loop=loop, duration=duration, source_id=source_id)
+                     loop=loop, duration=duration, source_id=source_id, aligned=aligned)
 
 
 @app.command()
@@ -117,6 +118,7 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure (and the raw latencies) to this JSON file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Latency histogram / CDF PNG."),
     peer: str = typer.Option("naive", "--peer", help="naive | none: also run the naive loop for a ratio."),
+    aligned: bool = typer.Option(False, "--aligned", help="Players push in step (one acquisition clock); default: independent phases."),
     lsl_config: Optional[Path] = typer.Option(None, "--lsl-config", help=LSL_CONFIG_HELP),
 ) -> None:
     """End-to-end latency benchmark: player → daemon → subscriber, in one command."""
@@ -124,7 +126,7 @@ def bench(
     from brainformer_rt.bench import bench_command
 
     bench_command(model=model, duration=duration, n_streams=streams_n, hop=hop, engine=engine, device=device,
-                  json_path=json_path, plot=plot, peer=peer)
+                  json_path=json_path, plot=plot, peer=peer, aligned=aligned)
 
 
 @app.command()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import math
 import queue
 import signal
 import threading
@@ -187,6 +188,7 @@ class Player:
         chunk_samples: int = 1,
         source_id: str | None = None,
         duration_s: float | None = None,
+        aligned: bool = False,
     ):
         if int(chunk_samples) != chunk_samples or chunk_samples < 1:
             raise ValueError(f"chunk_samples must be a positive integer, got {chunk_samples!r}")
@@ -199,6 +201,7 @@ class Player:
         self.source_id = source_id or f"brainformer-simulate-{name}"
         self.sfreq_hz = float(source.sfreq_hz)
         self.max_samples = None if duration_s is None else int(round(duration_s * self.sfreq_hz))
+        self.aligned = bool(aligned)
         self._outlet: pylsl.StreamOutlet | None = None
         self._stop = threading.Event()
         self._last_overrun_log_s = -1e9
@@ -257,6 +260,12 @@ class Player:
             # The clock starts with the first chunk, not at open(): whatever the caller did in
             # between (waiting for consumers) must not turn into a catch-up burst.
             self.t_start = pylsl.local_clock()
+            if self.aligned:
+                # Chunks due at whole multiples of the chunk period on local_clock(): players
+                # with the same rate and chunk size push together, like amplifiers that share one
+                # acquisition clock (hyperscanning rigs).
+                period = self.chunk_samples / self.sfreq_hz
+                self.t_start = math.ceil(self.t_start / period) * period
             self._started = True
         first = self.samples_pushed
         timestamps = self.t_start + np.arange(first, first + n) / self.sfreq_hz
@@ -357,6 +366,7 @@ def simulate_command(
     loop: bool = False,
     duration: float | None = None,
     source_id: str | None = None,
+    aligned: bool = False,
 ) -> None:
     """CLI `simulate`: play a recording's EEG (or the simulator's) into LSL until done or stopped."""
     from rich.console import Console
@@ -376,7 +386,7 @@ def simulate_command(
     except (ImportError, ValueError, FileNotFoundError) as error:
         _fail(str(error))
     player = Player(source, name=name, stream_type=stream_type, chunk_samples=chunk, source_id=source_id,
-                    duration_s=duration)
+                    duration_s=duration, aligned=aligned)
     console = Console()
     what = f"synthetic '{synthetic}'" if synthetic else str(file or default_recording())
     console.print(

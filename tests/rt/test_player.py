@@ -1,6 +1,7 @@
 import re
 import subprocess
 import threading
+import time
 
 import mne
 import numpy as np
@@ -118,6 +119,26 @@ def test_player_in_a_thread_loops_with_uniform_timestamps(stream_name):
     np.testing.assert_array_equal(np.concatenate(received), data[np.arange(40) % 10])
     np.testing.assert_allclose(np.concatenate(stamps), player.t_start + np.arange(40) / 200.0, rtol=0, atol=1e-9)
     assert player.samples_pushed == 40 and player.chunks_pushed == 14
+
+
+def test_aligned_players_push_at_whole_multiples_of_the_chunk_period(stream_name):
+    source = RecordingSource(np.zeros((8, 1), np.float32), sfreq_hz=200.0, channel_names=["Cz"], loop=True)
+    players = [Player(source, name=f"{stream_name}-{i}", chunk_samples=4, duration_s=0.06, aligned=True)
+               for i in range(2)]
+    for player in players:
+        player.open()
+        assert player.step()  # the clock starts at the first chunk
+        time.sleep(0.013)  # the second player starts later, at another phase
+    period = 4 / 200.0
+    for player in players:
+        assert player.t_start == pytest.approx(round(player.t_start / period) * period, abs=1e-9)
+        player.close()
+    # Without alignment the clock starts whenever the first chunk comes.
+    free = Player(source, name=f"{stream_name}-free", chunk_samples=4, duration_s=0.06)
+    free.open()
+    free.step()
+    free.close()
+    assert players[0].aligned and not free.aligned
 
 
 def test_stop_ends_a_running_player_from_another_thread(stream_name):
