@@ -48,20 +48,24 @@ def bench_forward(config: BrainformerConfig, warmup: int, iterations: int, last_
     model = BrainformerForMEGPrediction(config).eval()
     window = torch.randn(1, config.window_samples, config.n_eeg_channels)
     times_s = []
-    with torch.inference_mode():
-        step = lambda x: model(x, last_samples=last_samples).predictions  # noqa: E731
-        if compiled:  # as the daemon's compile engine does it (see brainformer_rt/engine.py)
-            from brainformer_rt.engine import make_engine
+    if compiled:  # as the daemon's compile engine does it (see brainformer_rt/engine.py)
+        from brainformer_rt.engine import make_engine
 
-            engine = make_engine(model, "compile", "cpu", 1, config.window_samples,
-                                 output_samples=last_samples).setup()
-            window_np = window.numpy()
-            step = lambda x: engine.infer(window_np, out=None)  # noqa: E731
+        engine = make_engine(model, "compile", "cpu", 1, config.window_samples, output_samples=last_samples).setup()
+        window_np = window.numpy()
+
+        def step() -> None:
+            engine.infer(window_np)
+    else:
+        def step() -> None:
+            model(window, last_samples=last_samples)
+
+    with torch.inference_mode():
         for _ in range(warmup):
-            step(window)
+            step()
         for _ in range(iterations):
             start = time.perf_counter()
-            step(window)
+            step()
             times_s.append(time.perf_counter() - start)
     times_ms = np.array(times_s) * 1e3
     return {

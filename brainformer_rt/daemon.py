@@ -579,12 +579,10 @@ class StreamPipeline:
         self.gauges.timestamp_offset_s = offset
 
     def input_samples_until_due(self) -> int:
-        """Input samples the next window still needs at least (>= 1): the model-rate samples it
-        needs, at the stream's rate. A lower bound, so a pull that waits for them never waits
+        """Input samples the next window still needs at least (>= 1): the windower's model-rate
+        count at the stream's rate. A lower bound, so a pull that waits for them never waits
         past the sample that makes the window due."""
-        windower, written = self.windower, self.ring.total_written
-        needed = max(1, windower.origin + self.window_samples - written,
-                     windower.last_window_end + windower.hop_samples - written)
+        needed = self.windower.samples_until_due(self.ring.total_written)
         return (needed - 1) * self.stage.decimation + 1
 
     def age_s(self, now: float, timestamp: float) -> float:

@@ -92,6 +92,11 @@ class Windower:
         self.last_published_end = total_written
         return unpublished
 
+    def samples_until_due(self, total_written: int) -> int:
+        """New samples (>= 1) after ``total_written`` before :meth:`poll` can return a window."""
+        return max(1, self.origin + self.window_samples - total_written,
+                   self.last_window_end + self.hop_samples - total_written)
+
     def drop(self, n_samples: int) -> None:
         """The window just returned by :meth:`poll` was not served after all (it was stale, or
         its forward failed): count it as skipped and its ``n_samples`` as unpublished."""

@@ -52,6 +52,14 @@ def test_falling_behind_more_than_a_window_serves_the_newest_and_counts_the_loss
     assert w.windows_served == 2
 
 
+def test_samples_until_due_counts_down_to_the_next_window():
+    w = Windower(window_samples=8, hop_samples=2)
+    assert [w.samples_until_due(n) for n in (0, 5, 7)] == [8, 3, 1]
+    assert w.poll(8) == 2
+    assert [w.samples_until_due(n) for n in (8, 9)] == [2, 1]
+    assert w.poll(10) == 2 and w.samples_until_due(11) == 1  # never 0 or less
+
+
 def test_max_publish_caps_what_a_late_window_publishes_and_counts_the_rest():
     w = Windower(window_samples=8, hop_samples=2, max_publish=4)
     assert w.poll(8) == 2
