@@ -113,6 +113,26 @@ def _merge_heads(attended: torch.Tensor, leading_shape: torch.Size) -> torch.Ten
     return attended.transpose(1, 2).reshape(*leading_shape, attended.shape[2], -1)
 
 
+#: Under a compiler, attention over at most this many keys is written out (see `_attention`).
+WRITTEN_OUT_MAX_KEYS = 8
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, is_causal: bool = False) -> torch.Tensor:
+    """`(problems, heads, L_q, head_dim)` queries over `(problems, heads, L_k, head_dim)` keys/values.
+
+    `F.scaled_dot_product_attention`, except under `torch.compile` / `torch.export` for a few keys
+    (the time stage over a window's segments, the router): there the CPU flash kernel pays a fixed
+    cost per (problem, head), thousands of them for a handful of keys each, while the same
+    arithmetic written out as broadcasts and sums becomes one fused loop (a batch of 8 windows of
+    the default model: ~1.5 ms of 7 on the CPU). Eager keeps SDPA, which is faster there.
+    """
+    if (k.shape[-2] <= WRITTEN_OUT_MAX_KEYS and dropout_p == 0.0 and not is_causal
+            and (torch.compiler.is_compiling() or torch.compiler.is_exporting())):
+        scores = (q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1) * q.shape[-1] ** -0.5  # (..., L_q, L_k)
+        return (scores.softmax(-1).unsqueeze(-1) * v.unsqueeze(-3)).sum(-2)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+
+
 class BrainformerSelfAttention(nn.Module):
     """Multi-head self-attention over the second-to-last dimension, any leading dimensions:
     `(..., L, d_model)` → `(..., L, d_model)`. One fused q/k/v projection."""
@@ -135,9 +155,7 @@ class BrainformerSelfAttention(nn.Module):
             if is_causal:  # SDPA aligns its causal mask top-left, which is wrong for a query suffix.
                 raise ValueError("last_queries is only supported without a causal mask")
             q = q[:, :, length - last_queries:]
-        attended = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
-        )
+        attended = _attention(q, k, v, self.dropout if self.training else 0.0, is_causal)
         return self.out_proj(_merge_heads(attended, x.shape[:-2]))
 
 
@@ -157,9 +175,8 @@ class BrainformerCrossAttention(nn.Module):
         length, d_model = key_value.shape[-2:]
         kv = self.kv_proj(key_value).reshape(-1, length, 2, self.n_heads, d_model // self.n_heads)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (problems, n_heads, L_k, head_dim)
-        attended = F.scaled_dot_product_attention(
-            _split_heads(self.q_proj(query), self.n_heads), k, v, dropout_p=self.dropout if self.training else 0.0
-        )
+        attended = _attention(_split_heads(self.q_proj(query), self.n_heads), k, v,
+                              self.dropout if self.training else 0.0)
         return self.out_proj(_merge_heads(attended, query.shape[:-2]))
 
 

@@ -71,7 +71,7 @@ DEFAULT_THREADS = 1
 PEERS = ("naive", "none")
 MAX_STREAMS = 64
 #: How long a system may take to start (imports, model load, engine set-up, stream discovery).
-STARTUP_TIMEOUT_S = 180.0
+STARTUP_TIMEOUT_S = 300.0
 #: Seconds between two CPU / memory samples of the system under test.
 SAMPLE_INTERVAL_S = 0.5
 #: Real time is kept when at most this fraction of the due windows was skipped or dropped as
@@ -133,8 +133,8 @@ class BenchSettings:
             raise BenchError(f"--hop must be >= 1, got {self.hop_samples!r}")
         if self.peer not in PEERS:
             raise BenchError(f"--peer must be one of {', '.join(PEERS)}, got {self.peer!r}")
-        if self.engine not in ("auto", "eager", "compile", "cuda-graph"):
-            raise BenchError(f"--engine must be auto, eager, compile or cuda-graph, got {self.engine!r}")
+        if self.engine not in ("auto", "eager", "compile", "aot", "cuda-graph"):
+            raise BenchError(f"--engine must be auto, eager, compile, aot or cuda-graph, got {self.engine!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise BenchError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not (math.isfinite(self.warmup_s) and self.warmup_s >= 0):

@@ -142,7 +142,8 @@ class ServeSettings:
             ``<lsl_name>-<stream>``. ``""`` disables the LSL output.
         hop_samples: new (model-rate) samples between two predictions; default: the model's.
         device: ``auto`` (cuda when available) | ``cpu`` | ``cuda``.
-        engine: ``auto`` (cuda-graph on CUDA, eager on CPU) | ``eager`` | ``compile`` | ``cuda-graph``.
+        engine: ``auto`` (cuda-graph on CUDA, eager on CPU) | ``eager`` | ``compile`` | ``aot`` (CPU) |
+            ``cuda-graph``.
         batch_size: windows per forward; default: the number of streams.
         duration_s: stop after this many seconds of serving (``inf``: until SIGINT/SIGTERM).
         warmup_s: timings and latencies of the first seconds of serving are forgotten (counters
@@ -209,7 +210,8 @@ class ServeSettings:
         require(self.hop_samples is None or self.hop_samples >= 1, "hop_samples", "an integer >= 1")
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
                 "auto, cpu, cuda or cuda:N")
-        require(self.engine in ("auto", "eager", "compile", "cuda-graph"), "engine", "auto, eager, compile or cuda-graph")
+        require(self.engine in ("auto", "eager", "compile", "aot", "cuda-graph"), "engine",
+                "auto, eager, compile, aot or cuda-graph")
         require(self.batch_size is None or self.batch_size >= 1, "batch_size", "an integer >= 1")
         require(self.duration_s > 0, "duration_s", "seconds > 0 (inf: until stopped)")
         require(0 <= self.warmup_s < math.inf, "warmup_s", "seconds >= 0")
@@ -929,16 +931,15 @@ def _load(settings: ServeSettings):
 
 
 def serving_output_samples(model: Any, window_samples: int, hop_samples: int) -> int:
-    """Newest samples the engine predicts per window: the whole decoder segments that cover two
-    hops (so a window merged with a late one still publishes every sample), or the whole window
-    for a model whose forward has no ``last_samples``. A window publishes only its newest hop;
-    the decoder work for older segments would be thrown away."""
+    """Newest samples the engine predicts per window: two hops (so a window merged with a late one
+    still publishes every sample), or the whole window for a model whose forward has no
+    ``last_samples``. A window publishes only its newest hop; the decoder work for older segments
+    and the skip path's rows for older samples would be thrown away."""
     import inspect
 
-    patch_len = getattr(getattr(model, "config", None), "patch_len", None)
-    if patch_len is None or "last_samples" not in inspect.signature(model.forward).parameters:
+    if "last_samples" not in inspect.signature(model.forward).parameters:
         return window_samples
-    return min(window_samples, patch_len * -(-2 * hop_samples // patch_len))
+    return min(window_samples, 2 * hop_samples)
 
 
 def serve_command(**options: Any) -> None:
@@ -1032,6 +1033,11 @@ def run_serve(settings: ServeSettings, console: Any, err_console: Any, stop: Opt
                 meg_mean = np.asarray(config.meg_mean, dtype=np.float64)
                 meg_std = np.asarray(config.meg_std, dtype=np.float64)
             daemon = Daemon(pipelines, engine, meg_mean, meg_std, settings, metrics, stop)
+            # Everything made so far (torch, transformers, the model, the engine) lives until the
+            # exit: frozen, the collector never walks those millions of objects again, so no full
+            # collection (tens of ms) lands inside a window's latency.
+            gc.collect()
+            gc.freeze()
             names = ", ".join(repr(p.key) for p in pipelines)
             console.print(f"serving {names} with engine {engine.kind} on {engine.device} "
                           f"(hop {pipelines[0].windower.hop_samples} samples); stop with Ctrl-C", soft_wrap=True)

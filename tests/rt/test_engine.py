@@ -1,4 +1,4 @@
-"""Inference engines on the CPU: eager and compile agree with the model; clear errors otherwise."""
+"""Inference engines on the CPU: eager, compile and aot agree with the model; clear errors otherwise."""
 
 from __future__ import annotations
 
@@ -118,6 +118,8 @@ def test_cuda_kinds_without_cuda_fail_clearly():
     with pytest.raises(EngineError, match="CUDA is not available"):
         make_engine(small_model(), "eager", "cuda", 1, 64)
     assert resolve_kind("auto", torch.device("cpu")) == "eager"
+    with pytest.raises(EngineError, match="'aot' runs on the CPU; on CUDA use --engine cuda-graph"):
+        resolve_kind("aot", torch.device("cuda"))
     with pytest.raises(EngineError, match="engine must be one of"):
         make_engine(small_model(), "tensorrt", "cpu", 1, 64)
 
@@ -142,6 +144,45 @@ def test_compile_agrees_with_eager(windows):
     # The serving shape: a batch bucket of 2 and only the newest 16 samples per window.
     tail = make_engine(model, "compile", "cpu", batch_size=2, window_samples=64, output_samples=16).setup()
     np.testing.assert_allclose(tail.infer(windows[:2]), reference(model, windows[:2])[:, -16:], rtol=1e-4, atol=1e-5)
+    # Calls alternate between the buckets' graphs: only the guards that tell them apart run.
+    for rows in (slice(2, 3), slice(0, 2), slice(1, 2)):
+        np.testing.assert_allclose(tail.infer(windows[rows]), reference(model, windows[rows])[:, -16:],
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
+def test_aot_agrees_with_eager_and_reuses_its_cached_package(windows, tmp_path, monkeypatch, caplog):
+    """AOTInductor gives the eager numbers; a second engine for the same model loads the cached
+    package instead of compiling; other weights get another package."""
+    monkeypatch.setenv("BRAINFORMER_CACHE", str(tmp_path))
+    model = small_model(seed=2)
+    # One static bucket of 2: a single window is padded up to it (one compilation in this test).
+    engine = make_engine(model, "aot", "cpu", batch_size=2, window_samples=64, output_samples=16, buckets=[2])
+    with caplog.at_level("INFO", logger="brainformer_rt.engine"):
+        engine.setup()
+    assert sum("aot: compiled bucket 2" in r.getMessage() for r in caplog.records) == 1
+    packages = sorted((tmp_path / "aot").glob("*.pt2"))
+    assert len(packages) == 1 and (tmp_path / "aot").stat().st_mode & 0o777 == 0o700
+    for rows in (slice(0, 2), slice(2, 3), slice(0, 1)):
+        np.testing.assert_allclose(engine.infer(windows[rows]), reference(model, windows[rows])[:, -16:],
+                                   rtol=1e-4, atol=1e-5)
+
+    caplog.clear()
+    again = make_engine(model, "aot", "cpu", batch_size=2, window_samples=64, output_samples=16, buckets=[2])
+    with caplog.at_level("INFO", logger="brainformer_rt.engine"):
+        again.setup()
+    assert not any("compiled bucket" in r.getMessage() for r in caplog.records)
+    assert sorted((tmp_path / "aot").glob("*.pt2")) == packages
+    np.testing.assert_array_equal(again.infer(windows[:2]), engine.infer(windows[:2]))
+
+    # The key covers the weights and the output span: a changed model never loads a stale library.
+    other = make_engine(small_model(seed=3), "aot", "cpu", batch_size=2, window_samples=64, output_samples=16,
+                        buckets=[2])
+    shorter = make_engine(model, "aot", "cpu", batch_size=2, window_samples=64, output_samples=8, buckets=[2])
+    keys = {again._cache_key(2), other._cache_key(2), shorter._cache_key(2)}
+    assert len(keys) == 3 and packages[0].stem == again._cache_key(2)
 
 
 REPO = Path(__file__).resolve().parents[2]
