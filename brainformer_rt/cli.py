@@ -42,6 +42,7 @@ def serve(
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
     wait: Optional[float] = typer.Option(None, "--wait", help="Seconds to wait for the stream before giving up."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on 127.0.0.1:PORT."),
+    metrics_host: Optional[str] = typer.Option(None, "--metrics-host", help="Address of the metrics server (default 127.0.0.1)."),
     log_format: Optional[str] = typer.Option(None, "--log-format", help="text | json"),
     zmq_curve_keys: Optional[Path] = typer.Option(None, "--zmq-curve-keys", help="Directory with CURVE keys for ZeroMQ."),
     stats_json: Optional[Path] = typer.Option(None, "--stats-json", help="Write the final statistics to this JSON file."),
@@ -54,6 +55,7 @@ def serve(
     serve_command(
         stream=stream, model=model, zmq=zmq, no_zmq=no_zmq, lsl_name=lsl_name, hop=hop, device=device,
         engine=engine, config_file=config, duration=duration, wait=wait, metrics_port=metrics_port,
+        metrics_host=metrics_host,
         log_format=log_format, zmq_curve_keys=zmq_curve_keys, stats_json=stats_json,
     )
 

@@ -289,7 +289,7 @@ def load_settings(path: Optional[Path]) -> Dict[str, Any]:
 def build_settings(config_file: Optional[Path] = None, **cli: Any) -> ServeSettings:
     """Defaults ← TOML file ← CLI flags (those not None). CLI names are the ``serve`` options:
     ``stream, model, zmq, no_zmq, lsl_name, hop, device, engine, duration, wait, metrics_port,
-    log_format, zmq_curve_keys, stats_json, torch_threads``."""
+    metrics_host, log_format, zmq_curve_keys, stats_json, torch_threads``."""
     values = load_settings(config_file)
     cli_to_key = {"stream": "streams", "hop": "hop_samples", "duration": "duration_s", "wait": "wait_s"}
     for name, value in cli.items():

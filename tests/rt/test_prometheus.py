@@ -48,6 +48,18 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
+def test_metrics_host_flag_names_the_address_it_could_not_use():
+    """``--metrics-host`` overrides the TOML default: the error names the host it was given."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.2", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--stream", f"absent-{uuid.uuid4().hex[:6]}", "--metrics-port", str(port),
+                         "--metrics-host", "127.0.0.2", "--wait", "60")
+    assert result.exit_code == 2, result.output
+    assert f"metrics_port {port}: cannot listen on 127.0.0.2:{port}" in result.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # The collector on hand-filled metrics
 # ----------------------------------------------------------------------------------------------
