@@ -25,17 +25,14 @@ import zmq
 
 from brainformer.configuration_brainformer import BrainformerConfig
 from brainformer.model_dir import load_model
-from brainformer.modeling_brainformer import BrainformerForMEGPrediction
 from brainformer.preprocessing import eeg_preprocessor, unscale_meg
 from brainformer_rt.daemon import ServeSettings, SettingsError, build_settings, unscale_meg_into
 from brainformer_rt.publishers.zmq import decode_message
-from tests.rt.conftest import rt_cli, stop_process
+from tests.rt.conftest import HOP, WINDOW, ListPublisher, rt_cli, save_model, stop_process
 
 pytestmark = pytest.mark.timeout(90)
 
 REPO = Path(__file__).resolve().parents[2]
-WINDOW = 64
-HOP = 16
 # The daemon stamps outputs with input timestamps corrected by liblsl's clock-offset estimate,
 # which on one host is a few tens of µs (noise, the true offset is 0). A quarter of a sample
 # period still identifies every sample uniquely.
@@ -45,30 +42,6 @@ TIMESTAMP_TOLERANCE_S = 0.25 / 600.614990234375
 # ----------------------------------------------------------------------------------------------
 # Fixtures and helpers
 # ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def recording_eeg_names(sample_fif) -> list[str]:
-    info = mne.io.read_info(sample_fif, verbose="error")
-    return [info["ch_names"][i] for i in mne.pick_types(info, meg=False, eeg=True, exclude=())]
-
-
-def save_model(path: Path, eeg_names: list[str], seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    config = BrainformerConfig(
-        eeg_channel_names=eeg_names, window_samples=WINDOW, hop_samples=HOP, patch_len=16, d_model=16,
-        n_heads=2, d_ff=32, router_dim=4,
-        eeg_mean=list(rng.normal(0.0, 1e-6, len(eeg_names))), eeg_std=list(rng.uniform(5e-6, 2e-5, len(eeg_names))),
-        meg_mean=list(rng.normal(0.0, 1e-13, 306)), meg_std=list(rng.uniform(1e-12, 1e-11, 306)),
-    )
-    BrainformerForMEGPrediction(config).eval().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, recording_eeg_names) -> Path:
-    return save_model(tmp_path_factory.mktemp("model"), list(reversed(recording_eeg_names)))
-
-
 @pytest.fixture(scope="module")
 def serve_config(tmp_path_factory) -> Path:
     """Settings shared by the tests: one torch thread (the 2 cores are shared with the player)."""
@@ -186,7 +159,7 @@ def nearest(sorted_times: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np
 # ----------------------------------------------------------------------------------------------
 # End to end
 # ----------------------------------------------------------------------------------------------
-def test_serve_end_to_end_matches_offline_predictions(player, model_dir, serve_config, recording_eeg_names,
+def test_serve_end_to_end_matches_offline_predictions(player, model_dir, serve_config, eeg_names,
                                                       tmp_path, serves):
     """LSL + ZeroMQ outputs: meta-data, timestamps = input timestamps, seq without gaps,
     predictions = offline model on the same windows; SIGTERM → exit 0 with statistics."""
@@ -253,7 +226,7 @@ def test_serve_end_to_end_matches_offline_predictions(player, model_dir, serve_c
     # -- offline: the same model on the same windows of the same input samples
     first, distance = nearest(input_times, np.array([counters["first_timestamp"]]))
     assert distance[0] < TIMESTAMP_TOLERANCE_S
-    order = [recording_eeg_names.index(name) for name in config.eeg_channel_names]
+    order = [eeg_names.index(name) for name in config.eeg_channel_names]
     preprocessed, pre_times = eeg_preprocessor(config, config.sfreq_hz).process(
         inputs[first[0]:, order], input_times[first[0]:])
     model = load_model(model_dir)
@@ -326,20 +299,7 @@ def test_two_streams_are_served_by_one_daemon(player, model_dir, serve_config, t
 # ----------------------------------------------------------------------------------------------
 # The serve loop in-process: gaps and NaN input reset the stream
 # ----------------------------------------------------------------------------------------------
-class ListPublisher:
-    """A sink that keeps what it is given (the publisher contract: publish(data, timestamps), close())."""
-
-    def __init__(self):
-        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def publish(self, data: np.ndarray, timestamps: np.ndarray) -> None:
-        self.calls.append((data.copy(), timestamps.copy()))
-
-    def close(self) -> None:
-        pass
-
-
-def test_gap_and_nan_reset_the_stream_and_no_window_spans_them(model_dir, recording_eeg_names, sample_fif):
+def test_gap_and_nan_reset_the_stream_and_no_window_spans_them(model_dir, eeg_names, sample_fif):
     """Push 3 segments: a 0.5 s timestamp jump after sample 200, a NaN chunk at 400..407.
     Every published window lies inside one segment; gap and NaN chunk are counted."""
     import threading
@@ -355,9 +315,9 @@ def test_gap_and_nan_reset_the_stream_and_no_window_spans_them(model_dir, record
     raw = mne.io.read_raw_fif(sample_fif, verbose="error")
     eeg = raw.get_data(picks=mne.pick_types(raw.info, meg=False, eeg=True, exclude=()), stop=800).T.astype(np.float32)
     name = f"test-gap-{uuid.uuid4().hex[:8]}"
-    info = pylsl.StreamInfo(name, "EEG", len(recording_eeg_names), config.sfreq_hz, "float32", name)
+    info = pylsl.StreamInfo(name, "EEG", len(eeg_names), config.sfreq_hz, "float32", name)
     channels = info.desc().append_child("channels")
-    for label in recording_eeg_names:
+    for label in eeg_names:
         channels.append_child("channel").append_child_value("label", label).append_child_value("unit", "V")
     outlet = pylsl.StreamOutlet(info)
     inlet = EEGInlet(pylsl.resolve_byprop("name", name, 1, 10.0)[0], recover=False)
@@ -434,8 +394,8 @@ def run_cli(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-def test_channel_mismatch_exits_2_naming_the_channels(player, recording_eeg_names, serve_config, tmp_path):
-    names = recording_eeg_names[:-1] + ["EEG 999"]
+def test_channel_mismatch_exits_2_naming_the_channels(player, eeg_names, serve_config, tmp_path):
+    names = eeg_names[:-1] + ["EEG 999"]
     model = save_model(tmp_path / "mismatch-model", names)
     result = run_cli("serve", "--stream", player, "--model", str(model), "--no-zmq", "--lsl-name",
                      f"meg-{uuid.uuid4().hex[:8]}", "--config", str(serve_config))

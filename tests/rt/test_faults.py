@@ -36,8 +36,8 @@ from brainformer_rt.inlet import EEGInlet
 from brainformer_rt.metrics import ServeMetrics
 from brainformer_rt.preprocess import EEGPreprocessStage
 from brainformer_rt.publishers.zmq import decode_message
-from tests.rt.conftest import rt_cli, stop_process
-from tests.rt.test_daemon import HOP, WINDOW, Serve, free_tcp_address, nearest, open_inlet, save_model
+from tests.rt.conftest import HOP, WINDOW, ListPublisher, rt_cli, stop_process
+from tests.rt.test_daemon import Serve, free_tcp_address, nearest, open_inlet
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,21 +50,10 @@ TIMESTAMP_TOLERANCE_S = 0.25 * PERIOD_S
 # Fixtures and helpers
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def eeg_names(sample_fif) -> list[str]:
-    info = mne.io.read_info(sample_fif, verbose="error")
-    return [info["ch_names"][i] for i in mne.pick_types(info, meg=False, eeg=True, exclude=())]
-
-
-@pytest.fixture(scope="module")
 def eeg(sample_fif) -> np.ndarray:
     """``(n, 60)`` float32 volts: the EEG of the bundled recording."""
     raw = mne.io.read_raw_fif(sample_fif, verbose="error")
     return raw.get_data(picks=mne.pick_types(raw.info, meg=False, eeg=True, exclude=())).T.astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, eeg_names) -> Path:
-    return save_model(tmp_path_factory.mktemp("model"), list(reversed(eeg_names)))
 
 
 @pytest.fixture(scope="module")
@@ -176,19 +165,6 @@ def make_outlet(name: str, eeg_names: list[str]) -> pylsl.StreamOutlet:
     for label in eeg_names:
         channels.append_child("channel").append_child_value("label", label).append_child_value("unit", "V")
     return pylsl.StreamOutlet(info)
-
-
-class ListPublisher:
-    """A sink that keeps copies of what it is given (the publisher contract)."""
-
-    def __init__(self):
-        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def publish(self, data: np.ndarray, timestamps: np.ndarray) -> None:
-        self.calls.append((data.copy(), timestamps.copy()))
-
-    def close(self) -> None:
-        pass
 
 
 class InProcessDaemon:

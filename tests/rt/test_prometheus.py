@@ -20,8 +20,6 @@ from brainformer_rt.metrics import ServeMetrics
 from brainformer_rt.prometheus import E2E_BUCKETS_S, MetricsExporter
 from tests.rt.test_daemon import Serve, free_tcp_address, run_cli
 from tests.rt.test_faults import Player, json_events, wait_for_event
-from tests.rt.test_faults import eeg_names as eeg_names  # noqa: F401 - a fixture
-from tests.rt.test_faults import model_dir as model_dir  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -30,9 +30,9 @@ from brainformer_rt.daemon import DEFAULT_METRICS_HOST, ServeSettings, SettingsE
 from brainformer_rt.metrics import ServeMetrics
 from brainformer_rt.prometheus import MetricsExporter
 from brainformer_rt.publishers.zmq import ZMQPublisher, decode_message, load_curve_keys
-from tests.rt.test_daemon import Serve, free_tcp_address, run_cli, save_model
-from tests.rt.test_faults import Player, json_events, model_dir as model_dir  # noqa: F401 - a fixture
-from tests.rt.test_faults import eeg_names as eeg_names  # noqa: F401 - a fixture
+from tests.rt.conftest import save_model
+from tests.rt.test_daemon import Serve, free_tcp_address, run_cli
+from tests.rt.test_faults import Player, json_events
 from tests.rt.test_faults import serve_config as serve_config  # noqa: F401 - a fixture
 from tests.rt.test_faults import wait_for_event
 
