@@ -88,13 +88,16 @@ def listen(
     topic: str = typer.Option("", "--topic", help="ZeroMQ topic prefix."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write latency statistics to this JSON file."),
+    curve_server_key: Optional[Path] = typer.Option(None, "--curve-server-key", help="CURVE: the publisher's server.key."),
+    curve_client_key: Optional[Path] = typer.Option(None, "--curve-client-key", help="CURVE: this subscriber's NAME.key_secret."),
     lsl_config: Optional[Path] = typer.Option(None, "--lsl-config", help=LSL_CONFIG_HELP),
 ) -> None:
     """Reference subscriber: drain LSL or ZeroMQ, keep the newest, show rate and latency."""
     _lsl(lsl_config)
     from brainformer_rt.listener import listen_command
 
-    listen_command(lsl=lsl, zmq=zmq, topic=topic, duration=duration, json_path=json_path)
+    listen_command(lsl=lsl, zmq=zmq, topic=topic, duration=duration, json_path=json_path,
+                   curve_server_key=curve_server_key, curve_client_key=curve_client_key)
 
 
 @app.command()

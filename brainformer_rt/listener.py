@@ -120,12 +120,22 @@ class ZMQSubscriber:
     they skipped (dropped by a full queue, or sent before this subscriber joined mid-stream
     are not counted: counting starts at the first message seen).
 
+    With ``curve_server_key`` (the publisher's ``server.key``) and ``curve_client_key`` (this
+    subscriber's ``NAME.key_secret``, whose public half is in the publisher's ``authorized/``)
+    the connection is a CURVE client: encrypted, and let in only if the publisher knows the key.
+
     Life cycle: ``open()`` → ``receive_all()`` ... → ``close()``.
     """
 
-    def __init__(self, address: str, topic: bytes | str = b"", context: zmq.Context | None = None):
+    def __init__(self, address: str, topic: bytes | str = b"", context: zmq.Context | None = None,
+                 curve_server_key: str | Path | None = None, curve_client_key: str | Path | None = None):
         self.address = address
         self.topic = topic.encode() if isinstance(topic, str) else topic
+        if (curve_server_key is None) != (curve_client_key is None):
+            raise ValueError("CURVE needs both the publisher's public key (--curve-server-key server.key) and "
+                             "this subscriber's key pair (--curve-client-key NAME.key_secret)")
+        self.curve_server_key = curve_server_key
+        self.curve_client_key = curve_client_key
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._last_seq: dict[bytes, int] = {}
@@ -134,10 +144,29 @@ class ZMQSubscriber:
         self.messages_missed = 0
         self.malformed = 0
 
+    def _curve_keys(self) -> tuple[bytes, bytes, bytes]:
+        """(client public, client secret, server public) from the key files; ValueError names the file."""
+        import zmq.auth
+
+        loaded = {}
+        for role, path in (("client", self.curve_client_key), ("server", self.curve_server_key)):
+            try:
+                loaded[role] = zmq.auth.load_certificate(str(path))
+            except (OSError, ValueError) as error:
+                raise ValueError(f"CURVE {role} key {str(path)!r} cannot be read as a ZeroMQ certificate: {error}") from None
+        client_public, client_secret = loaded["client"]
+        if client_secret is None:
+            raise ValueError(f"CURVE client key {str(self.curve_client_key)!r} has no secret key: give the "
+                             "NAME.key_secret file of this subscriber's key pair")
+        return client_public, client_secret, loaded["server"][0]
+
     def open(self) -> None:
+        curve = self._curve_keys() if self.curve_client_key is not None else None
         socket = self._context.socket(zmq.SUB)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SUBSCRIBE, self.topic)
+        if curve is not None:
+            socket.curve_publickey, socket.curve_secretkey, socket.curve_serverkey = curve
         try:
             socket.connect(self.address)
         except zmq.ZMQError as error:
@@ -261,6 +290,8 @@ def listen_command(
     topic: str = "",
     duration: float | None = None,
     json_path: Path | None = None,
+    curve_server_key: Path | None = None,
+    curve_client_key: Path | None = None,
 ) -> dict:
     """CLI `listen`: subscribe to the daemon's LSL stream or ZeroMQ address and report."""
     from rich.console import Console
@@ -271,9 +302,12 @@ def listen_command(
         _fail("give exactly one of --lsl NAME or --zmq ADDRESS")
     if duration is not None and duration <= 0:
         _fail(f"--duration must be positive, got {duration:g}")
-    subscriber = LSLSubscriber(lsl) if lsl is not None else ZMQSubscriber(zmq, topic)
+    if lsl is not None and (curve_server_key is not None or curve_client_key is not None):
+        _fail("--curve-server-key / --curve-client-key are for --zmq (LSL has no encryption)")
     source, address = ("lsl", lsl) if lsl is not None else ("zmq", zmq)
     try:
+        subscriber = LSLSubscriber(lsl) if lsl is not None else ZMQSubscriber(
+            zmq, topic, curve_server_key=curve_server_key, curve_client_key=curve_client_key)
         subscriber.open()
     except (StreamNotFoundError, UnsupportedStreamError, ValueError) as error:
         _fail(str(error))

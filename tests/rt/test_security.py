@@ -16,6 +16,7 @@ import os
 import pickle
 import signal
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -112,6 +113,51 @@ def test_curve_only_authorized_subscribers_receive(curve_keys):
     header, data = decode_message(received["authorized"][-1])
     np.testing.assert_array_equal(data, sent)
     assert received["unknown key"] == [] and received["plain"] == []
+
+
+def test_listen_with_curve_keys_receives_only_with_an_authorized_key(curve_keys, tmp_path):
+    """``listen --curve-server-key --curve-client-key``: the reference client of a CURVE daemon."""
+    publisher = ZMQPublisher("tcp://127.0.0.1:*", channel_names=NAMES, channel_types=TYPES, sfreq_hz=SFREQ_HZ,
+                             curve_keys_dir=curve_keys["dir"])
+    stop = threading.Event()
+
+    def publish():
+        sent = np.zeros((2, len(NAMES)), dtype=np.float32)
+        while not stop.is_set():
+            publisher.publish(sent, np.array([1.0, 2.0]))
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    summaries = {}
+    try:
+        for who in ("lab-pc", "stranger"):
+            out = tmp_path / f"{who}.json"
+            result = run_cli("listen", "--zmq", publisher.address, "--curve-server-key", str(curve_keys["server"]),
+                             "--curve-client-key", str(curve_keys[who]), "--duration", "1.5", "--json", str(out))
+            assert result.exit_code == 0, result.output
+            summaries[who] = json.loads(out.read_text())
+    finally:
+        stop.set()
+        thread.join(5.0)
+        publisher.close()
+    assert summaries["lab-pc"]["messages"] > 10 and summaries["lab-pc"]["n_channels"] == len(NAMES)
+    assert summaries["stranger"]["messages"] == 0
+
+
+@pytest.mark.parametrize("flags, message, named", [
+    (["--curve-client-key", "{lab-pc}"], "CURVE needs both the publisher's public key", None),
+    (["--curve-server-key", "{server}", "--curve-client-key", "{server}"], "has no secret key", "server"),
+    (["--curve-server-key", "{missing}", "--curve-client-key", "{lab-pc}"], "cannot be read as a ZeroMQ certificate",
+     "missing"),
+])
+def test_listen_curve_key_problems_exit_2_naming_the_file(curve_keys, tmp_path, flags, message, named):
+    paths = {"lab-pc": str(curve_keys["lab-pc"]), "server": str(curve_keys["server"]),
+             "missing": str(tmp_path / "nowhere.key")}
+    result = run_cli("listen", "--zmq", "tcp://127.0.0.1:5599", *[f.format(**paths) for f in flags], "--duration", "0.5")
+    assert result.exit_code == 2 and message in result.output, result.output
+    if named is not None:
+        assert paths[named] in result.output.replace("\n", ""), result.output
 
 
 def test_curve_key_directory_problems_name_the_file(curve_keys, tmp_path):
