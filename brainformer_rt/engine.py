@@ -221,7 +221,13 @@ class Engine:
         return out
 
     def _run(self, k: int) -> None:
-        """Subclass hook: predictions for ``_host_in[:k]`` into ``_host_out[:k]`` (host memory, complete on return)."""
+        """Predictions for ``_host_in[:k]`` into ``_host_out[:k]`` (host memory, complete on return):
+        by default the step of the smallest bucket that holds ``k`` windows."""
+        self._run_bucket(self._bucket_for[k], k)
+
+    def _run_bucket(self, bucket: int, k: int) -> None:
+        """Subclass hook of the static-shape engines: run bucket ``bucket``'s step on
+        ``_host_in[:bucket]`` and copy the first ``k`` rows of its output into ``_host_out[:k]``."""
         raise NotImplementedError
 
     def _check_windows(self, windows: np.ndarray) -> int:
@@ -357,13 +363,14 @@ class AotEngine(Engine):
     into a shared library with frozen weights, which the engine calls directly.
 
     The same C++ kernels as ``compile``, without what ``torch.compile`` runs around them on every
-    call (Python guards, the graph's Python wrapper): on these 2 CPU cores that is about 1 ms less
-    per window when the caches are cold, as they are between two windows 26 ms apart.
+    call (Python guards, the graph's Python wrapper), and the library releases Python's GIL while
+    it runs. A micro-benchmark on these 2 CPU cores measured about 1 ms less per cold call than
+    ``compile``; inside the daemon the two measured the same (README), so its gain is start-up.
 
     Compiling takes ~40 s per bucket; the packages are cached on disk (:func:`aot_cache_dir`),
     keyed by everything that shapes the library: the weights, the model config, the shapes, the
     output span, the torch version and the number of torch threads (compiled into the kernels).
-    A later start with the same key loads in about a second. The cache holds shared libraries
+    A later start with the same key loads in well under a second. The cache holds shared libraries
     that this process loads: keep it private (it is created with mode 0700).
     """
 
@@ -411,14 +418,17 @@ class AotEngine(Engine):
     def _prepare(self) -> None:
         import torch._inductor
 
-        self._runners = {bucket: torch._inductor.aoti_load_package(str(self._package(bucket)))
-                         for bucket in self.buckets}
+        self._runners = {}
+        for bucket in self.buckets:
+            path = self._package(bucket)
+            try:
+                self._runners[bucket] = torch._inductor.aoti_load_package(str(path))
+            except Exception as error:  # noqa: BLE001 - whatever a damaged package raises
+                raise EngineError(f"aot: the cached package {str(path)!r} cannot be loaded ({type(error).__name__}: "
+                                  f"{error}); delete it to compile it again") from None
         for bucket in self.buckets:
             for _ in range(WARMUP_ITERATIONS):
                 self._run_bucket(bucket, bucket)
-
-    def _run(self, k: int) -> None:
-        self._run_bucket(self._bucket_for[k], k)
 
     def _run_bucket(self, bucket: int, k: int) -> None:
         self._host_out[:k].copy_(self._runners[bucket](self._host_in[:bucket])[:k])
@@ -462,9 +472,6 @@ class CudaGraphEngine(Engine):
         torch.cuda.synchronize(self.device)
         for bucket in self.buckets:  # replay once each: the first replay pays one-off costs
             self._run_bucket(bucket, bucket)
-
-    def _run(self, k: int) -> None:
-        self._run_bucket(self._bucket_for[k], k)
 
     def _run_bucket(self, bucket: int, k: int) -> None:
         self._device_in[:bucket].copy_(self._host_in[:bucket], non_blocking=True)

@@ -18,8 +18,9 @@ Policy
   predicts only the newest ``S`` samples of a window sets it to ``S``). So in steady state a
   window publishes its newest ``hop`` samples, a window that arrives after a chunk of
   ``hop < n <= max_publish`` samples publishes all ``n`` (no hole in the output), and only when
-  more accumulated do samples go without a prediction; those are counted in ``samples_unpublished``. The first window after a reset
-  publishes its newest ``hop`` samples, like every steady-state window.
+  more accumulated do samples go without a prediction; those are counted in
+  ``samples_unpublished``. The first window after a reset publishes its newest ``hop`` samples,
+  like every steady-state window.
 
 State (all of it): ``origin`` (total_written at the last reset), ``last_window_end`` (end of the
 last served window), ``last_published_end`` (end of the last published sample range) and the
@@ -86,11 +87,15 @@ class Windower:
         self.windows_served += 1
         self.last_window_end = total_written
         unpublished = total_written - self.last_published_end
-        if unpublished > self.max_publish:
-            self.samples_unpublished += unpublished - self.max_publish
-            unpublished = self.max_publish
         self.last_published_end = total_written
-        return unpublished
+        return self._capped(unpublished)
+
+    def _capped(self, n_samples: int) -> int:
+        """``n_samples`` to publish, at most ``max_publish``; the excess counted as unpublished."""
+        if n_samples > self.max_publish:
+            self.samples_unpublished += n_samples - self.max_publish
+            return self.max_publish
+        return n_samples
 
     def samples_until_due(self, total_written: int) -> int:
         """New samples (>= 1) after ``total_written`` before :meth:`poll` can return a window."""
@@ -114,8 +119,4 @@ class Windower:
         """
         self.windows_served -= 1
         self.windows_skipped += 1
-        total = pending_samples + n_samples
-        if total > self.max_publish:
-            self.samples_unpublished += total - self.max_publish
-            total = self.max_publish
-        return total
+        return self._capped(pending_samples + n_samples)

@@ -177,6 +177,12 @@ def test_aot_agrees_with_eager_and_reuses_its_cached_package(windows, tmp_path, 
     assert sorted((tmp_path / "aot").glob("*.pt2")) == packages
     np.testing.assert_array_equal(again.infer(windows[:2]), engine.infer(windows[:2]))
 
+    # A damaged package is named, with what to do, instead of an error from deep inside torch.
+    packages[0].write_bytes(b"not a package")
+    broken = make_engine(model, "aot", "cpu", batch_size=2, window_samples=64, output_samples=16, buckets=[2])
+    with pytest.raises(EngineError, match=f"cached package '{packages[0]}' cannot be loaded .*delete it"):
+        broken.setup()
+
     # The key covers the weights and the output span: a changed model never loads a stale library.
     other = make_engine(small_model(seed=3), "aot", "cpu", batch_size=2, window_samples=64, output_samples=16,
                         buckets=[2])

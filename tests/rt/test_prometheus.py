@@ -46,18 +46,6 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def test_metrics_host_flag_names_the_address_it_could_not_use():
-    """``--metrics-host`` overrides the TOML default: the error names the host it was given."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.2", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = run_cli("serve", "--stream", f"absent-{uuid.uuid4().hex[:6]}", "--metrics-port", str(port),
-                         "--metrics-host", "127.0.0.2", "--wait", "60")
-    assert result.exit_code == 2, result.output
-    assert f"metrics_port {port}: cannot listen on 127.0.0.2:{port}" in result.stderr
-
-
 # ----------------------------------------------------------------------------------------------
 # The collector on hand-filled metrics
 # ----------------------------------------------------------------------------------------------
@@ -100,15 +88,17 @@ def test_histograms_fold_each_value_once_across_scrapes_clears_and_wraps():
     assert len(E2E_BUCKETS_S) == len([k for k in latest if k[0] == "brainformer_e2e_latency_seconds_bucket"]) - 1
 
 
-def test_a_busy_metrics_port_exits_2_naming_it():
+@pytest.mark.parametrize("host_flags, host", [([], "127.0.0.1"), (["--metrics-host", "127.0.0.2"], "127.0.0.2")])
+def test_a_busy_metrics_port_exits_2_naming_it(host_flags, host):
+    """The default host, or the one ``--metrics-host`` gives (overriding the TOML default)."""
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind((host, 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = run_cli("serve", "--stream", f"absent-{uuid.uuid4().hex[:6]}", "--metrics-port", str(port),
-                         "--wait", "60")
+                         *host_flags, "--wait", "60")
     assert result.exit_code == 2, result.output
-    assert f"metrics_port {port}: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert f"metrics_port {port}: cannot listen on {host}:{port}" in result.stderr
     assert "Traceback" not in result.output
 
 
