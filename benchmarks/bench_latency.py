@@ -1,13 +1,16 @@
 """End-to-end latency sweeps of the daemon: the numbers for the README, in one command.
 
     python benchmarks/bench_latency.py --out bench-results [--model default] [--duration 60]
-                                       [--streams 1,2,4,8] [--hop 16] [--device cpu]
+                                       [--streams 1,2,4,8] [--hop 16] [--device cpu] [--floor]
 
 (a) one stream, daemon then the naive hand-written loop on the same player stream: latency
     percentiles, daemon overhead, real-time factor and the p99 ratio daemon / naive;
 (b) the many-streams curve: one daemon serving N streams (``bench --streams N --peer none``),
     p99 latency, real-time factor and whether real time was kept, for each N. The N = 1 point
     is the daemon phase of (a) (the same measurement ``bench --streams 1`` makes).
+
+With ``--floor`` every run also measures the relay (``bench --floor``: the daemon's transport and
+no model), so each row shows how much of the latency LSL / ZeroMQ alone cost in that run.
 
 Writes ``bench_latency.json`` (every run's full results), ``latency_single.png`` (histogram +
 CDF of (a)) and ``streams_curve.png`` under ``--out``, and prints markdown tables ready for the
@@ -43,6 +46,10 @@ def bench_cli(settings, n_streams: int, peer: str) -> str:
     """The `brainformer-rt bench` command line that reproduces one run."""
     parts = ["brainformer-rt bench", f"--model {settings.model}", f"--duration {settings.duration_s:g}",
              f"--streams {n_streams}", f"--peer {peer}", f"--engine {settings.engine}", f"--device {settings.device}"]
+    if settings.floor:
+        parts.append("--floor")
+    if settings.busy_poll:
+        parts.append("--busy-poll")
     if settings.hop_samples is not None:
         parts.append(f"--hop {settings.hop_samples}")
     return " ".join(parts)
@@ -66,10 +73,11 @@ def single_table(result: dict, command: str) -> str:
             if not outputs:
                 continue
             p = outputs["pooled"]
-            lines.append(f"| {'daemon' if name == 'daemon' else 'naive loop'} | {transport.upper()} | "
+            label = {"daemon": "daemon", "naive": "naive loop", "relay": "relay (transport floor, no model)"}[name]
+            lines.append(f"| {label} | {transport.upper()} | "
                          f"{_ms(p['median_ms'])} | {_ms(p['p95_ms'])} | {_ms(p['p99_ms'])} | {_ms(p['max_ms'])} | "
                          f"{_ms(system['forward_ms']['p99_ms'])} | {_ms(system['overhead_ms'][transport])} | "
-                         f"{system['rtf']:.3f} |")
+                         f"{'–' if system['rtf'] is None else format(system['rtf'], '.3f')} |")
     source = result["systems"]["daemon"]["forward_source"]
     if "warm-up included" in source:
         lines += ["", f"The daemon's forward times are its {source}: its overhead is underestimated."]
@@ -81,8 +89,8 @@ def single_table(result: dict, command: str) -> str:
 
 def curve_table(curve: list[dict], single_p99_lsl: float | None) -> str:
     lines = ["Streams served by one daemon (`brainformer-rt bench --streams N --peer none`):", "",
-             "| streams | LSL p99 ms | ZeroMQ p99 ms | p99 / 1-stream p99 | RTF (mean) | engine busy | windows skipped | kept real time | daemon CPU % | RSS MB |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: |"]
+             "| streams | LSL p99 ms | ZeroMQ p99 ms | p99 / 1-stream p99 | floor LSL p99 ms | RTF (mean) | engine busy | windows skipped | kept real time | daemon CPU % | RSS MB |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: |"]
     for point in curve:
         daemon = point["result"]["systems"]["daemon"]
         lsl = daemon["outputs"]["lsl"]["pooled"]["p99_ms"]
@@ -90,7 +98,8 @@ def curve_table(curve: list[dict], single_p99_lsl: float | None) -> str:
         growth = "–" if not (lsl and single_p99_lsl) else f"{lsl / single_p99_lsl:.2f}"
         busy = daemon.get("engine_busy_fraction")
         windows = daemon["windows"]
-        lines.append(f"| {point['n_streams']} | {_ms(lsl)} | {_ms(zmq)} | {growth} | {daemon['rtf']:.3f} | "
+        floor = (point["result"].get("floor") or {}).get("lsl", {}).get("p99_ms")
+        lines.append(f"| {point['n_streams']} | {_ms(lsl)} | {_ms(zmq)} | {growth} | {_ms(floor)} | {daemon['rtf']:.3f} | "
                      f"{'–' if busy is None else f'{busy:.2f}'} | {windows['skipped']} | "
                      f"{'yes' if daemon['real_time']['kept'] else 'no'} | "
                      f"{_whole(daemon['process']['cpu_percent_mean'])} | {_whole(daemon['process']['rss_mb_max'])} |")
@@ -111,6 +120,10 @@ def plot_curve(curve: list[dict], path: Path) -> None:
                           label=f"p99 {label}")
         latency_axis.plot(n, [d["outputs"][transport]["pooled"]["median_ms"] for d in daemons], "o--", color=colour,
                           label=f"median {label}")
+    floors = [(point.get("result", {}).get("floor") or {}).get("lsl", {}).get("p99_ms") for point in curve]
+    if any(f is not None for f in floors):
+        latency_axis.plot(n, [f if f is not None else float("nan") for f in floors], "x:", color="grey",
+                          label="p99 LSL, relay (transport floor)")
     latency_axis.set_xlabel("EEG streams served by one daemon")
     latency_axis.set_ylabel("end-to-end latency (ms)")
     latency_axis.set_xscale("log", base=2)
@@ -143,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S)
+    parser.add_argument("--floor", action="store_true", help="also measure the relay (transport floor) in every run")
     args = parser.parse_args(argv)
 
     use_loopback_config()
@@ -157,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     def settings_for(n_streams: int, peer: str) -> BenchSettings:
         return BenchSettings(model=args.model, duration_s=args.duration, n_streams=n_streams, hop_samples=args.hop,
                              engine=args.engine, device=args.device, peer=peer, warmup_s=args.warmup,
-                             threads=args.threads)
+                             threads=args.threads, floor=args.floor)
 
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -103,6 +103,9 @@ class BenchSettings:
         hop_samples: new samples between two predictions (None: the model's).
         engine, device: the daemon's engine and device (the naive loop uses eager on the device).
         peer: ``naive`` also runs the naive loop for a ratio; ``none`` runs the daemon alone.
+        busy_poll: the daemon spins while waiting for input (``serve --busy-poll``; one stream).
+        floor: also run the relay (``relay.py``: the daemon's transport, no model) to measure the
+            transport floor: the latency any LSL-in / LSL-or-ZeroMQ-out server pays here.
         warmup_s: seconds after the first arrival that are not counted.
         threads: torch threads of each system.
         chunk_samples: samples per player push (None: one hop).
@@ -118,6 +121,8 @@ class BenchSettings:
     engine: str = "auto"
     device: str = "cpu"
     peer: str = "naive"
+    floor: bool = False
+    busy_poll: bool = False
     warmup_s: float = DEFAULT_WARMUP_S
     threads: int = DEFAULT_THREADS
     chunk_samples: Optional[int] = None
@@ -143,6 +148,8 @@ class BenchSettings:
             raise BenchError(f"threads must be >= 1, got {self.threads!r}")
         if self.chunk_samples is not None and self.chunk_samples < 1:
             raise BenchError(f"chunk_samples must be >= 1, got {self.chunk_samples!r}")
+        if self.busy_poll and self.n_streams > 1:
+            raise BenchError(f"--busy-poll serves one stream only, not --streams {self.n_streams}")
         return self
 
 
@@ -506,7 +513,7 @@ class ResourceSampler:
 class Phase:
     """The processes and outputs of one system under test."""
 
-    system: str  # "daemon" | "naive"
+    system: str  # "daemon" | "naive" | "relay"
     children: List[Child]
     lsl_outputs: Dict[str, str]  # stream → output LSL name
     zmq_address: Optional[str] = None
@@ -526,7 +533,8 @@ def _start_daemon(settings: BenchSettings, facts: ModelFacts, streams: Sequence[
     lsl_name = f"bench-meg-{run_id}"
     config = directory / "serve.toml"
     # Serving settings of the bench: the same threads as the naive loop; patient stream discovery.
-    lines = [f"torch_threads = {settings.threads}", f"wait_s = {STARTUP_TIMEOUT_S}"]
+    lines = [f"torch_threads = {settings.threads}", f"wait_s = {STARTUP_TIMEOUT_S}",
+             f"busy_poll = {'true' if settings.busy_poll else 'false'}"]
     if _daemon_excludes_warmup():
         # The daemon forgets its timings once the warm-up is over, as the subscribers here do.
         lines.append(f"warmup_s = {settings.warmup_s}")
@@ -556,6 +564,24 @@ def _start_naive(settings: BenchSettings, facts: ModelFacts, streams: Sequence[s
         outputs[stream] = out
         stats_paths.append(stats_path)
     return Phase("naive", children, outputs, None, stats_paths)
+
+
+def _start_relay(settings: BenchSettings, facts: ModelFacts, streams: Sequence[str], run_id: str,
+                 directory: Path) -> Phase:
+    """One relay per stream; with one stream it also publishes on ZeroMQ (one address per phase)."""
+    children, outputs, stats_paths = [], {}, []
+    zmq_address = free_tcp_address() if len(streams) == 1 else None
+    safety_s = settings.warmup_s + settings.duration_s + STARTUP_TIMEOUT_S
+    for i, stream in enumerate(streams):
+        out = f"bench-relay-{run_id}-{i}"
+        stats_path = directory / f"relay-{i}-stats.json"
+        command = [sys.executable, "-m", "brainformer_rt.relay", "--stream", stream, "--model", settings.model,
+                   "--lsl-name", out, "--hop", str(facts.hop_samples), "--duration", f"{safety_s:g}",
+                   "--stats-json", str(stats_path), *(["--zmq", zmq_address] if zmq_address else [])]
+        children.append(Child(f"relay-{i}", command, directory))
+        outputs[stream] = out
+        stats_paths.append(stats_path)
+    return Phase("relay", children, outputs, zmq_address, stats_paths)
 
 
 def _check_children(children: Sequence[Child]) -> None:
@@ -719,6 +745,23 @@ def summarise_phase(phase: Phase, settings: BenchSettings, facts: ModelFacts, re
             "engine_busy_fraction": busy,
             "daemon_stats": stats,
         })
+    elif phase.system == "relay":
+        served = skipped = samples_in = 0
+        for path, child in zip(phase.stats_paths, phase.children):
+            stats = _read_json(path)
+            if stats is None:
+                raise BenchFailure(f"{child.name} wrote no statistics: {child.last_error_line()}")
+            served += stats["windows_served"]
+            skipped += stats["windows_skipped"]
+            samples_in += stats["samples_in"]
+        result.update({
+            "forward_ms": summarise(np.zeros(0)),
+            "forward_source": "no model",
+            "windows": {"served": served, "skipped": skipped, "stale": 0, "forward_calls": 0, "mean_batch": None},
+            "samples_in": samples_in,
+            "engine": {"kind": "none"},
+            "engine_busy_fraction": None,
+        })
     else:
         forwards, served, skipped, samples_in, threads = [], 0, 0, 0, None
         for path, child in zip(phase.stats_paths, phase.children):
@@ -743,9 +786,11 @@ def summarise_phase(phase: Phase, settings: BenchSettings, facts: ModelFacts, re
     forward = result["forward_ms"]
     result["rtf"] = None if forward.get("mean_ms") is None else forward["mean_ms"] * 1e-3 / hop_s
     result["rtf_p99"] = None if forward.get("p99_ms") is None else forward["p99_ms"] * 1e-3 / hop_s
+    # No forward (the relay): the whole latency is overhead.
+    forward_p99 = 0.0 if phase.system == "relay" else forward.get("p99_ms")
     result["overhead_ms"] = {
-        transport: (None if outputs is None or outputs["pooled"]["p99_ms"] is None or forward.get("p99_ms") is None
-                    else outputs["pooled"]["p99_ms"] - forward["p99_ms"])
+        transport: (None if outputs is None or outputs["pooled"]["p99_ms"] is None or forward_p99 is None
+                    else outputs["pooled"]["p99_ms"] - forward_p99)
         for transport, outputs in result["outputs"].items()}
     windows = result["windows"]
     due = (windows["served"] or 0) + (windows["skipped"] or 0) + (windows["stale"] or 0)
@@ -788,8 +833,9 @@ def run_bench(settings: BenchSettings, console: Any = None) -> Dict[str, Any]:
         "version": 1,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "settings": {**dataclasses.asdict(settings), **dataclasses.asdict(facts), "hop_ms": facts.hop_s * 1e3,
-                     "order": ("daemon first, then the naive loop (one process per stream), one after the other "
-                               "on the same player streams") if settings.peer == "naive" else "daemon only",
+                     "order": (("daemon first, then the naive loop (one process per stream), one after the other "
+                                "on the same player streams") if settings.peer == "naive" else "daemon only")
+                     + ("; then the relay (transport floor, one process per stream)" if settings.floor else ""),
                      "naive_loop": NAIVE_DESCRIPTION if settings.peer == "naive" else None},
         "machine": machine,
         "latency_definition": "local_clock() at the subscriber - timestamp of the newest sample of the message "
@@ -807,10 +853,12 @@ def run_bench(settings: BenchSettings, console: Any = None) -> Dict[str, Any]:
                     "simulate", "--file", facts.recording, "--loop", "--chunk", str(facts.chunk_samples),
                     "--source-id", f"bench-{uuid.uuid4()}", "--name", stream,
                     *(["--aligned"] if settings.aligned else [])), directory))
-            systems = [("daemon", _start_daemon)] + ([("naive", _start_naive)] if settings.peer == "naive" else [])
+            systems = ([("daemon", _start_daemon)] + ([("naive", _start_naive)] if settings.peer == "naive" else [])
+                       + ([("relay", _start_relay)] if settings.floor else []))
             for system, start in systems:
-                console.print(f"{system}: starting (model {settings.model}, hop {facts.hop_samples}, "
-                              f"{settings.threads} torch thread(s)) …", highlight=False)
+                console.print(f"{system}: starting (model {settings.model}, hop {facts.hop_samples}"
+                              + (f", {settings.threads} torch thread(s)" if system != "relay" else ", no model")
+                              + ") …", highlight=False)
                 phase = start(settings, facts, streams, run_id, directory)
                 results["systems"][system] = run_phase(phase, settings, facts, players, console)
         finally:
@@ -818,6 +866,7 @@ def run_bench(settings: BenchSettings, console: Any = None) -> Dict[str, Any]:
                 player.stop()
         results["players"] = [player_summary(p, s) for p, s in zip(players, streams)]
     results["ratio"] = _ratio(results)
+    results["floor"] = _floor(results)
     results["elapsed_s"] = time.time() - started
     return json_ready(results)
 
@@ -838,6 +887,24 @@ def _ratio(results: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 # ==============================================================================================
 # Report: table, plot
 # ==============================================================================================
+def _floor(results: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The relay's p99 per output, and the daemon's overhead above it (p99 e2e − p99 forward − floor)."""
+    systems = results["systems"]
+    if "relay" not in systems:
+        return None
+    floor: Dict[str, Any] = {"note": "relay (the daemon's transport, no model): its whole latency"}
+    for transport in ("lsl", "zmq"):
+        relay = systems["relay"]["outputs"].get(transport)
+        if relay is None or relay["pooled"]["p99_ms"] is None:
+            continue
+        entry = {"p99_ms": relay["pooled"]["p99_ms"], "median_ms": relay["pooled"]["median_ms"]}
+        daemon_overhead = systems["daemon"]["overhead_ms"].get(transport)
+        if daemon_overhead is not None:
+            entry["daemon_overhead_above_floor_ms"] = daemon_overhead - entry["p99_ms"]
+        floor[transport] = entry
+    return floor
+
+
 def _fmt(value: Optional[float], digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -859,7 +926,8 @@ def results_table(results: Dict[str, Any]):
     s = results["settings"]
     systems = results["systems"]
     names = list(systems)
-    labels = {"daemon": "daemon", "naive": "naive loop"}
+    labels = {"daemon": "daemon (busy-poll)" if s.get("busy_poll") else "daemon", "naive": "naive loop",
+              "relay": "relay (floor)"}
     title = (f"brainformer-rt bench: {s['n_streams']} stream(s), hop {s['hop_samples']} ({s['hop_ms']:.1f} ms), "
              f"{s['threads']} torch thread(s), device {s['device']}, model {s['model']}")
 
@@ -875,6 +943,8 @@ def results_table(results: Dict[str, Any]):
                 latency.add_row(f"{labels[name]} {what}", str(summary["count"]),
                                 *(_fmt(summary[k]) for k in ("median_ms", "p95_ms", "p99_ms", "max_ms")), style="bold")
         forward = system["forward_ms"]
+        if name == "relay":
+            continue  # no model
         latency.add_row(f"{labels[name]} model forward", str(forward["count"]),
                         *(_fmt(forward[k]) for k in ("median_ms", "p95_ms", "p99_ms", "max_ms")))
 
@@ -925,6 +995,15 @@ def results_table(results: Dict[str, Any]):
         verdict = "[green]goal met[/]" if ratio["met"] else "[red]goal not met[/]"
         notes.append(f"[bold]p99 ratio daemon / naive loop (LSL outputs): {ratio['p99_lsl']:.2f}[/] "
                      f"(goal ≤ {ratio['goal']:g}: {verdict}); median ratio {ratio['median_lsl']:.2f}")
+    floor = results.get("floor")
+    if floor:
+        for transport, what in (("lsl", "LSL"), ("zmq", "ZeroMQ")):
+            if transport in floor:
+                entry = floor[transport]
+                above = entry.get("daemon_overhead_above_floor_ms")
+                notes.append(f"[bold]transport floor {what} (relay, no model): p99 {entry['p99_ms']:.2f} ms[/], median "
+                             f"{entry['median_ms']:.2f} ms" + ("" if above is None else
+                                                             f"; daemon overhead above it {above:.2f} ms"))
     notes.append(f"warm-up: the first {s['warmup_s']:g} s after the first prediction are not counted, then "
                  f"{s['duration_s']:g} s are measured per system. Order: {s['order']}.")
     if s.get("naive_loop"):
@@ -963,7 +1042,7 @@ def write_plot(results: Dict[str, Any], path: Path) -> Path:
         for transport in ("lsl", "zmq"):
             latencies = result.get("latencies_ms", {}).get(transport)
             if latencies is not None and len(latencies):
-                label = f"{'daemon' if system == 'daemon' else 'naive loop'} {transport.upper()}"
+                label = f"{ {'daemon': 'daemon', 'naive': 'naive loop', 'relay': 'relay (floor)'}[system]} {transport.upper()}"
                 series.append((label, np.asarray(latencies, dtype=np.float64)))
     if not series:
         raise BenchFailure("nothing to plot: no latency was measured")
@@ -1018,6 +1097,8 @@ def bench_command(
     json_path: Optional[Path] = None,
     plot: Optional[Path] = None,
     peer: str = "naive",
+    floor: bool = False,
+    busy_poll: bool = False,
     warmup_s: float = DEFAULT_WARMUP_S,
     threads: int = DEFAULT_THREADS,
     chunk: Optional[int] = None,
@@ -1049,7 +1130,7 @@ def bench_command(
 
         root.addHandler(RichHandler(console=err_console, show_path=False))
     settings = BenchSettings(model=model or "default", duration_s=duration, n_streams=n_streams, hop_samples=hop,
-                             engine=engine, device=device, peer=peer, warmup_s=warmup_s, threads=threads,
+                             engine=engine, device=device, peer=peer, floor=floor, busy_poll=busy_poll, warmup_s=warmup_s, threads=threads,
                              chunk_samples=chunk, aligned=aligned)
     try:
         results = run_bench(settings, console)

@@ -46,6 +46,7 @@ def serve(
     log_format: Optional[str] = typer.Option(None, "--log-format", help="text | json"),
     zmq_curve_keys: Optional[Path] = typer.Option(None, "--zmq-curve-keys", help="Directory with CURVE keys for ZeroMQ."),
     stats_json: Optional[Path] = typer.Option(None, "--stats-json", help="Write the final statistics to this JSON file."),
+    busy_poll: bool = typer.Option(False, "--busy-poll", help="Spin instead of sleeping while waiting for input: lower latency for one core at 100 % (one stream only)."),
     lsl_config: Optional[Path] = typer.Option(None, "--lsl-config", help=LSL_CONFIG_HELP),
 ) -> None:
     """Serve predicted MEG for one or more live EEG streams."""
@@ -57,6 +58,7 @@ def serve(
         engine=engine, config_file=config, duration=duration, wait=wait, metrics_port=metrics_port,
         metrics_host=metrics_host,
         log_format=log_format, zmq_curve_keys=zmq_curve_keys, stats_json=stats_json,
+        busy_poll=busy_poll or None,  # not given: the config file (or the default) decides
     )
 
 
@@ -123,6 +125,8 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure (and the raw latencies) to this JSON file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Latency histogram / CDF PNG."),
     peer: str = typer.Option("naive", "--peer", help="naive | none: also run the naive loop for a ratio."),
+    floor: bool = typer.Option(False, "--floor", help="Also run a relay with no model: the transport floor of this machine."),
+    busy_poll: bool = typer.Option(False, "--busy-poll", help="Serve with `serve --busy-poll` (one stream)."),
     aligned: bool = typer.Option(False, "--aligned", help="Players push in step (one acquisition clock); default: independent phases."),
     lsl_config: Optional[Path] = typer.Option(None, "--lsl-config", help=LSL_CONFIG_HELP),
 ) -> None:
@@ -131,7 +135,8 @@ def bench(
     from brainformer_rt.bench import bench_command
 
     bench_command(model=model, duration=duration, n_streams=streams_n, hop=hop, engine=engine, device=device,
-                  json_path=json_path, plot=plot, peer=peer, aligned=aligned)
+                  json_path=json_path, plot=plot, peer=peer, floor=floor, busy_poll=busy_poll,
+                  aligned=aligned)
 
 
 @app.command()

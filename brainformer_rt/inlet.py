@@ -324,6 +324,20 @@ class EEGInlet:
         np.add(source_timestamps, self.clock_offset_s, out=timestamps)
         return self._data[:n], timestamps
 
+    def spin_until_available(self, min_samples: int, timeout_s: float) -> bool:
+        """Busy-wait (no sleep) until liblsl holds ``min_samples`` samples for this inlet, or
+        ``timeout_s`` passed; True when they are there. Each check is one liblsl call that
+        releases Python's GIL, so other threads still run."""
+        if self._inlet is None:
+            raise RuntimeError("EEGInlet.spin_until_available() before open()")
+        available = self._inlet.samples_available
+        wanted = max(1, min(int(min_samples), self.max_chunk_samples))
+        deadline = time.perf_counter() + timeout_s
+        while available() < wanted:
+            if time.perf_counter() >= deadline:
+                return False
+        return True
+
     def _count_discontinuities(self, source_timestamps: np.ndarray) -> None:
         """Count jumps (forward beyond the threshold, or backwards) including the step from the
         previous chunk, and the reconnects among them (liblsl's clock-reset flag)."""

@@ -11,41 +11,9 @@ import json
 import subprocess
 from pathlib import Path
 
-import mne
-import numpy as np
 import pytest
-import torch
 
-from brainformer.configuration_brainformer import BrainformerConfig
-from brainformer.modeling_brainformer import BrainformerForMEGPrediction
-from tests.rt.conftest import rt_cli
-
-HOP = 16
-WINDOW = 64
-
-
-def save_model(path: Path, eeg_names: list[str]) -> Path:
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    config = BrainformerConfig(
-        eeg_channel_names=eeg_names, window_samples=WINDOW, hop_samples=HOP, patch_len=16, d_model=16, n_heads=2,
-        d_ff=32, router_dim=4,
-        meg_mean=list(rng.normal(0.0, 1e-13, 306)), meg_std=list(rng.uniform(1e-12, 1e-11, 306)),
-    )
-    BrainformerForMEGPrediction(config).eval().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def eeg_names(sample_fif) -> list[str]:
-    info = mne.io.read_info(sample_fif, verbose="error")
-    return [info["ch_names"][i] for i in mne.pick_types(info, meg=False, eeg=True, exclude=())]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, eeg_names) -> Path:
-    return save_model(tmp_path_factory.mktemp("bench-model"), list(reversed(eeg_names)))
-
+from tests.rt.conftest import HOP, WINDOW, rt_cli, save_model
 
 def run_bench(*args: str, timeout_s: float = 200.0) -> subprocess.CompletedProcess:
     return subprocess.run(rt_cli("bench", *args), capture_output=True, text=True, timeout=timeout_s)
@@ -60,12 +28,13 @@ def assert_latency_summary(summary: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_bench_with_naive_peer_writes_complete_results_and_plot(model_dir, tmp_path):
+def test_bench_with_naive_peer_and_floor_writes_complete_results_and_plot(model_dir, tmp_path):
     json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
-    done = run_bench("--model", str(model_dir), "--duration", "3", "--hop", str(HOP), "--peer", "naive",
+    done = run_bench("--model", str(model_dir), "--duration", "3", "--hop", str(HOP), "--peer", "naive", "--floor",
                      "--json", str(json_path), "--plot", str(plot_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "p99 ratio daemon / naive loop" in done.stdout
+    assert "transport floor LSL (relay, no model)" in done.stdout
     assert "warm-up" in done.stdout
 
     results = json.loads(json_path.read_text())
@@ -75,7 +44,8 @@ def test_bench_with_naive_peer_writes_complete_results_and_plot(model_dir, tmp_p
     machine = results["machine"]
     assert machine["cpu_count"] >= 1 and machine["torch"] and machine["device"] == "cpu"
     assert machine["loopback_namespace"] is True
-    assert set(results["systems"]) == {"daemon", "naive"}
+    assert set(results["systems"]) == {"daemon", "naive", "relay"}
+    relay = results["systems"].pop("relay")
 
     for name, system in results["systems"].items():
         lsl = system["outputs"]["lsl"]
@@ -98,6 +68,15 @@ def test_bench_with_naive_peer_writes_complete_results_and_plot(model_dir, tmp_p
     daemon_p99 = daemon["outputs"]["lsl"]["pooled"]["p99_ms"]
     naive_p99 = results["systems"]["naive"]["outputs"]["lsl"]["pooled"]["p99_ms"]
     assert ratio["p99_lsl"] == pytest.approx(daemon_p99 / naive_p99)
+    # The relay: no model, outputs on LSL and ZeroMQ; its whole latency is the floor.
+    assert relay["forward_ms"]["count"] == 0 and relay["rtf"] is None and relay["windows"]["served"] > 0
+    floor = results["floor"]
+    for transport in ("lsl", "zmq"):
+        pooled = relay["outputs"][transport]["pooled"]
+        assert_latency_summary(pooled)
+        assert relay["overhead_ms"][transport] == floor[transport]["p99_ms"] == pooled["p99_ms"]
+        assert floor[transport]["daemon_overhead_above_floor_ms"] == pytest.approx(
+            daemon["overhead_ms"][transport] - pooled["p99_ms"])
     assert results["players"][0]["samples"] > 0 and results["players"][0]["lateness_max_ms"] is not None
 
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

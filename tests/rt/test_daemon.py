@@ -159,10 +159,12 @@ def nearest(sorted_times: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np
 # ----------------------------------------------------------------------------------------------
 # End to end
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("wait", ["blocking", "busy-poll"])
 def test_serve_end_to_end_matches_offline_predictions(player, model_dir, serve_config, eeg_names,
-                                                      tmp_path, serves):
+                                                      tmp_path, serves, wait):
     """LSL + ZeroMQ outputs: meta-data, timestamps = input timestamps, seq without gaps,
-    predictions = offline model on the same windows; SIGTERM → exit 0 with statistics."""
+    predictions = offline model on the same windows; SIGTERM → exit 0 with statistics. The same
+    with ``--busy-poll`` (spinning instead of blocking in liblsl)."""
     zmq_address = free_tcp_address()
     out_name = f"meg-{uuid.uuid4().hex[:8]}"
     stats_path = tmp_path / "stats.json"
@@ -174,7 +176,8 @@ def test_serve_end_to_end_matches_offline_predictions(player, model_dir, serve_c
     inputs, input_times, outputs, output_times, messages = [], [], [], [], []
     try:
         serve = serves(tmp_path, "--stream", player, "--model", str(model_dir), "--zmq", zmq_address,
-                       "--lsl-name", out_name, "--config", str(serve_config), "--stats-json", str(stats_path))
+                       "--lsl-name", out_name, "--config", str(serve_config), "--stats-json", str(stats_path),
+                       *(["--busy-poll"] if wait == "busy-poll" else []))
         meg_inlet = open_inlet(out_name)
         # Collect for a few seconds after the first prediction arrived.
         deadline = None
@@ -198,6 +201,7 @@ def test_serve_end_to_end_matches_offline_predictions(player, model_dir, serve_c
     stats = json.loads(stats_path.read_text())
     counters = stats["streams"][player]
     assert counters["windows_served"] > 0 and counters["gaps"] == 0 and counters["nan_windows"] == 0
+    assert stats["info"]["busy_poll"] is (wait == "busy-poll")
     assert stats["timed_duration_s"] == pytest.approx(stats["duration_s"] - 0.5, abs=0.2)  # warm-up left out
     assert stats["e2e_latency"]["all"]["count"] < counters["windows_served"]
     # -- LSL meta-data
@@ -472,6 +476,8 @@ def test_cli_flags_override_the_file(tmp_path):
     ("streams = 'EEG'\n", "streams"),
     ("pull_timeout_s = 2.0\n", "pull_timeout_s"),
     ("zmq = ''\nlsl_name = ''\n", "go nowhere"),
+    ("busy_poll = 1\n", "busy_poll"),
+    ("streams = ['A', 'B']\nbusy_poll = true\n", "busy_poll = true serves one stream only"),
 ])
 def test_invalid_settings_name_the_key(tmp_path, text, needle):
     path = tmp_path / "serve.toml"

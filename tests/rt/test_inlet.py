@@ -1,3 +1,4 @@
+import time
 import uuid
 
 import numpy as np
@@ -103,6 +104,22 @@ def test_pull_returns_at_most_max_chunk_samples_and_the_rest_next_time(stream_na
         data, _ = pull_until(inlet, 40)
         np.testing.assert_array_equal(data, sent)
         assert inlet.chunks >= 3
+    finally:
+        inlet.close()
+
+
+def test_spin_until_available_sees_pushed_samples_and_gives_up_at_the_timeout(stream_name):
+    outlet = make_outlet(stream_name)
+    inlet = open_inlet(stream_name, max_chunk_samples=64)
+    try:
+        started = time.perf_counter()
+        assert inlet.spin_until_available(1, 0.05) is False
+        assert 0.05 <= time.perf_counter() - started < 1.0
+        outlet.push_chunk(np.ones((8, len(LABELS)), dtype=np.float32))
+        assert inlet.spin_until_available(8, 5.0) is True
+        data, timestamps = inlet.pull(0.0, 8)
+        assert len(timestamps) == 8 and np.all(data == 1.0)
+        assert inlet.spin_until_available(1000, 0.01) is False  # more than the buffer: capped, then timed out
     finally:
         inlet.close()
 
