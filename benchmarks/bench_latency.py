@@ -1,7 +1,7 @@
 """End-to-end latency sweeps of the daemon: the numbers for the README, in one command.
 
     python benchmarks/bench_latency.py --out bench-results [--model default] [--duration 60]
-                                       [--streams 1,2,4,8] [--hop 16] [--device cpu] [--floor]
+                                       [--streams 1,2,4,8] [--hop 16] [--device cpu] [--floor] [--busy-poll]
 
 (a) one stream, daemon then the naive hand-written loop on the same player stream: latency
     percentiles, daemon overhead, real-time factor and the p99 ratio daemon / naive;
@@ -10,7 +10,8 @@
     is the daemon phase of (a) (the same measurement ``bench --streams 1`` makes).
 
 With ``--floor`` every run also measures the relay (``bench --floor``: the daemon's transport and
-no model), so each row shows how much of the latency LSL / ZeroMQ alone cost in that run.
+no model), so each row shows how much of the latency LSL / ZeroMQ alone cost in that run; with
+``--busy-poll`` the daemon spins instead of sleeping (``serve --busy-poll``) in every run.
 
 Writes ``bench_latency.json`` (every run's full results), ``latency_single.png`` (histogram +
 CDF of (a)) and ``streams_curve.png`` under ``--out``, and prints markdown tables ready for the
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S)
     parser.add_argument("--floor", action="store_true", help="also measure the relay (transport floor) in every run")
+    parser.add_argument("--busy-poll", action="store_true", help="the daemon spins while waiting for input")
     args = parser.parse_args(argv)
 
     use_loopback_config()
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     def settings_for(n_streams: int, peer: str) -> BenchSettings:
         return BenchSettings(model=args.model, duration_s=args.duration, n_streams=n_streams, hop_samples=args.hop,
                              engine=args.engine, device=args.device, peer=peer, warmup_s=args.warmup,
-                             threads=args.threads, floor=args.floor)
+                             threads=args.threads, floor=args.floor, busy_poll=args.busy_poll)
 
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -103,7 +103,7 @@ class BenchSettings:
         hop_samples: new samples between two predictions (None: the model's).
         engine, device: the daemon's engine and device (the naive loop uses eager on the device).
         peer: ``naive`` also runs the naive loop for a ratio; ``none`` runs the daemon alone.
-        busy_poll: the daemon spins while waiting for input (``serve --busy-poll``; one stream).
+        busy_poll: the daemon spins while waiting for input (``serve --busy-poll``).
         floor: also run the relay (``relay.py``: the daemon's transport, no model) to measure the
             transport floor: the latency any LSL-in / LSL-or-ZeroMQ-out server pays here.
         warmup_s: seconds after the first arrival that are not counted.
@@ -148,8 +148,6 @@ class BenchSettings:
             raise BenchError(f"threads must be >= 1, got {self.threads!r}")
         if self.chunk_samples is not None and self.chunk_samples < 1:
             raise BenchError(f"chunk_samples must be >= 1, got {self.chunk_samples!r}")
-        if self.busy_poll and self.n_streams > 1:
-            raise BenchError(f"--busy-poll serves one stream only, not --streams {self.n_streams}")
         return self
 
 

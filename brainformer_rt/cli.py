@@ -46,7 +46,7 @@ def serve(
     log_format: Optional[str] = typer.Option(None, "--log-format", help="text | json"),
     zmq_curve_keys: Optional[Path] = typer.Option(None, "--zmq-curve-keys", help="Directory with CURVE keys for ZeroMQ."),
     stats_json: Optional[Path] = typer.Option(None, "--stats-json", help="Write the final statistics to this JSON file."),
-    busy_poll: bool = typer.Option(False, "--busy-poll", help="Spin instead of sleeping while waiting for input: lower latency for one core at 100 % (one stream only)."),
+    busy_poll: bool = typer.Option(False, "--busy-poll", help="Spin instead of sleeping while waiting for input: lower latency for one core at 100 %."),
     lsl_config: Optional[Path] = typer.Option(None, "--lsl-config", help=LSL_CONFIG_HELP),
 ) -> None:
     """Serve predicted MEG for one or more live EEG streams."""
@@ -126,7 +126,7 @@ def bench(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Latency histogram / CDF PNG."),
     peer: str = typer.Option("naive", "--peer", help="naive | none: also run the naive loop for a ratio."),
     floor: bool = typer.Option(False, "--floor", help="Also run a relay with no model: the transport floor of this machine."),
-    busy_poll: bool = typer.Option(False, "--busy-poll", help="Serve with `serve --busy-poll` (one stream)."),
+    busy_poll: bool = typer.Option(False, "--busy-poll", help="The daemon serves with `serve --busy-poll`."),
     aligned: bool = typer.Option(False, "--aligned", help="Players push in step (one acquisition clock); default: independent phases."),
     lsl_config: Optional[Path] = typer.Option(None, "--lsl-config", help=LSL_CONFIG_HELP),
 ) -> None:

@@ -19,13 +19,6 @@ Loop design
   returns everything available; the window is served at once. No thread hand-off, no polling
   sleep: the lowest latency pylsl offers. The pull timeout (``pull_timeout_s``) only bounds how
   long a stop request waits.
-- **Busy polling** (``busy_poll``, one stream only): instead of sleeping in liblsl, the main
-  thread spins on ``samples_available()`` until the next window's samples are there, then pulls.
-  The thread (and its CPU) never goes idle, so nothing pays for waking a sleeping core: on the
-  2-core virtual machine of the README this takes about 1 ms off the median latency (publishing
-  and the forward run faster on a core that was busy a moment ago) at the price of one core at
-  100 %. For a machine with a core to spare for the daemon. Several streams are refused: their
-  pull threads would spin against each other for Python's GIL.
 - **Several streams**: one pull thread per stream runs inlet → preprocessing → ring buffer →
   windower; when a window is due it copies it into the stream's hand-off slot under one shared
   condition lock and notifies the main thread. The main thread takes every pending slot at
@@ -33,9 +26,17 @@ Loop design
   graphs still apply) and publishes each stream's predictions on its own outlet/topic. A slow or
   dead stream only blocks its own thread's pull, never the others. Windows of one stream that
   become due while the previous one still waits in the slot replace it (counted as skipped):
-  nothing queues. Threads rather than non-blocking polling because polling needs a sleep,
-  which costs more latency than a thread wake-up (see the platform notes: 0.8/1.5 ms vs
-  0.5/0.65 ms median/p99 for LSL alone).
+  nothing queues. Threads rather than polling with a sleep, which costs more latency than a
+  thread wake-up (see the platform notes: 0.8/1.5 ms vs 0.5/0.65 ms median/p99 for LSL alone);
+  polling without a sleep is the next mode.
+- **Busy polling** (``busy_poll``): nothing sleeps. With one stream the main thread spins on
+  ``samples_available()`` until the next window's samples are there, then pulls. With several,
+  there are no pull threads: the main thread sweeps every inlet without waiting, ingests each
+  stream whose next window's samples are there, and serves the windows that became due in the
+  sweep as one batched forward. The core never goes idle, so no wake-up is paid before each
+  window, and no thread waits for Python's GIL while another holds it for a forward. On the
+  2-core virtual machine of the README this takes about 1 ms off the median with one stream and
+  halves the p99 with 8, at the price of one core at 100 %: for a machine with a core to spare.
 
 Faults (each injected by a test in ``tests/rt/test_faults.py``)
 -------------------------------------------------------------
@@ -126,6 +127,8 @@ LOG_REPEAT_INTERVAL_S = 5.0
 FOREIGN_CLOCK_THRESHOLD_S = 1.0
 #: While waiting for a stream, a reminder is logged this often.
 WAIT_REMINDER_INTERVAL_S = 10.0
+#: Busy polling over several streams: how often the sweep checks for silent streams.
+SILENCE_CHECK_INTERVAL_S = 0.2
 
 
 # ==============================================================================================
@@ -157,8 +160,8 @@ class ServeSettings:
             are kept); the engine's own warm-up before serving never counts.
         wait_s: give up when a stream has not appeared after this many seconds (``inf``: wait).
         pull_timeout_s: longest blocking pull; bounds how long a stop request waits.
-        busy_poll: spin instead of sleeping while waiting for input (one stream only; costs one
-            core; see "Busy polling" above).
+        busy_poll: spin instead of sleeping while waiting for input (costs one core; see "Busy
+            polling" above).
         max_input_age_s: a due window whose newest sample is older than this is dropped as stale.
         gap_threshold_s: a step between input timestamps above this is a gap (stream reset).
         max_chunk_samples: most samples one pull returns (the inlet's buffer).
@@ -227,9 +230,6 @@ class ServeSettings:
         require(0 <= self.warmup_s < math.inf, "warmup_s", "seconds >= 0")
         require(self.wait_s > 0, "wait_s", "seconds > 0 (inf: wait forever)")
         require(0 < self.pull_timeout_s <= 0.5, "pull_timeout_s", "seconds in (0, 0.5]")
-        if self.busy_poll and len(self.streams) > 1:
-            raise SettingsError(f"{source}: busy_poll = true serves one stream only, not {len(self.streams)}: several "
-                                "spinning pull threads would compete for Python's GIL")
         require(self.max_input_age_s > 0, "max_input_age_s", "seconds > 0 (inf: never stale)")
         require(self.gap_threshold_s > 0, "gap_threshold_s", "seconds > 0")
         require(self.max_chunk_samples >= 1, "max_chunk_samples", "an integer >= 1")
@@ -765,13 +765,13 @@ class Daemon:
     def _is_stale(self, pipeline: StreamPipeline, newest_timestamp: float) -> bool:
         return pipeline.age_s(self.clock(), newest_timestamp) > self.settings.max_input_age_s
 
-    def _pull_and_ingest(self, pipeline: StreamPipeline) -> bool:
+    def _pull_and_ingest(self, pipeline: StreamPipeline, wait: bool = True) -> bool:
         """One blocking pull (and a drain when the inlet buffer was full); True when data came."""
         inlet = pipeline.inlet
         needed = pipeline.input_samples_until_due()
-        if self.settings.busy_poll:
+        if self.settings.busy_poll and wait:
             inlet.spin_until_available(needed, self.settings.pull_timeout_s)
-        data, timestamps = inlet.pull(self.settings.pull_timeout_s, needed)
+        data, timestamps = inlet.pull(self.settings.pull_timeout_s if wait else 0.0, needed)
         if timestamps.shape[0] == 0:
             pipeline.check_silence(self.clock())
             return False
@@ -823,6 +823,8 @@ class Daemon:
         try:
             if len(self.pipelines) == 1:
                 self._run_single(self.pipelines[0])
+            elif self.settings.busy_poll:
+                self._run_many_polling()
             else:
                 self._run_many()
         finally:
@@ -882,6 +884,63 @@ class Daemon:
             self.stop.event.set()
             for thread in threads:
                 thread.join(timeout=2.0)
+
+    def _run_many_polling(self) -> None:
+        """Several streams, busy polling: this one thread sweeps every inlet without sleeping,
+        ingests each stream whose next window's samples are there, and serves the windows that
+        became due in one sweep as one batched forward. A silent or dead stream is one cheap
+        ``samples_available()`` call per sweep: it holds up nobody."""
+        T = self.window_samples
+        input_buffer = self.engine.input_buffer
+        next_silence_check = 0.0
+        while self._running():
+            items = []
+            for pipeline in self.pipelines:
+                if pipeline.failed is not None:
+                    continue
+                try:
+                    item = self._take_due_window(pipeline, T)
+                except Exception as error:  # noqa: BLE001 - one stream's failure must not stop the others
+                    pipeline.failed = error
+                    logger.exception("stream %r: stopped serving it", pipeline.key, extra={"stream": pipeline.key})
+                    continue
+                if item is None:
+                    continue
+                row = len(items)
+                n_publish, window, timestamps = item
+                np.copyto(input_buffer[row], window)
+                np.copyto(self._batch_timestamps[row], timestamps)
+                items.append((pipeline, n_publish, self._batch_timestamps[row], pipeline.generation))
+                if len(items) == self.engine.batch_size:
+                    self._serve_batch(items)
+                    items = []
+            if items:
+                self._serve_batch(items)
+                self._progress()
+            now = time.monotonic()
+            if now >= next_silence_check:  # a few times per second is enough to report silence
+                next_silence_check = now + SILENCE_CHECK_INTERVAL_S
+                clock = self.clock()
+                for pipeline in self.pipelines:
+                    pipeline.check_silence(clock)
+            if all(p.failed is not None for p in self.pipelines):
+                raise RuntimeError("every stream failed: " + "; ".join(f"{p.key}: {p.failed}" for p in self.pipelines))
+
+    def _take_due_window(self, pipeline: StreamPipeline, T: int) -> Optional[Tuple[int, np.ndarray, np.ndarray]]:
+        """Without waiting: ingest ``pipeline``'s input if its next window's samples are there;
+        ``(n_publish, window, timestamps)`` when that made a fresh window due, else None."""
+        if pipeline.inlet.samples_available() < pipeline.input_samples_until_due():
+            return None
+        if not self._pull_and_ingest(pipeline, wait=False):
+            return None
+        n_publish = pipeline.poll()
+        if not n_publish:
+            return None
+        window, timestamps = pipeline.ring.latest(T)
+        if self._is_stale(pipeline, float(timestamps[-1])):
+            pipeline.drop_window(n_publish, stale=True)
+            return None
+        return n_publish, window, timestamps
 
     def _pull_loop(self, pipeline: StreamPipeline) -> None:
         """Pull thread of one stream (several-stream mode)."""

@@ -324,6 +324,10 @@ class EEGInlet:
         np.add(source_timestamps, self.clock_offset_s, out=timestamps)
         return self._data[:n], timestamps
 
+    def samples_available(self) -> int:
+        """Samples liblsl holds for this inlet now (one cheap call, no wait)."""
+        return self._inlet.samples_available()
+
     def spin_until_available(self, min_samples: int, timeout_s: float) -> bool:
         """Busy-wait (no sleep) until liblsl holds ``min_samples`` samples for this inlet, or
         ``timeout_s`` passed; True when they are there. Each check is one liblsl call that

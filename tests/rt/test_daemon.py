@@ -259,7 +259,11 @@ def test_serve_end_to_end_matches_offline_predictions(player, model_dir, serve_c
     np.testing.assert_array_equal(np.concatenate(outputs)[common], zmq_data[pick[common]])
 
 
-def test_two_streams_are_served_by_one_daemon(player, model_dir, serve_config, tmp_path, serves):
+@pytest.mark.parametrize("wait", ["blocking", "busy-poll"])
+def test_two_streams_are_served_by_one_daemon_and_a_dead_one_holds_up_nobody(player, model_dir, serve_config,
+                                                                              tmp_path, serves, wait):
+    """Pull threads (blocking) or one sweeping thread (busy-poll): each stream has its own outputs
+    and ``seq``; when one player dies the other stream goes on being served, on time."""
     second = f"test-eeg-{uuid.uuid4().hex[:8]}"
     second_player = start_player(second)
     zmq_address = free_tcp_address()
@@ -272,22 +276,42 @@ def test_two_streams_are_served_by_one_daemon(player, model_dir, serve_config, t
     try:
         serve = serves(tmp_path, "--stream", player, "--stream", second, "--model", str(model_dir), "--zmq",
                        zmq_address, "--lsl-name", out_name, "--config", str(serve_config), "--stats-json",
-                       str(stats_path))
+                       str(stats_path), *(["--busy-poll"] if wait == "busy-poll" else []))
         inlets = {key: open_inlet(f"{out_name}-{key}") for key in (player, second)}
         seqs: dict[bytes, list[int]] = {f"meg/{key}".encode(): [] for key in (player, second)}
+        ages: dict[bytes, list[float]] = {topic: [] for topic in seqs}
         lsl_samples = {key: 0 for key in inlets}
-        deadline = time.monotonic() + 60.0
-        while min(len(s) for s in seqs.values()) < 10 or min(lsl_samples.values()) == 0:
-            assert time.monotonic() < deadline, f"outputs: {({k: len(v) for k, v in seqs.items()}, lsl_samples)}"
+
+        def receive() -> None:
             assert serve.process.poll() is None, serve.stderr
             while subscriber.poll(10):
                 frames = subscriber.recv_multipart()
                 header, payload = decode_message(frames)
                 seqs[frames[0]].append(header["seq"])
+                ages[frames[0]].append(pylsl.local_clock() - header["t_last"])
                 assert header["stream"] == frames[0].decode()[len("meg/"):]
             for key, inlet in inlets.items():
                 _, stamps = inlet.pull_chunk(timeout=0.0)
                 lsl_samples[key] += len(stamps)
+
+        deadline = time.monotonic() + 60.0
+        while min(len(s) for s in seqs.values()) < 10 or min(lsl_samples.values()) == 0:
+            assert time.monotonic() < deadline, f"outputs: {({k: len(v) for k, v in seqs.items()}, lsl_samples)}"
+            receive()
+        # The second stream dies; the first must go on: a hop's worth of messages per hop, on time.
+        stop_process(second_player)
+        first, dead = f"meg/{player}".encode(), f"meg/{second}".encode()
+        time.sleep(0.2)
+        receive()
+        before = len(seqs[first]), len(seqs[dead])
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            receive()
+        served_after = len(seqs[first]) - before[0]
+        hop_s = HOP / BrainformerConfig.from_pretrained(model_dir).sfreq_hz
+        assert served_after >= 0.8 * 2.0 / hop_s, served_after
+        assert len(seqs[dead]) == before[1]
+        assert max(ages[first][before[0]:]) < 0.25  # within the default staleness, nothing waited on the dead one
         serve.process.send_signal(signal.SIGTERM)
         assert serve.wait(30) == 0, serve.stderr
     finally:
@@ -477,7 +501,6 @@ def test_cli_flags_override_the_file(tmp_path):
     ("pull_timeout_s = 2.0\n", "pull_timeout_s"),
     ("zmq = ''\nlsl_name = ''\n", "go nowhere"),
     ("busy_poll = 1\n", "busy_poll"),
-    ("streams = ['A', 'B']\nbusy_poll = true\n", "busy_poll = true serves one stream only"),
 ])
 def test_invalid_settings_name_the_key(tmp_path, text, needle):
     path = tmp_path / "serve.toml"
