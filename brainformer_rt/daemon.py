@@ -766,12 +766,16 @@ class Daemon:
         return pipeline.age_s(self.clock(), newest_timestamp) > self.settings.max_input_age_s
 
     def _pull_and_ingest(self, pipeline: StreamPipeline, wait: bool = True) -> bool:
-        """One blocking pull (and a drain when the inlet buffer was full); True when data came."""
+        """One pull (and a drain when the inlet buffer was full); True when data came. ``wait``:
+        wait up to ``pull_timeout_s`` for the next window's samples (blocking in liblsl, or
+        spinning with ``busy_poll``); otherwise take what is there."""
         inlet = pipeline.inlet
         needed = pipeline.input_samples_until_due()
+        timeout_s = self.settings.pull_timeout_s if wait else 0.0
         if self.settings.busy_poll and wait:
-            inlet.spin_until_available(needed, self.settings.pull_timeout_s)
-        data, timestamps = inlet.pull(self.settings.pull_timeout_s if wait else 0.0, needed)
+            inlet.spin_until_available(needed, timeout_s)
+            timeout_s = 0.0  # the waiting is done
+        data, timestamps = inlet.pull(timeout_s, needed)
         if timestamps.shape[0] == 0:
             pipeline.check_silence(self.clock())
             return False
