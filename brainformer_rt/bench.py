@@ -4,7 +4,8 @@ One command starts everything, like a user's set-up would run it:
 
     players (``simulate`` subprocesses, the bundled recording at its real rate, one per stream)
         └─► system under test (subprocess): the daemon serving all streams, or, for the
-            comparison, one naive hand-written loop per stream (``naive_loop.py``)
+            comparison, one naive hand-written loop per stream (``naive_loop.py``), or, for the
+            transport floor (``--floor``), one relay per stream (``relay.py``: no model)
               └─► subscribers in this process: one LSL inlet per output (+ one ZeroMQ SUB for
                   the daemon), draining everything and keeping every arrival.
 
@@ -20,9 +21,11 @@ What is measured and how
   first windows pay for allocations and caches). The daemon's own timings (forward, stages) come
   from its statistics file: after its warm-up when the daemon has the ``warmup_s`` setting,
   otherwise over its whole serving time; the report says which.
-- The daemon and the naive loop run one after the other on the same player streams (the players
-  keep running), never at the same time: on a small machine they would share the cores and
-  distort each other.
+- The daemon, the naive loop and the relay run one after the other on the same player streams
+  (the players keep running), never at the same time: on a small machine they would share the
+  cores and distort each other.
+- The relay's latency is the floor under every system: the player's lateness, LSL in, LSL or
+  ZeroMQ out. The daemon's overhead (p99 e2e − p99 forward) is compared with it.
 - Both systems use the same model, hop, device and number of torch threads.
 
 Everything runs inside a loopback-only network namespace when one can be made (root or user
@@ -949,7 +952,8 @@ def results_table(results: Dict[str, Any]):
     table = Table(title="per system (real-time factor = forward time / hop duration)", title_justify="left")
     table.add_column("")
     for name in names:
-        table.add_column(f"{labels[name]} ({(systems[name].get('engine') or {}).get('kind', '?')})", justify="right")
+        kind = (systems[name].get("engine") or {}).get("kind", "?")
+        table.add_column(labels[name] if name == "relay" else f"{labels[name]} ({kind})", justify="right")
 
     def row(label: str, get: Callable[[Dict[str, Any]], str]) -> None:
         table.add_row(label, *(get(systems[n]) for n in names))
