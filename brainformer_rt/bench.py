@@ -573,11 +573,13 @@ def _start_relay(settings: BenchSettings, facts: ModelFacts, streams: Sequence[s
     children, outputs, stats_paths = [], {}, []
     zmq_address = free_tcp_address() if len(streams) == 1 else None
     safety_s = settings.warmup_s + settings.duration_s + STARTUP_TIMEOUT_S
+    # One message per hop of input: the relay does not decimate a recording faster than the model.
+    hop_input = facts.hop_samples * max(1, round(facts.recording_sfreq_hz / facts.sfreq_hz))
     for i, stream in enumerate(streams):
         out = f"bench-relay-{run_id}-{i}"
         stats_path = directory / f"relay-{i}-stats.json"
         command = [sys.executable, "-m", "brainformer_rt.relay", "--stream", stream, "--model", settings.model,
-                   "--lsl-name", out, "--hop", str(facts.hop_samples), "--duration", f"{safety_s:g}",
+                   "--lsl-name", out, "--hop", str(hop_input), "--duration", f"{safety_s:g}",
                    "--stats-json", str(stats_path), *(["--zmq", zmq_address] if zmq_address else [])]
         children.append(Child(f"relay-{i}", command, directory))
         outputs[stream] = out

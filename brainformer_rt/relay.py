@@ -12,8 +12,9 @@ It uses the daemon's transport code and nothing else:
   preallocated buffer),
 - the daemon's publishers (:class:`~brainformer_rt.publishers.lsl.LSLPublisher`,
   :class:`~brainformer_rt.publishers.zmq.ZMQPublisher`) with the model's MEG channels, publishing
-  every ``hop`` samples a ``(hop, n_meg)`` block of zeros stamped with the timestamps of the EEG
-  samples of that hop — the messages the daemon would send, less the prediction.
+  every ``hop`` input samples a ``(hop, n_meg)`` block of zeros stamped with the timestamps of
+  those samples — the messages the daemon would send, less the prediction. The output has the
+  input's rate (a stream faster than the model is not decimated: there is nothing to compute).
 
 Run it as ``python -m brainformer_rt.relay --stream NAME --model DIR --lsl-name OUT [--zmq ADDR]``
 inside the loopback namespace; ``--stats-json`` writes its counters on exit.
@@ -36,21 +37,21 @@ MAX_CHUNK_SAMPLES = 4096
 PULL_TIMEOUT_S = 0.1
 
 
-def run_relay(stream: str, meg_channel_names: list[str], meg_channel_types: list[str], sfreq_hz: float,
-              hop_samples: int, lsl_name: str | None, zmq_address: str | None, duration_s: float | None = None,
+def run_relay(stream: str, meg_channel_names: list[str], meg_channel_types: list[str], hop_samples: int,
+              lsl_name: str | None, zmq_address: str | None, duration_s: float | None = None,
               wait_s: float = 60.0, stop=None) -> dict:
     """Relay ``stream`` until ``duration_s`` or ``stop()``; returns the counters.
 
     Every ``hop_samples`` input samples, ``(hop_samples, n_meg)`` zeros go to the LSL outlet
     ``lsl_name`` and the ZeroMQ publisher at ``zmq_address`` (either may be None), stamped with the
-    input timestamps of those samples.
+    input timestamps of those samples, at the input's rate.
     """
     from brainformer_rt.inlet import EEGInlet, find_stream
     from brainformer_rt.publishers.lsl import LSLPublisher
     from brainformer_rt.publishers.zmq import ZMQPublisher
 
     inlet = EEGInlet(find_stream(stream, wait_s, by=("name",)), max_chunk_samples=MAX_CHUNK_SAMPLES)
-    inlet.open()
+    sfreq_hz = inlet.open().sfreq_hz
     publishers = []
     if lsl_name:
         publishers.append(LSLPublisher(lsl_name, f"brainformer-relay:{lsl_name}", meg_channel_names,
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default", help="model directory or `default` (its MEG channels and rate)")
     parser.add_argument("--lsl-name", default=None, help="name of the output LSL stream")
     parser.add_argument("--zmq", default=None, help="ZeroMQ address to publish on")
-    parser.add_argument("--hop", type=int, default=None, help="input samples per message (default: the model's hop)")
+    parser.add_argument("--hop", type=int, default=None,
+                        help="input samples per message (default: the model's hop, at the model's rate)")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the stream")
     parser.add_argument("--stats-json", type=Path, default=None, help="write the counters here on exit")
@@ -125,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stopping.append(True))
     try:
         stats = run_relay(args.stream, list(config.meg_channel_names), list(config.meg_channel_types),
-                          float(config.sfreq_hz), args.hop or int(config.hop_samples), args.lsl_name, args.zmq,
-                          args.duration, args.wait, stop=lambda: bool(stopping))
+                          args.hop or int(config.hop_samples), args.lsl_name, args.zmq, args.duration, args.wait,
+                          stop=lambda: bool(stopping))
     except (LookupError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
