@@ -35,8 +35,9 @@ Loop design
   stream whose next window's samples are there, and serves the windows that became due in the
   sweep as one batched forward. The core never goes idle, so no wake-up is paid before each
   window, and no thread waits for Python's GIL while another holds it for a forward. On the
-  2-core virtual machine of the README this takes about 1 ms off the median with one stream and
-  halves the p99 with 8, at the price of one core at 100 %: for a machine with a core to spare.
+  2-core virtual machine of the README this takes 0.5–1 ms off the median with one stream and
+  about halves the p99 with 8, at the price of one core at 100 %: for a machine with a core to
+  spare.
 
 Faults (each injected by a test in ``tests/rt/test_faults.py``)
 -------------------------------------------------------------

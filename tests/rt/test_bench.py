@@ -1,4 +1,4 @@
-"""`brainformer-rt bench` end to end: real players, the real daemon and naive loop, real subscribers.
+"""`brainformer-rt bench` end to end: real players, the real daemon, naive loop and relay, real subscribers.
 
 The model is a real (tiny) Brainformer in a temporary model directory with the bundled
 recording's EEG channels in reversed order, so both the daemon and the naive loop must re-order
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.rt.conftest import HOP, WINDOW, rt_cli, save_model
+
 
 def run_bench(*args: str, timeout_s: float = 200.0) -> subprocess.CompletedProcess:
     return subprocess.run(rt_cli("bench", *args), capture_output=True, text=True, timeout=timeout_s)
