@@ -1,5 +1,6 @@
-"""Fixtures for the daemon tests: unique LSL stream names, real player subprocesses, and a real
-(tiny) model directory with the bundled recording's channels.
+"""Fixtures and helpers for the daemon tests: unique LSL stream names, real player and ``serve``
+subprocesses, a real (tiny) model directory with the bundled recording's channels, the JSON log
+of a daemon, and LSL inlets on its outputs.
 
 Everything here runs inside the loopback-only namespace (enforced by tests/conftest.py), and
 every subprocess inherits the loopback liblsl configuration through ``LSLAPICFG``.
@@ -7,15 +8,19 @@ every subprocess inherits the loopback liblsl configuration through ``LSLAPICFG`
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
 import mne
 import numpy as np
+import pylsl
 import pytest
 import torch
 
@@ -112,3 +117,148 @@ class ListPublisher:
 
     def close(self) -> None:
         pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Daemon processes, players, subscribers and logs shared by the daemon, fault, security and
+# metrics tests
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def serve_config(tmp_path_factory) -> Path:
+    """The default serving settings (staleness included), one torch thread: the cores are shared.
+    Modules that need other settings define their own ``serve_config``."""
+    path = tmp_path_factory.mktemp("config") / "serve.toml"
+    path.write_text("torch_threads = 1\nwait_s = 60.0\n")
+    return path
+
+
+def run_cli(*args: str):
+    """``brainformer-rt ARGS`` in this process (the same code path, without a process start-up)."""
+    from typer.testing import CliRunner
+
+    from brainformer_rt.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+class Serve:
+    """A `brainformer-rt serve` subprocess with its output in files."""
+
+    def __init__(self, tmp_path: Path, *args: str):
+        self.stdout_path = tmp_path / f"serve-{uuid.uuid4().hex[:6]}.out"
+        self.stderr_path = self.stdout_path.with_suffix(".err")
+        self._out = self.stdout_path.open("w")
+        self._err = self.stderr_path.open("w")
+        self.process = subprocess.Popen(rt_cli("serve", *args), stdout=self._out, stderr=self._err, env=dict(os.environ))
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait_for_output(self, needle: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while needle not in self.stdout:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited with {self.process.returncode}: {self.stdout}\n{self.stderr}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} not printed: {self.stdout}\n{self.stderr}")
+            time.sleep(0.05)
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        try:
+            return self.process.wait(timeout_s)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        stop_process(self.process)
+        self._out.close()
+        self._err.close()
+
+
+@pytest.fixture
+def serves():
+    started: list[Serve] = []
+
+    def start(tmp_path: Path, *args: str) -> Serve:
+        started.append(Serve(tmp_path, *args))
+        return started[-1]
+
+    yield start
+    for serve in started:
+        serve.close()
+
+
+def json_events(stderr: str) -> list[dict]:
+    """The JSON log lines of a ``--log-format json`` run (every stderr line must be one)."""
+    events = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
+def wait_for_event(serve: Serve, event: str, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for entry in json_events(serve.stderr):
+            if entry.get("event") == event:
+                return entry
+        if serve.process.poll() is not None:
+            raise AssertionError(f"serve exited with {serve.process.returncode} before {event!r}: {serve.stderr}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {event!r} event: {serve.stderr}")
+        time.sleep(0.02)
+
+
+class Player:
+    """A `brainformer-rt simulate` subprocess; ``started_at`` is the ``local_clock()`` when it
+    announced itself (its outlet is created right after)."""
+
+    def __init__(self, name: str, source_id: str):
+        self.process = subprocess.Popen(rt_cli("simulate", "--name", name, "--source-id", source_id, "--loop"),
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                        env=dict(os.environ))
+        self.started_at: float | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            if self.started_at is None and line.startswith("playing"):
+                self.started_at = pylsl.local_clock()
+
+    def wait_started(self, timeout_s: float = 60.0) -> float:
+        deadline = time.monotonic() + timeout_s
+        while self.started_at is None:
+            assert self.process.poll() is None and time.monotonic() < deadline, "the player did not start"
+            time.sleep(0.01)
+        return self.started_at
+
+    def kill(self) -> None:
+        self.process.kill()  # SIGKILL: the source vanishes without closing anything
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self._reader.join(5)
+
+
+def open_inlet(name: str, timeout_s: float = 60.0) -> pylsl.StreamInlet:
+    found = pylsl.resolve_byprop("name", name, 1, timeout_s)
+    assert found, f"LSL stream {name!r} did not appear"
+    inlet = pylsl.StreamInlet(found[0], max_buflen=120)
+    inlet.open_stream(10.0)
+    return inlet
+
+
+def nearest(sorted_times: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest element of ``sorted_times`` for each of ``times``, and the distance."""
+    right = np.clip(np.searchsorted(sorted_times, times), 1, len(sorted_times) - 1)
+    left = right - 1
+    pick = np.where(np.abs(sorted_times[left] - times) <= np.abs(sorted_times[right] - times), left, right)
+    return pick, np.abs(sorted_times[pick] - times)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.rt.conftest import HOP, WINDOW, rt_cli, save_model
+from tests.rt.conftest import HOP, WINDOW, rt_cli, run_cli, save_model
 
 
 def run_bench(*args: str, timeout_s: float = 200.0) -> subprocess.CompletedProcess:
@@ -81,15 +80,6 @@ def test_bench_with_naive_peer_and_floor_writes_complete_results_and_plot(model_
     assert results["players"][0]["samples"] > 0 and results["players"][0]["lateness_max_ms"] is not None
 
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def run_cli(*args: str):
-    """``brainformer-rt ARGS`` in this process: the same code path without a process start-up."""
-    from typer.testing import CliRunner
-
-    from brainformer_rt.cli import app
-
-    return CliRunner().invoke(app, list(args))
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -26,9 +25,20 @@ import zmq
 from brainformer.configuration_brainformer import BrainformerConfig
 from brainformer.model_dir import load_model
 from brainformer.preprocessing import eeg_preprocessor, unscale_meg
+from brainformer_rt.bench import free_tcp_address
 from brainformer_rt.daemon import ServeSettings, SettingsError, build_settings, unscale_meg_into
 from brainformer_rt.publishers.zmq import decode_message
-from tests.rt.conftest import HOP, WINDOW, ListPublisher, rt_cli, save_model, stop_process
+from tests.rt.conftest import (
+    HOP,
+    WINDOW,
+    ListPublisher,
+    nearest,
+    open_inlet,
+    rt_cli,
+    run_cli,
+    save_model,
+    stop_process,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -64,72 +74,6 @@ def player():
     stop_process(process)
 
 
-def free_tcp_address() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
-
-
-class Serve:
-    """A `brainformer-rt serve` subprocess with its output in files."""
-
-    def __init__(self, tmp_path: Path, *args: str):
-        self.stdout_path = tmp_path / f"serve-{uuid.uuid4().hex[:6]}.out"
-        self.stderr_path = self.stdout_path.with_suffix(".err")
-        self._out = self.stdout_path.open("w")
-        self._err = self.stderr_path.open("w")
-        self.process = subprocess.Popen(rt_cli("serve", *args), stdout=self._out, stderr=self._err, env=dict(os.environ))
-
-    @property
-    def stdout(self) -> str:
-        return self.stdout_path.read_text()
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def wait_for_output(self, needle: str, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while needle not in self.stdout:
-            if self.process.poll() is not None:
-                raise AssertionError(f"serve exited with {self.process.returncode}: {self.stdout}\n{self.stderr}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{needle!r} not printed: {self.stdout}\n{self.stderr}")
-            time.sleep(0.05)
-
-    def wait(self, timeout_s: float = 60.0) -> int:
-        try:
-            return self.process.wait(timeout_s)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        stop_process(self.process)
-        self._out.close()
-        self._err.close()
-
-
-@pytest.fixture
-def serves():
-    started: list[Serve] = []
-
-    def start(tmp_path: Path, *args: str) -> Serve:
-        started.append(Serve(tmp_path, *args))
-        return started[-1]
-
-    yield start
-    for serve in started:
-        serve.close()
-
-
-def open_inlet(name: str, timeout_s: float = 60.0) -> pylsl.StreamInlet:
-    found = pylsl.resolve_byprop("name", name, 1, timeout_s)
-    assert found, f"LSL stream {name!r} did not appear"
-    inlet = pylsl.StreamInlet(found[0], max_buflen=120)
-    inlet.open_stream(10.0)
-    return inlet
-
-
 def pull_all(inlet: pylsl.StreamInlet, data: list, timestamps: list) -> None:
     chunk, stamps = inlet.pull_chunk(timeout=0.0, max_samples=100000)
     if stamps:
@@ -146,14 +90,6 @@ def channel_metadata(info: pylsl.StreamInfo) -> tuple[list[str], list[str], list
         units.append(channel.child_value("unit"))
         channel = channel.next_sibling("channel")
     return labels, types, units
-
-
-def nearest(sorted_times: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the nearest element of ``sorted_times`` for each of ``times``, and the distance."""
-    right = np.clip(np.searchsorted(sorted_times, times), 1, len(sorted_times) - 1)
-    left = right - 1
-    pick = np.where(np.abs(sorted_times[left] - times) <= np.abs(sorted_times[right] - times), left, right)
-    return pick, np.abs(sorted_times[pick] - times)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +247,8 @@ def test_two_streams_are_served_by_one_daemon_and_a_dead_one_holds_up_nobody(pla
         hop_s = HOP / BrainformerConfig.from_pretrained(model_dir).sfreq_hz
         assert served_after >= 0.8 * 2.0 / hop_s, served_after
         assert len(seqs[dead]) == before[1]
-        assert max(ages[first][before[0]:]) < 0.25  # within the default staleness, nothing waited on the dead one
+        # Within the default staleness: nothing waited on the dead stream.
+        assert max(ages[first][before[0]:]) < 0.25
         serve.process.send_signal(signal.SIGTERM)
         assert serve.wait(30) == 0, serve.stderr
     finally:
@@ -413,15 +350,6 @@ def test_gap_and_nan_reset_the_stream_and_no_window_spans_them(model_dir, eeg_na
 # ----------------------------------------------------------------------------------------------
 # Refusals and stops
 # ----------------------------------------------------------------------------------------------
-def run_cli(*args: str):
-    """``brainformer-rt ARGS`` in this process (the same code path, without a process start-up)."""
-    from typer.testing import CliRunner
-
-    from brainformer_rt.cli import app
-
-    return CliRunner().invoke(app, list(args))
-
-
 def test_channel_mismatch_exits_2_naming_the_channels(player, eeg_names, serve_config, tmp_path):
     names = eeg_names[:-1] + ["EEG 999"]
     model = save_model(tmp_path / "mismatch-model", names)

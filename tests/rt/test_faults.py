@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -30,14 +28,24 @@ import torch
 import zmq
 
 from brainformer.model_dir import load_model
+from brainformer_rt.bench import free_tcp_address
 from brainformer_rt.daemon import Daemon, ServeSettings, StopRequest, StreamPipeline
 from brainformer_rt.engine import make_engine
 from brainformer_rt.inlet import EEGInlet
 from brainformer_rt.metrics import ServeMetrics
 from brainformer_rt.preprocess import EEGPreprocessStage
 from brainformer_rt.publishers.zmq import decode_message
-from tests.rt.conftest import HOP, WINDOW, ListPublisher, rt_cli, stop_process
-from tests.rt.test_daemon import Serve, free_tcp_address, nearest, open_inlet
+from tests.rt.conftest import (
+    HOP,
+    WINDOW,
+    ListPublisher,
+    Player,
+    Serve,
+    json_events,
+    nearest,
+    open_inlet,
+    wait_for_event,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,69 +62,6 @@ def eeg(sample_fif) -> np.ndarray:
     """``(n, 60)`` float32 volts: the EEG of the bundled recording."""
     raw = mne.io.read_raw_fif(sample_fif, verbose="error")
     return raw.get_data(picks=mne.pick_types(raw.info, meg=False, eeg=True, exclude=())).T.astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def serve_config(tmp_path_factory) -> Path:
-    """The default serving settings (staleness included), one torch thread: the cores are shared."""
-    path = tmp_path_factory.mktemp("config") / "serve.toml"
-    path.write_text("torch_threads = 1\nwait_s = 60.0\n")
-    return path
-
-
-def json_events(stderr: str) -> list[dict]:
-    """The JSON log lines of a ``--log-format json`` run (every stderr line must be one)."""
-    events = []
-    for line in stderr.splitlines():
-        if line.startswith("{"):
-            events.append(json.loads(line))
-    return events
-
-
-def wait_for_event(serve: Serve, event: str, timeout_s: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for entry in json_events(serve.stderr):
-            if entry.get("event") == event:
-                return entry
-        if serve.process.poll() is not None:
-            raise AssertionError(f"serve exited with {serve.process.returncode} before {event!r}: {serve.stderr}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {event!r} event: {serve.stderr}")
-        time.sleep(0.02)
-
-
-class Player:
-    """A `brainformer-rt simulate` subprocess; ``started_at`` is the ``local_clock()`` when it
-    announced itself (its outlet is created right after)."""
-
-    def __init__(self, name: str, source_id: str):
-        self.process = subprocess.Popen(rt_cli("simulate", "--name", name, "--source-id", source_id, "--loop"),
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                        env=dict(os.environ))
-        self.started_at: float | None = None
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            if self.started_at is None and line.startswith("playing"):
-                self.started_at = pylsl.local_clock()
-
-    def wait_started(self, timeout_s: float = 60.0) -> float:
-        deadline = time.monotonic() + timeout_s
-        while self.started_at is None:
-            assert self.process.poll() is None and time.monotonic() < deadline, "the player did not start"
-            time.sleep(0.01)
-        return self.started_at
-
-    def kill(self) -> None:
-        self.process.kill()  # SIGKILL: the source vanishes without closing anything
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self._reader.join(5)
 
 
 class Subscriber(threading.Thread):

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from brainformer_rt.bench import free_tcp_address
 from brainformer_rt.metrics import ServeMetrics
 from brainformer_rt.prometheus import E2E_BUCKETS_S, MetricsExporter
-from tests.rt.test_daemon import Serve, free_tcp_address, run_cli
-from tests.rt.test_faults import Player, json_events, wait_for_event
+from tests.rt.conftest import Player, Serve, json_events, run_cli, wait_for_event
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -27,15 +27,12 @@ import pytest
 import zmq
 import zmq.auth
 
+from brainformer_rt.bench import free_tcp_address
 from brainformer_rt.daemon import DEFAULT_METRICS_HOST, ServeSettings, SettingsError, build_settings
 from brainformer_rt.metrics import ServeMetrics
 from brainformer_rt.prometheus import MetricsExporter
 from brainformer_rt.publishers.zmq import ZMQPublisher, decode_message, load_curve_keys
-from tests.rt.conftest import save_model
-from tests.rt.test_daemon import Serve, free_tcp_address, run_cli
-from tests.rt.test_faults import Player, json_events
-from tests.rt.test_faults import serve_config as serve_config  # noqa: F401 - a fixture
-from tests.rt.test_faults import wait_for_event
+from tests.rt.conftest import Player, Serve, json_events, run_cli, save_model, wait_for_event
 
 pytestmark = pytest.mark.timeout(120)
 
