@@ -517,7 +517,7 @@ class Phase:
     system: str  # "daemon" | "naive" | "relay"
     children: List[Child]
     lsl_outputs: Dict[str, str]  # stream → output LSL name
-    zmq_address: Optional[str] = None
+    zmq_addresses: List[str] = field(default_factory=list)  # each carries one or more streams (by header)
     stats_paths: List[Path] = field(default_factory=list)
 
 
@@ -548,7 +548,7 @@ def _start_daemon(settings: BenchSettings, facts: ModelFacts, streams: Sequence[
                    "--config", str(config), "--stats-json", str(stats_path))
     # The daemon's naming rule (see configs/serve.toml): one stream keeps the name, several get a suffix.
     outputs = {streams[0]: lsl_name} if len(streams) == 1 else {s: f"{lsl_name}-{s}" for s in streams}
-    return Phase("daemon", [Child("daemon", command, directory)], outputs, zmq_address, [stats_path])
+    return Phase("daemon", [Child("daemon", command, directory)], outputs, [zmq_address], [stats_path])
 
 
 def _start_naive(settings: BenchSettings, facts: ModelFacts, streams: Sequence[str], run_id: str,
@@ -564,27 +564,28 @@ def _start_naive(settings: BenchSettings, facts: ModelFacts, streams: Sequence[s
         children.append(Child(f"naive-loop-{i}", command, directory))
         outputs[stream] = out
         stats_paths.append(stats_path)
-    return Phase("naive", children, outputs, None, stats_paths)
+    return Phase("naive", children, outputs, [], stats_paths)
 
 
 def _start_relay(settings: BenchSettings, facts: ModelFacts, streams: Sequence[str], run_id: str,
                  directory: Path) -> Phase:
-    """One relay per stream; with one stream it also publishes on ZeroMQ (one address per phase)."""
-    children, outputs, stats_paths = [], {}, []
-    zmq_address = free_tcp_address() if len(streams) == 1 else None
+    """One relay per stream, each publishing on LSL and on its own ZeroMQ address."""
+    children, outputs, stats_paths, zmq_addresses = [], {}, [], []
     safety_s = settings.warmup_s + settings.duration_s + STARTUP_TIMEOUT_S
     # One message per hop of input: the relay does not decimate a recording faster than the model.
     hop_input = facts.hop_samples * max(1, round(facts.recording_sfreq_hz / facts.sfreq_hz))
     for i, stream in enumerate(streams):
         out = f"bench-relay-{run_id}-{i}"
         stats_path = directory / f"relay-{i}-stats.json"
+        zmq_address = free_tcp_address()
         command = [sys.executable, "-m", "brainformer_rt.relay", "--stream", stream, "--model", settings.model,
                    "--lsl-name", out, "--hop", str(hop_input), "--duration", f"{safety_s:g}",
-                   "--stats-json", str(stats_path), *(["--zmq", zmq_address] if zmq_address else [])]
+                   "--stats-json", str(stats_path), "--zmq", zmq_address]
         children.append(Child(f"relay-{i}", command, directory))
         outputs[stream] = out
         stats_paths.append(stats_path)
-    return Phase("relay", children, outputs, zmq_address, stats_paths)
+        zmq_addresses.append(zmq_address)
+    return Phase("relay", children, outputs, zmq_addresses, stats_paths)
 
 
 def _check_children(children: Sequence[Child]) -> None:
@@ -623,8 +624,8 @@ def run_phase(phase: Phase, settings: BenchSettings, facts: ModelFacts, players:
     sampler = None
     streams = list(phase.lsl_outputs)
     try:
-        if phase.zmq_address is not None:
-            zmq_subscriber = ZMQSubscriber(phase.zmq_address, b"meg")
+        for address in phase.zmq_addresses:
+            zmq_subscriber = ZMQSubscriber(address, b"meg")
             zmq_subscriber.open()
             receivers.add_zmq(streams, zmq_subscriber)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

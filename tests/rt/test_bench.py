@@ -82,6 +82,25 @@ def test_bench_with_naive_peer_and_floor_writes_complete_results_and_plot(model_
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_bench_with_two_streams_and_floor_reports_every_stream_on_both_transports(model_dir, tmp_path):
+    json_path = tmp_path / "bench.json"
+    done = run_bench("--model", str(model_dir), "--duration", "2", "--streams", "2", "--peer", "none", "--floor",
+                     "--json", str(json_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(json_path.read_text())
+    assert set(results["systems"]) == {"daemon", "relay"} and results["ratio"] is None
+    for name, system in results["systems"].items():
+        for transport in ("lsl", "zmq"):
+            outputs = system["outputs"][transport]
+            assert len(outputs["streams"]) == 2, (name, transport)
+            for stream in outputs["streams"].values():  # each stream arrived on its own output
+                assert_latency_summary(stream)
+    assert results["systems"]["daemon"]["windows"]["mean_batch"] >= 1.0
+    assert {"lsl", "zmq"} <= set(results["floor"])
+
+
 @pytest.mark.parametrize("args, needle", [
     (("--streams", "0"), "--streams"),
     (("--peer", "fast"), "--peer"),
