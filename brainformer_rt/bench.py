@@ -371,6 +371,27 @@ def player_summary(child: Child, name: str) -> Dict[str, Any]:
             "lateness_mean_ms": float(match["mean"]), "lateness_max_ms": float(match["max"])}
 
 
+def peer_main(run: Callable[[Callable[[], bool]], Dict[str, Any]], stats_json: Optional[Path]) -> int:
+    """The main of the bench's peer processes (naive loop, relay), after their arguments: the
+    loopback LSL configuration, ``run(stop)`` until SIGINT/SIGTERM make ``stop()`` true, one line
+    and exit code 2 for a stream or model it cannot use, its statistics to ``stats_json``."""
+    from brainformer_rt.lsl_config import use_loopback_config
+
+    use_loopback_config()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stopping = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.append(True))
+    try:
+        stats = run(lambda: bool(stopping))
+    except (LookupError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if stats_json is not None:
+        Path(stats_json).write_text(json.dumps(stats))
+    return 0
+
+
 def free_tcp_address() -> str:
     """A ``tcp://127.0.0.1:PORT`` that was free a moment ago."""
     with socket.socket() as probe:
@@ -888,9 +909,6 @@ def _ratio(results: Dict[str, Any]) -> Optional[Dict[str, Any]]:
             "met": p99 <= RATIO_GOAL, "note": "daemon / naive loop, both measured on their LSL output"}
 
 
-# ==============================================================================================
-# Report: table, plot
-# ==============================================================================================
 def _floor(results: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """The relay's p99 per output, and the daemon's overhead above it (p99 e2e − p99 forward − floor)."""
     systems = results["systems"]
@@ -909,6 +927,9 @@ def _floor(results: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return floor
 
 
+# ==============================================================================================
+# Report: table, plot
+# ==============================================================================================
 def _fmt(value: Optional[float], digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 

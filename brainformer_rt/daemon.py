@@ -848,12 +848,9 @@ class Daemon:
         while self._running():
             if not self._pull_and_ingest(pipeline):
                 continue
-            n_publish = pipeline.poll()
-            if n_publish:
-                window, timestamps = pipeline.ring.latest(self.window_samples)
-                if self._is_stale(pipeline, float(timestamps[-1])):
-                    pipeline.drop_window(n_publish, stale=True)
-                    continue
+            fresh = self._fresh_window(pipeline)
+            if fresh is not None:
+                n_publish, window, timestamps = fresh
                 np.copyto(input_buffer[0], window)
                 # The ring is not written again before publishing: its timestamp view stays valid.
                 self._serve_batch([(pipeline, n_publish, timestamps, pipeline.generation)])
@@ -883,8 +880,7 @@ class Daemon:
                 if items:
                     self._serve_batch(items)
                     self._progress()
-                if all(p.failed is not None for p in self.pipelines):
-                    raise RuntimeError("every stream failed: " + "; ".join(f"{p.key}: {p.failed}" for p in self.pipelines))
+                self._raise_if_every_stream_failed()
         finally:
             self.stop.event.set()
             for thread in threads:
@@ -895,7 +891,6 @@ class Daemon:
         ingests each stream whose next window's samples are there, and serves the windows that
         became due in one sweep as one batched forward. A silent or dead stream is one cheap
         ``samples_available()`` call per sweep: it holds up nobody."""
-        T = self.window_samples
         input_buffer = self.engine.input_buffer
         next_silence_check = 0.0
         while self._running():
@@ -904,7 +899,7 @@ class Daemon:
                 if pipeline.failed is not None:
                     continue
                 try:
-                    item = self._take_due_window(pipeline, T)
+                    item = self._take_due_window(pipeline)
                 except Exception as error:  # noqa: BLE001 - one stream's failure must not stop the others
                     pipeline.failed = error
                     logger.exception("stream %r: stopped serving it", pipeline.key, extra={"stream": pipeline.key})
@@ -928,39 +923,43 @@ class Daemon:
                 clock = self.clock()
                 for pipeline in self.pipelines:
                     pipeline.check_silence(clock)
-            if all(p.failed is not None for p in self.pipelines):
-                raise RuntimeError("every stream failed: " + "; ".join(f"{p.key}: {p.failed}" for p in self.pipelines))
+            self._raise_if_every_stream_failed()
 
-    def _take_due_window(self, pipeline: StreamPipeline, T: int) -> Optional[Tuple[int, np.ndarray, np.ndarray]]:
+    def _take_due_window(self, pipeline: StreamPipeline) -> Optional[Tuple[int, np.ndarray, np.ndarray]]:
         """Without waiting: ingest ``pipeline``'s input if its next window's samples are there;
-        ``(n_publish, window, timestamps)`` when that made a fresh window due, else None."""
+        what :meth:`_fresh_window` gives then, else None."""
         if pipeline.inlet.samples_available() < pipeline.input_samples_until_due():
             return None
         if not self._pull_and_ingest(pipeline, wait=False):
             return None
+        return self._fresh_window(pipeline)
+
+    def _fresh_window(self, pipeline: StreamPipeline) -> Optional[Tuple[int, np.ndarray, np.ndarray]]:
+        """After an ingest: ``(n_publish, window, timestamps)`` when a window is due and not stale
+        (views of the ring, valid until it is written again); a stale one is dropped and counted."""
         n_publish = pipeline.poll()
         if not n_publish:
             return None
-        window, timestamps = pipeline.ring.latest(T)
+        window, timestamps = pipeline.ring.latest(self.window_samples)
         if self._is_stale(pipeline, float(timestamps[-1])):
             pipeline.drop_window(n_publish, stale=True)
             return None
         return n_publish, window, timestamps
 
+    def _raise_if_every_stream_failed(self) -> None:
+        if all(p.failed is not None for p in self.pipelines):
+            raise RuntimeError("every stream failed: " + "; ".join(f"{p.key}: {p.failed}" for p in self.pipelines))
+
     def _pull_loop(self, pipeline: StreamPipeline) -> None:
         """Pull thread of one stream (several-stream mode)."""
-        T = self.window_samples
         try:
             while self._running():
                 if not self._pull_and_ingest(pipeline):
                     continue
-                n_publish = pipeline.poll()
-                if not n_publish:
+                fresh = self._fresh_window(pipeline)
+                if fresh is None:
                     continue
-                window, timestamps = pipeline.ring.latest(T)
-                if self._is_stale(pipeline, float(timestamps[-1])):
-                    pipeline.drop_window(n_publish, stale=True)
-                    continue
+                n_publish, window, timestamps = fresh
                 with self._cond:
                     if pipeline.pending_publish:
                         # The previous window was not taken yet: this newer one replaces it.

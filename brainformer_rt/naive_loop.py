@@ -21,9 +21,7 @@ the loopback namespace; ``--stats-json`` writes its forward times and counters o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -157,22 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.hop is not None and args.hop < 1:
         parser.error(f"--hop must be >= 1, got {args.hop}")
 
-    from brainformer_rt.lsl_config import use_loopback_config
+    from brainformer_rt.bench import peer_main
 
-    use_loopback_config()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    stopping = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.append(True))
-    try:
-        stats = run_naive_loop(args.stream, args.model, args.lsl_name, args.hop, args.device, args.threads,
-                               args.duration, not args.no_preprocess, stop=lambda: bool(stopping))
-    except (LookupError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.stats_json is not None:
-        args.stats_json.write_text(json.dumps(stats))
-    return 0
+    return peer_main(lambda stop: run_naive_loop(args.stream, args.model, args.lsl_name, args.hop, args.device,
+                                                 args.threads, args.duration, not args.no_preprocess, stop=stop),
+                     args.stats_json)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ inside the loopback namespace; ``--stats-json`` writes its counters on exit.
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -116,25 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.lsl_name and not args.zmq:
         parser.error("give --lsl-name, --zmq or both")
 
-    from brainformer_rt.lsl_config import use_loopback_config
+    from brainformer_rt.bench import peer_main
 
-    use_loopback_config()
-    from brainformer.model_dir import load_config
+    def run(stop) -> dict:
+        from brainformer.model_dir import load_config
 
-    config = load_config(args.model)
-    stopping = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.append(True))
-    try:
-        stats = run_relay(args.stream, list(config.meg_channel_names), list(config.meg_channel_types),
-                          args.hop or int(config.hop_samples), args.lsl_name, args.zmq, args.duration, args.wait,
-                          stop=lambda: bool(stopping))
-    except (LookupError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.stats_json is not None:
-        args.stats_json.write_text(json.dumps(stats))
-    return 0
+        config = load_config(args.model)  # a bad model directory is a usage error (exit 2) too
+        return run_relay(args.stream, list(config.meg_channel_names), list(config.meg_channel_types),
+                         args.hop or int(config.hop_samples), args.lsl_name, args.zmq, args.duration, args.wait,
+                         stop=stop)
+
+    return peer_main(run, args.stats_json)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def test_relay_sends_one_hop_of_zeros_per_hop_stamped_with_the_input_timestamps(
     assert stats["windows_skipped"] == 0
 
 
-def test_relay_without_outputs_or_stream_exits_2(stream_name, model_dir):
+def test_relay_without_outputs_stream_or_model_exits_2(stream_name, model_dir):
     done = subprocess.run(relay_command("--stream", stream_name, "--model", str(model_dir)),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--lsl-name, --zmq or both" in done.stderr
@@ -82,3 +82,6 @@ def test_relay_without_outputs_or_stream_exits_2(stream_name, model_dir):
                                         "--wait", "0.5"), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert stream_name in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(relay_command("--stream", stream_name, "--model", str(model_dir / "nowhere"), "--zmq",
+                                        "tcp://127.0.0.1:1"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "nowhere" in done.stderr and "Traceback" not in done.stderr
