@@ -30,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from brainformer_rt.lsl_config import reexec_in_loopback_namespace, use_loopback_config
+from brainformer.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, print_error
+from brainformer_rt.serving.lsl_config import reexec_in_loopback_namespace, use_loopback_config
 
 
 def parse_streams(text: str) -> list[int]:
@@ -79,9 +80,6 @@ def single_table(result: dict, command: str) -> str:
                          f"{_ms(p['median_ms'])} | {_ms(p['p95_ms'])} | {_ms(p['p99_ms'])} | {_ms(p['max_ms'])} | "
                          f"{_ms(system['forward_ms']['p99_ms'])} | {_ms(system['overhead_ms'][transport])} | "
                          f"{'–' if system['rtf'] is None else format(system['rtf'], '.3f')} |")
-    source = result["systems"]["daemon"]["forward_source"]
-    if "warm-up included" in source:
-        lines += ["", f"The daemon's forward times are its {source}: its overhead is underestimated."]
     ratio = result.get("ratio")
     if ratio:
         lines += ["", f"p99 ratio daemon / naive loop (LSL): **{ratio['p99_lsl']:.2f}** (goal ≤ {ratio['goal']:g})"]
@@ -144,8 +142,8 @@ def plot_curve(curve: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from brainformer_rt.bench import DEFAULT_DURATION_S, DEFAULT_THREADS, DEFAULT_WARMUP_S
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from brainformer_rt.tools.bench import DEFAULT_DURATION_S, DEFAULT_THREADS, DEFAULT_WARMUP_S
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for the JSON and PNG files")
@@ -159,51 +157,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S)
     parser.add_argument("--floor", action="store_true", help="also measure the relay (transport floor) in every run")
     parser.add_argument("--busy-poll", action="store_true", help="the daemon spins while waiting for input")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    use_loopback_config()
-    from rich.console import Console
 
-    console = Console()
-    if not reexec_in_loopback_namespace():
-        console.print("[yellow]warning:[/] no loopback-only network namespace; using the loopback LSL "
-                      "configuration alone", highlight=False)
-    from brainformer_rt.bench import BenchError, BenchFailure, BenchSettings, results_table, run_bench, write_plot
+def sweep(args: argparse.Namespace, console) -> tuple[dict, str, list[dict]]:
+    """(a) then (b): the single-stream results, the command that reproduces them, the curve."""
+    from brainformer_rt.commands._bench_report import results_table
+    from brainformer_rt.tools.bench import BenchSettings, run_bench
 
     def settings_for(n_streams: int, peer: str) -> BenchSettings:
         return BenchSettings(model=args.model, duration_s=args.duration, n_streams=n_streams, hop_samples=args.hop,
                              engine=args.engine, device=args.device, peer=peer, warmup_s=args.warmup,
                              threads=args.threads, floor=args.floor, busy_poll=args.busy_poll)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    try:
-        single_settings = settings_for(1, "naive")
-        console.rule("(a) one stream: daemon, then the naive loop")
-        single = run_bench(single_settings, console)
-        console.print(results_table(single))
-        curve = [{"n_streams": 1, "command": bench_cli(single_settings, 1, "none"),
-                  "note": "the daemon phase of the single-stream run", "result": single}]
-        for n_streams in [n for n in args.streams if n > 1]:
-            console.rule(f"(b) {n_streams} streams, one daemon")
-            settings = settings_for(n_streams, "none")
-            result = run_bench(settings, console)
-            console.print(results_table(result))
-            curve.append({"n_streams": n_streams, "command": bench_cli(settings, n_streams, "none"), "result": result})
-    except (BenchError, BenchFailure) as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False)
-        return 2 if isinstance(error, BenchError) else 1
+    def progress(line: str) -> None:
+        console.print(line, highlight=False)
+
+    single_settings = settings_for(1, "naive")
+    console.rule("(a) one stream: daemon, then the naive loop")
+    single = run_bench(single_settings, progress)
+    console.print(results_table(single))
+    curve = [{"n_streams": 1, "command": bench_cli(single_settings, 1, "none"),
+              "note": "the daemon phase of the single-stream run", "result": single}]
+    for n_streams in [n for n in args.streams if n > 1]:
+        console.rule(f"(b) {n_streams} streams, one daemon")
+        settings = settings_for(n_streams, "none")
+        result = run_bench(settings, progress)
+        console.print(results_table(result))
+        curve.append({"n_streams": n_streams, "command": bench_cli(settings, n_streams, "none"), "result": result})
     if 1 not in args.streams:
         curve = curve[1:]
+    return single, bench_cli(single_settings, 1, "naive"), curve
 
-    single_command = bench_cli(single_settings, 1, "naive")
-    report = {"single_stream": {"command": single_command, "result": single}, "streams_curve": curve,
-              "elapsed_s": time.time() - started}
-    json_path = args.out / "bench_latency.json"
-    json_path.write_text(json.dumps(report, indent=1))
-    write_plot(single, args.out / "latency_single.png")
-    if curve:
-        plot_curve(curve, args.out / "streams_curve.png")
+
+def markdown_report(args: argparse.Namespace, single: dict, single_command: str, curve: list[dict]) -> str:
+    """The tables for the README, and what they were measured on."""
     single_p99 = single["systems"]["daemon"]["outputs"]["lsl"]["pooled"]["p99_ms"]
     markdown = single_table(single, single_command)
     if curve:
@@ -212,13 +200,44 @@ def main(argv: list[str] | None = None) -> int:
     markdown += (f"\n\nMeasured on {machine['cpu_count']} CPU ({machine['cpu_model']}), torch {machine['torch']}, "
                  f"device {machine['device']}, {single['settings']['threads']} torch thread(s), "
                  f"{args.duration:g} s per system after a {args.warmup:g} s warm-up.")
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    use_loopback_config()
+    from rich.console import Console
+
+    from brainformer_rt.commands._bench_report import write_plot
+    from brainformer_rt.tools.bench import BenchError, BenchFailure
+
+    console = Console()
+    if not reexec_in_loopback_namespace():
+        console.print("[yellow]warning:[/] no loopback-only network namespace; using the loopback LSL "
+                      "configuration alone", highlight=False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    try:
+        single, single_command, curve = sweep(args, console)
+    except (BenchError, BenchFailure) as error:
+        print_error(error)
+        return EXIT_USAGE if isinstance(error, BenchError) else EXIT_FAILURE
+
+    report = {"single_stream": {"command": single_command, "result": single}, "streams_curve": curve,
+              "elapsed_s": time.time() - started}
+    json_path = args.out / "bench_latency.json"
+    json_path.write_text(json.dumps(report, indent=1))
+    write_plot(single, args.out / "latency_single.png")
+    if curve:
+        plot_curve(curve, args.out / "streams_curve.png")
+    markdown = markdown_report(args, single, single_command, curve)
     (args.out / "bench_latency.md").write_text(markdown + "\n")
     console.rule("markdown for the README")
     print(markdown)  # plain text, so it can be copied as is
     console.print(f"\nwritten: {json_path}, {args.out / 'latency_single.png'}"
                   + (f", {args.out / 'streams_curve.png'}" if curve else "") + f", {args.out / 'bench_latency.md'}",
                   highlight=False)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,8 +47,8 @@ def bench_forward(config: BrainformerConfig, warmup: int, iterations: int, last_
     model = BrainformerForMEGPrediction(config).eval()
     window = torch.randn(1, config.window_samples, config.n_eeg_channels)
     times_s = []
-    if compiled:  # as the daemon's compile engine does it (see brainformer_rt/engine.py)
-        from brainformer_rt.engine import make_engine
+    if compiled:  # as the daemon's compile engine does it (see brainformer_rt/serving/engine.py)
+        from brainformer_rt.serving.engine import make_engine
 
         engine = make_engine(model, "compile", "cpu", 1, config.window_samples, output_samples=last_samples).setup()
         window_np = window.numpy()
@@ -99,7 +98,7 @@ def bench_training(
     return {"windows_per_s": steps * batch_size / elapsed_s, "steps": steps, "batch_size": batch_size}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--hop", type=int, default=32, help="hop in samples for the real-time factor (default 32)")
@@ -109,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-seconds", type=float, default=10.0, help="minimum timed training seconds per model")
     parser.add_argument("--skip-training", action="store_true", help="only measure forward latency")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
-                        help="skip the torch.compile serving forward (saves ~30 s of compilation)")
+                        help="skip the torch.compile serving forward (and its compilation time)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.hop < 1 or args.iterations < 1 or args.train_batch < 1:
         parser.error("--threads, --hop, --iterations and --train-batch must be >= 1")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     console = Console()
@@ -125,9 +128,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.processor() or platform.machine(),
         "hop_samples": args.hop,
         "default_patch_len": default.patch_len,
-        "forward": {},
     }
+    results["forward"] = forward_section(args, console, default)
+    if not args.skip_training:
+        results["training"] = training_section(args, console, default)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        console.print(f"results written to {args.json}")
+    return 0
 
+
+def forward_section(args: argparse.Namespace, console: Console, default: BrainformerConfig) -> dict:
+    """Time the eager, serving and compiled serving forward for every layout; print the table."""
+    forward = {}
     table = Table(title=f"Forward, batch 1, {args.threads} CPU thread(s), default model (patch_len={default.patch_len})")
     # The minimum is the least disturbed by other load on a shared machine.
     for column in ("layout", "min ms", "median ms", "p99 ms", "hop ms", "RTF median", "RTF p99",
@@ -145,46 +158,43 @@ def main(argv: list[str] | None = None) -> int:
                      serving_median_ms=serving["median_ms"], serving_p99_ms=serving["p99_ms"],
                      serving_rtf_median=serving["median_ms"] / hop_ms, compiled_serving_median_ms=compiled["median_ms"],
                      compiled_serving_p99_ms=compiled["p99_ms"], compiled_rtf_median=compiled["median_ms"] / hop_ms)
-        results["forward"][name] = stats
+        forward[name] = stats
         table.add_row(
             name, f"{stats['min_ms']:.2f}", f"{stats['median_ms']:.2f}", f"{stats['p99_ms']:.2f}", f"{hop_ms:.1f}",
             f"{stats['rtf_median']:.3f}", f"{stats['rtf_p99']:.3f}", f"{serving['median_ms']:.2f}",
             f"{stats['serving_rtf_median']:.3f}", f"{compiled['median_ms']:.2f}", f"{stats['compiled_rtf_median']:.3f}",
         )
     console.print(table)
+    return forward
 
-    if not args.skip_training:
-        layout = LAYOUTS["ds000117 (70→306, 1100 Hz)"]
-        training = {}
-        for patch_len in (default.patch_len, 1):
-            config = layout_config(layout["sfreq_hz"], layout["n_eeg"], patch_len=patch_len)
-            # patch_len=1 is over an order of magnitude slower: two steps are enough to time it
-            # (each takes seconds, so warm-up effects are negligible).
-            fast = patch_len > 1
-            training[patch_len] = bench_training(
-                config, args.train_batch, warmup_steps=1 if fast else 0, min_steps=3 if fast else 2,
-                min_seconds=args.train_seconds if fast else 0.0,
-            )
-        ratio = training[default.patch_len]["windows_per_s"] / training[1]["windows_per_s"]
-        results["training"] = {
-            "layout": "ds000117 (70→306, 1100 Hz)",
-            f"patch_len={default.patch_len}": training[default.patch_len],
-            "patch_len=1": training[1],
-            "speedup": ratio,
-        }
-        table = Table(title=f"Training (forward + backward + AdamW), batch {args.train_batch}, ds000117 layout")
-        for column in ("patch_len", "windows/s", "steps timed"):
-            table.add_column(column, justify="right")
-        for patch_len, stats in training.items():
-            table.add_row(str(patch_len), f"{stats['windows_per_s']:.2f}", str(stats["steps"]))
-        table.caption = f"speed-up of patch_len={default.patch_len} over patch_len=1: {ratio:.1f}×"
-        console.print(table)
 
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-        console.print(f"results written to {args.json}")
-    return 0
-
+def training_section(args: argparse.Namespace, console: Console, default: BrainformerConfig) -> dict:
+    """Training throughput of the default `patch_len` against `patch_len=1`; print the table."""
+    layout = LAYOUTS["ds000117 (70→306, 1100 Hz)"]
+    training = {}
+    for patch_len in (default.patch_len, 1):
+        config = layout_config(layout["sfreq_hz"], layout["n_eeg"], patch_len=patch_len)
+        # patch_len=1 is over an order of magnitude slower: two steps are enough to time it
+        # (each takes seconds, so warm-up effects are negligible).
+        fast = patch_len > 1
+        training[patch_len] = bench_training(
+            config, args.train_batch, warmup_steps=1 if fast else 0, min_steps=3 if fast else 2,
+            min_seconds=args.train_seconds if fast else 0.0,
+        )
+    ratio = training[default.patch_len]["windows_per_s"] / training[1]["windows_per_s"]
+    table = Table(title=f"Training (forward + backward + AdamW), batch {args.train_batch}, ds000117 layout")
+    for column in ("patch_len", "windows/s", "steps timed"):
+        table.add_column(column, justify="right")
+    for patch_len, stats in training.items():
+        table.add_row(str(patch_len), f"{stats['windows_per_s']:.2f}", str(stats["steps"]))
+    table.caption = f"speed-up of patch_len={default.patch_len} over patch_len=1: {ratio:.1f}×"
+    console.print(table)
+    return {
+        "layout": "ds000117 (70→306, 1100 Hz)",
+        f"patch_len={default.patch_len}": training[default.patch_len],
+        "patch_len=1": training[1],
+        "speedup": ratio,
+    }
 
 if __name__ == "__main__":
     sys.exit(main())

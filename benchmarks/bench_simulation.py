@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from brainformer import simulation as sim
+from brainformer.simulation.oracle import default_config
 from brainformer.preprocessing import fit_scaling, preprocess_recording
 
 
@@ -52,7 +53,7 @@ def _live_rtf(layout: str, chunk_s: float, total_s: float) -> float:
 def bench_layout(layout: str, duration_s: float) -> dict:
     _, head_s = _timed(sim.head_model, layout)
     (raw, truth), simulate_s = _timed(sim.simulate, layout, duration_s, seed=0)
-    config = sim._default_config(truth)
+    config = default_config(truth)
     plain = preprocess_recording(raw, config)
     settle, half = int(5 * plain.sfreq_hz), plain.n_samples // 2
     config = fit_scaling(config, plain.eeg[settle:half], plain.meg[settle:half])

@@ -120,47 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device {args.device}: CUDA is not available here")
     if args.threads:
         torch.set_num_threads(args.threads)
-    precisions = ["fp32"]
-    notes = []
-    if args.bf16:
-        ok, reason = bf16_supported(device)
-        if ok:
-            precisions.append("bf16")
-            if device.type == "cpu":
-                notes.append("bf16 on CPU: torch CPU autocast")
-        else:
-            notes.append(f"bf16 skipped: {reason}")
-    compiles = [False, True] if args.compile else [False]
-    configs = model_configs()
-    results = []
-    for name in args.models:
-        for precision in precisions:
-            for compiled in compiles:
-                try:
-                    row = measure(configs[name], device, args.batch_size, args.steps, args.warmup, precision == "bf16", compiled)
-                except Exception as err:  # noqa: BLE001 - report a failing variant, keep measuring the rest
-                    row = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
-                row |= {"model": name, "precision": precision, "compile": compiled, "window_samples": configs[name].window_samples}
-                results.append(row)
-                print(
-                    f"{name:8s} {precision:5s} compile={str(compiled):5s} "
-                    + (f"{row['windows_per_s']:10.1f} windows/s {row['ms_per_step']:8.1f} ms/step" if "error" not in row else row["error"]),
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-    header = f"{'model':8s} {'params':>9s} {'window':>6s} {'precision':9s} {'compile':7s} {'windows/s':>10s} {'ms/step':>8s}"
-    print(f"\ntraining throughput on {device} (batch {args.batch_size}, {args.steps} steps, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads)")
-    print(header)
-    for row in results:
-        if "error" in row:
-            print(f"{row['model']:8s} {'':>9s} {row['window_samples']:>6d} {row['precision']:9s} {str(row['compile']):7s} {row['error']}")
-            continue
-        print(
-            f"{row['model']:8s} {row['parameters'] / 1e6:8.2f}M {row['window_samples']:>6d} {row['precision']:9s} "
-            f"{str(row['compile']):7s} {row['windows_per_s']:10.1f} {row['ms_per_step']:8.1f}"
-        )
+    precisions, notes = precisions_to_measure(device, args.bf16)
+    results = measure_variants(args, device, precisions)
+    print_table(results, device, args)
     for note in notes:
         print(note)
     document = {
@@ -179,6 +141,58 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(document, indent=2))
     return 0
 
+
+def precisions_to_measure(device: torch.device, bf16: bool) -> tuple[list[str], list[str]]:
+    """``["fp32"]``, plus ``"bf16"`` when asked for and it runs on `device`; notes for the report."""
+    precisions = ["fp32"]
+    notes = []
+    if bf16:
+        ok, reason = bf16_supported(device)
+        if ok:
+            precisions.append("bf16")
+            if device.type == "cpu":
+                notes.append("bf16 on CPU: torch CPU autocast")
+        else:
+            notes.append(f"bf16 skipped: {reason}")
+    return precisions, notes
+
+
+def measure_variants(args: argparse.Namespace, device: torch.device, precisions: list[str]) -> list[dict[str, Any]]:
+    """One row per model × precision × compile, progress on stderr; a failing variant gets an error row."""
+    compiles = [False, True] if args.compile else [False]
+    configs = model_configs()
+    results = []
+    for name in args.models:
+        for precision in precisions:
+            for compiled in compiles:
+                try:
+                    row = measure(configs[name], device, args.batch_size, args.steps, args.warmup, precision == "bf16", compiled)
+                except Exception as err:  # noqa: BLE001 - report a failing variant, keep measuring the rest
+                    row = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+                row |= {"model": name, "precision": precision, "compile": compiled, "window_samples": configs[name].window_samples}
+                results.append(row)
+                print(
+                    f"{name:8s} {precision:5s} compile={str(compiled):5s} "
+                    + (f"{row['windows_per_s']:10.1f} windows/s {row['ms_per_step']:8.1f} ms/step" if "error" not in row else row["error"]),
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return results
+
+
+def print_table(results: list[dict[str, Any]], device: torch.device, args: argparse.Namespace) -> None:
+    header = f"{'model':8s} {'params':>9s} {'window':>6s} {'precision':9s} {'compile':7s} {'windows/s':>10s} {'ms/step':>8s}"
+    print(f"\ntraining throughput on {device} (batch {args.batch_size}, {args.steps} steps, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads)")
+    print(header)
+    for row in results:
+        if "error" in row:
+            print(f"{row['model']:8s} {'':>9s} {row['window_samples']:>6d} {row['precision']:9s} {str(row['compile']):7s} {row['error']}")
+            continue
+        print(
+            f"{row['model']:8s} {row['parameters'] / 1e6:8.2f}M {row['window_samples']:>6d} {row['precision']:9s} "
+            f"{str(row['compile']):7s} {row['windows_per_s']:10.1f} {row['ms_per_step']:8.1f}"
+        )
 
 if __name__ == "__main__":
     raise SystemExit(main())

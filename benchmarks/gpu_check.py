@@ -103,7 +103,7 @@ def machine_info(device: str) -> dict:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from brainformer_rt.engine import make_engine
+    from brainformer_rt.serving.engine import make_engine
 
     rows = []
     rng = np.random.default_rng(0)

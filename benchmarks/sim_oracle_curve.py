@@ -45,9 +45,9 @@ logger = logging.getLogger("sim_oracle_curve")
 
 def simulate_recording(path: Path, duration_s: float, seed: int) -> None:
     """A `sample`-layout simulation at `path`, with its truth sidecar (for the oracle)."""
-    from brainformer.simulation import simulate_data_command
+    from brainformer.simulation import write_simulation
 
-    simulate_data_command(layout="sample", duration_s=duration_s, sfreq_hz=None, seed=seed, out=path)
+    write_simulation("sample", duration_s, None, seed, path)
 
 
 def curve_point(
@@ -111,9 +111,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training, epochs=args.epochs))
     minutes = sorted(args.minutes)
-    train_region_s = 60.0 * minutes[-1]
-    duration_s = train_region_s + 60.0 * args.test_minutes
+    duration_s = 60.0 * minutes[-1] + 60.0 * args.test_minutes
     started = time.perf_counter()
+    rows, simulate_s = run_curve(args, settings, minutes, duration_s, started)
+    total_s = time.perf_counter() - started
+    print_table(args, settings, rows, duration_s, total_s, simulate_s)
+    document = {
+        "layout": "sample",
+        "seed": args.seed,
+        "config": str(args.config),
+        "epochs": settings.training.epochs,
+        "duration_minutes": duration_s / 60,
+        "test_minutes": args.test_minutes,
+        "total_s": total_s,
+        "points": rows,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+def run_curve(
+    args: argparse.Namespace, settings: ExperimentSettings, minutes: list[float], duration_s: float, started: float
+) -> tuple[list[dict[str, Any]], float]:
+    """Simulate once (unless `--work` already holds it), then one `curve_point` per training length;
+    returns the rows and the seconds from `started` to the end of the simulation."""
+    train_region_s = 60.0 * minutes[-1]
     with tempfile.TemporaryDirectory(prefix="sim-oracle-curve-") as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -130,8 +154,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"ratio {row['ratio_model_to_oracle']:.3f} ({row['train_wall_s']:.0f} s training)",
                 file=sys.stderr, flush=True,
             )
-    total_s = time.perf_counter() - started
+    return rows, simulate_s
 
+
+def print_table(
+    args: argparse.Namespace, settings: ExperimentSettings, rows: list[dict[str, Any]], duration_s: float,
+    total_s: float, simulate_s: float,
+) -> None:
     print(f"\nsimulated `sample` layout, seed {args.seed}: {duration_s / 60:g} min, the last {args.test_minutes:g} min held out; "
           f"config {args.config.name}, {settings.training.epochs} epoch(s)")
     print(f"{'train min':>9s} {'windows':>8s} {'R² model':>9s} {'R² oracle':>9s} {'ratio':>6s} {'R² lagged ridge':>15s} {'R² ridge':>8s} {'train s':>7s}")
@@ -142,21 +171,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['ratio_model_to_oracle']:6.3f} {r2['lagged_ridge']:15.4f} {r2['ridge']:8.4f} {row['train_wall_s']:7.0f}"
         )
     print(f"total {total_s:.0f} s (simulation {simulate_s:.0f} s)")
-    document = {
-        "layout": "sample",
-        "seed": args.seed,
-        "config": str(args.config),
-        "epochs": settings.training.epochs,
-        "duration_minutes": duration_s / 60,
-        "test_minutes": args.test_minutes,
-        "total_s": total_s,
-        "points": rows,
-    }
-    if args.json:
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(document, indent=2))
-    return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -28,10 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,48 +39,22 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from brainformer_rt.lsl_config import reexec_in_loopback_namespace, use_loopback_config
+from brainformer_rt.serving.lsl_config import reexec_in_loopback_namespace, use_loopback_config
+from brainformer_rt.tools._proc import ChildProcess, free_tcp_address, rt_cli
 
 RSS_GROWTH_TARGET_MB = 5.0
 P99_DRIFT_TARGET = 0.10
 STARTUP_TIMEOUT_S = 120.0
 
 
-def _cli(*args: str) -> List[str]:
-    return [sys.executable, "-m", "brainformer_rt.cli", *args]
-
-
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return int(free_tcp_address().rsplit(":", 1)[1])
 
 
-class Child:
-    """A subprocess with its output in files (a full pipe would block it)."""
-
-    def __init__(self, name: str, command: List[str], directory: Path):
-        self.name = name
-        self.stdout_path = directory / f"{name}.out"
-        self.stderr_path = directory / f"{name}.err"
-        with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
-            self.process = subprocess.Popen(command, stdout=out, stderr=err, env=dict(os.environ))
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            lines = [l for l in self.stderr_path.read_text(errors="replace").splitlines() if l.strip()]
-            raise SystemExit(f"{self.name} exited with code {self.process.returncode}: "
-                             f"{lines[-1] if lines else '(no output)'}")
-
-    def stop(self) -> Optional[int]:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(20)
-        return self.process.returncode
+def _check_alive(*children: ChildProcess) -> None:
+    for child in children:
+        if child.returncode is not None:
+            raise SystemExit(f"{child.name} exited with code {child.returncode}: {child.last_error_line()}")
 
 
 class Subscriber(threading.Thread):
@@ -158,11 +128,11 @@ def run_soak(duration_s: float, model: str, sample_interval_s: float, window_s: 
     config = directory / "serve.toml"
     config.write_text(f"torch_threads = {threads}\nwait_s = {STARTUP_TIMEOUT_S}\nstats_interval_s = 60.0\n")
     stats_path = directory / "serve-stats.json"
-    player = Child("player", _cli("simulate", "--name", name, "--source-id", f"soak-{uuid.uuid4()}", "--loop"),
+    player = ChildProcess("player", rt_cli("simulate", "--name", name, "--source-id", f"soak-{uuid.uuid4()}", "--loop"),
                    directory)
     subscriber = Subscriber(f"tcp://127.0.0.1:{zmq_port}")
     subscriber.start()
-    serve = Child("serve", _cli("serve", "--stream", name, "--model", model, "--zmq", f"tcp://127.0.0.1:{zmq_port}",
+    serve = ChildProcess("serve", rt_cli("serve", "--stream", name, "--model", model, "--zmq", f"tcp://127.0.0.1:{zmq_port}",
                                 "--lsl-name", f"soak-meg-{uuid.uuid4().hex[:6]}", "--config", str(config),
                                 "--metrics-port", str(metrics_port), "--stats-json", str(stats_path)), directory)
     url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -170,12 +140,11 @@ def run_soak(duration_s: float, model: str, sample_interval_s: float, window_s: 
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not subscriber.rows:  # serving: the first prediction arrived
-            serve.check_alive()
-            player.check_alive()
+            _check_alive(serve, player)
             if time.monotonic() > deadline:
                 raise SystemExit(f"no prediction within {STARTUP_TIMEOUT_S:g} s; see {directory}")
             time.sleep(0.1)
-        process = psutil.Process(serve.process.pid)
+        process = psutil.Process(serve.pid)
         started = pylsl.local_clock()
         print(f"serving; soaking for {duration_s:g} s (RSS and counters every {sample_interval_s:g} s)", flush=True)
         end = started + duration_s
@@ -183,8 +152,7 @@ def run_soak(duration_s: float, model: str, sample_interval_s: float, window_s: 
         while True:
             now = pylsl.local_clock()
             if now >= next_sample:
-                serve.check_alive()
-                player.check_alive()
+                _check_alive(serve, player)
                 rss_mb = process.memory_info().rss / 2**20
                 samples.append({"t_s": now - started, "rss_mb": rss_mb, "counters": _scrape(url)})
                 next_sample += sample_interval_s

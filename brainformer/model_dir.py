@@ -10,33 +10,26 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from brainformer.config_fields import FIELD_NAMES, MODEL_TYPE, BrainformerFields
+from brainformer.paths import DEFAULT_MODEL_DIR
 
-from brainformer.configuration_brainformer import BrainformerConfig
-from brainformer.modeling_brainformer import (
-    BrainformerForMEGPrediction,
-    BrainformerForMEGTokens,
-    BrainformerPreTrainedModel,
-)
+if TYPE_CHECKING:  # torch and transformers are imported by the functions that build a model
+    import torch
 
-__all__ = ["DEFAULT_MODEL_DIR", "ModelDirError", "load_model", "resolve_model_dir"]
+    from brainformer.configuration_brainformer import BrainformerConfig
+    from brainformer.modeling_brainformer import BrainformerPreTrainedModel
+
+__all__ = ["DEFAULT_MODEL_DIR", "ModelDirError", "load_config", "load_fields", "load_model", "resolve_model_dir"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 # File names and suffixes of pickle-based checkpoints (torch.save, pickle, joblib).
 _PICKLE_NAMES = ("pytorch_model.bin", "training_args.bin")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-
-_HEAD_CLASSES: dict[str, type[BrainformerPreTrainedModel]] = {
-    "regression": BrainformerForMEGPrediction,
-    "tokens": BrainformerForMEGTokens,
-}
 
 
 class ModelDirError(ValueError):
@@ -50,9 +43,8 @@ def resolve_model_dir(path_or_default: str | Path) -> Path:
     return Path(path_or_default).expanduser()
 
 
-def load_config(model_dir: str | Path) -> BrainformerConfig:
-    """Read and validate `config.json` of a model directory; `ModelDirError` on any problem."""
-    model_dir = resolve_model_dir(model_dir)
+def _read_config_dict(model_dir: Path) -> dict[str, Any]:
+    """`config.json` of a model directory as a dict of model_type brainformer; `ModelDirError` otherwise."""
     if not model_dir.is_dir():
         raise ModelDirError(f"{model_dir}: model directory does not exist")
     config_path = model_dir / CONFIG_NAME
@@ -67,14 +59,35 @@ def load_config(model_dir: str | Path) -> BrainformerConfig:
     if not isinstance(config_dict, dict):
         raise ModelDirError(f"{config_path}: expected a JSON object, got {type(config_dict).__name__}")
     model_type = config_dict.get("model_type")
-    if model_type != BrainformerConfig.model_type:
-        raise ModelDirError(
-            f"{config_path}: model_type is {model_type!r}, expected {BrainformerConfig.model_type!r}"
-        )
+    if model_type != MODEL_TYPE:
+        raise ModelDirError(f"{config_path}: model_type is {model_type!r}, expected {MODEL_TYPE!r}")
+    return config_dict
+
+
+def load_fields(model_dir: str | Path) -> BrainformerFields:
+    """The model's fields (channels, rate, window, filters, scaling), validated, without torch or
+    transformers: for the tools that size streams and name channels but never run the model.
+
+    Keys that are not model fields (transformers' own bookkeeping, such as ``dtype``) are left
+    to `load_config`, which every process that runs the model calls and which refuses typos."""
+    model_dir = resolve_model_dir(model_dir)
+    config_dict = _read_config_dict(model_dir)
+    try:
+        return BrainformerFields.from_dict({k: v for k, v in config_dict.items() if k in FIELD_NAMES})
+    except ValueError as err:
+        raise ModelDirError(f"{model_dir / CONFIG_NAME}: {err}") from None
+
+
+def load_config(model_dir: str | Path) -> BrainformerConfig:
+    """Read and validate `config.json` of a model directory; `ModelDirError` on any problem."""
+    from brainformer.configuration_brainformer import BrainformerConfig
+
+    model_dir = resolve_model_dir(model_dir)
+    config_dict = _read_config_dict(model_dir)
     try:
         return BrainformerConfig(**config_dict)
     except ValueError as err:
-        raise ModelDirError(f"{config_path}: {err}") from None
+        raise ModelDirError(f"{model_dir / CONFIG_NAME}: {err}") from None
 
 
 def load_model(path_or_default: str | Path = "default", device: str | torch.device = "cpu") -> BrainformerPreTrainedModel:
@@ -88,8 +101,23 @@ def load_model(path_or_default: str | Path = "default", device: str | torch.devi
             invalid config values, pickled weights instead of safetensors, unreadable safetensors,
             missing/unexpected tensors or shape mismatches. The message names the file.
     """
+    from brainformer.modeling_brainformer import BrainformerForMEGPrediction, BrainformerForMEGTokens
+
     model_dir = resolve_model_dir(path_or_default)
     config = load_config(model_dir)
+    weights_path = _weights_path(model_dir)
+    state_dict = _read_weights(weights_path)
+    head_classes = {"regression": BrainformerForMEGPrediction, "tokens": BrainformerForMEGTokens}
+    model = head_classes[config.head](config)
+    _check_state_dict(state_dict, model, weights_path)
+    model.load_state_dict(state_dict, strict=True)
+    model.eval()
+    logger.info("loaded %s from %s", type(model).__name__, model_dir)
+    return model.to(device)
+
+
+def _weights_path(model_dir: Path) -> Path:
+    """`model_dir`'s safetensors file; refuses pickled weights by name rather than calling them missing."""
     weights_path = model_dir / WEIGHTS_NAME
     if not weights_path.is_file():
         pickles = sorted(
@@ -101,16 +129,24 @@ def load_model(path_or_default: str | Path = "default", device: str | torch.devi
                 f"save the model with save_pretrained() to get {WEIGHTS_NAME}"
             )
         raise ModelDirError(f"{weights_path}: missing")
+    return weights_path
+
+
+def _read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
 
     try:
         # Reading the header first gives a clear error for truncated or non-safetensors files.
         with safe_open(str(weights_path), framework="pt") as handle:
             handle.keys()
-        state_dict = load_file(str(weights_path))
+        return load_file(str(weights_path))
     except Exception as err:  # safetensors raises several types for malformed files
         raise ModelDirError(f"{weights_path}: not a readable safetensors file ({err})") from None
 
-    model = _HEAD_CLASSES[config.head](config)
+
+def _check_state_dict(state_dict: dict[str, torch.Tensor], model: BrainformerPreTrainedModel, weights_path: Path) -> None:
+    """Every tensor of `model` present with its shape and a float dtype, and nothing else."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -132,11 +168,6 @@ def load_model(path_or_default: str | Path = "default", device: str | torch.devi
             )
         if not state_dict[name].is_floating_point():
             raise ModelDirError(f"{weights_path}: tensor {name} has dtype {state_dict[name].dtype}, expected float")
-    model.load_state_dict(state_dict, strict=True)
-    model.eval()
-    logger.info("loaded %s from %s", type(model).__name__, model_dir)
-    return model.to(device)
-
 
 def _short_list(names: list[str], limit: int = 3) -> str:
     shown = ", ".join(names[:limit])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from brainformer.configuration_brainformer import BrainformerConfig
@@ -660,3 +660,7 @@ class BrainformerForMEGTokens(BrainformerPreTrainedModel):
             logits = self._logits(encoder_states, tokens)[:, segment]  # (batch, n_meg, patch_len, vocab)
             tokens[:, segment] = logits[..., first_level:].argmax(dim=-1) + first_level
         return _segments_to_time(tokens)
+
+
+# AutoModel.from_pretrained(dir) gives the trunk once this module is imported.
+AutoModel.register(BrainformerConfig, BrainformerModel, exist_ok=True)

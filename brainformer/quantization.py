@@ -7,12 +7,15 @@ Levels are spread uniformly over `[-clip, clip]` and occupy token ids `3 … n_l
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, TypeVar
+import sys
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 
 if TYPE_CHECKING:
+    import torch
+
+    from brainformer.config_fields import BrainformerFields
     from brainformer.configuration_brainformer import BrainformerConfig
 
 __all__ = ["MEGQuantizer", "FIRST_LEVEL_TOKEN_ID"]
@@ -20,7 +23,14 @@ __all__ = ["MEGQuantizer", "FIRST_LEVEL_TOKEN_ID"]
 # Token ids below this are the special tokens pad (0), bos (1), eos (2).
 FIRST_LEVEL_TOKEN_ID = 3
 
-ArrayLike = TypeVar("ArrayLike", np.ndarray, torch.Tensor)
+ArrayLike = TypeVar("ArrayLike", np.ndarray, "torch.Tensor")
+
+
+def _is_tensor(values: Any) -> bool:
+    # A tensor exists only once torch is imported: numpy callers (the data package's Hugging Face
+    # view) never pay for importing it.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(values, torch.Tensor)
 
 
 class MEGQuantizer:
@@ -44,7 +54,7 @@ class MEGQuantizer:
         self.step = 2.0 * self.clip / (n_levels - 1)
 
     @classmethod
-    def from_config(cls, config: BrainformerConfig) -> MEGQuantizer:
+    def from_config(cls, config: BrainformerConfig | BrainformerFields) -> MEGQuantizer:
         return cls(n_levels=config.n_quantization_levels, clip=config.quantization_clip)
 
     @property
@@ -56,7 +66,9 @@ class MEGQuantizer:
 
         NaN is refused (it has no level); ±inf clip to the outermost levels.
         """
-        if isinstance(values, torch.Tensor):
+        if _is_tensor(values):
+            import torch
+
             if torch.isnan(values).any():
                 raise ValueError("MEGQuantizer.encode got NaN values; expected finite scaled MEG")
             clipped = values.to(torch.float64).clamp(-self.clip, self.clip)
@@ -74,7 +86,9 @@ class MEGQuantizer:
 
         Special tokens (pad/bos/eos) or ids beyond the vocabulary raise `ValueError`.
         """
-        if isinstance(tokens, torch.Tensor):
+        if _is_tensor(tokens):
+            import torch
+
             levels = tokens.long() - FIRST_LEVEL_TOKEN_ID
             if levels.numel() and (levels.min() < 0 or levels.max() >= self.n_levels):
                 raise ValueError(self._range_message(int(tokens.min()), int(tokens.max())))

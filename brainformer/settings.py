@@ -24,6 +24,12 @@ batch_size = 16
 Channel names, MEG channel types and the sampling rate come from the recording unless the
 `[model]` section sets them; scaling statistics (`eeg_mean` …) are always fitted on the training
 split and may not be set here. Every error names the file and the `section.key` at fault.
+
+The serve daemon's settings (`configs/serve.toml`: flat ``key = value`` pairs, CLI flags on top)
+are `ServeSettings`, read and checked with the same machinery: one `SettingsError`, one type
+check (`_coerce`), one TOML reader. A number is never NaN and is finite unless its field says
+otherwise: only the serve fields where ``inf`` means "never" or "forever"
+(`SERVE_INFINITE_OK`) accept it.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 try:
     import tomllib
@@ -53,36 +59,56 @@ def _type_name(tp: Any) -> str:
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(_type_name(a) for a in args) + " (or omitted)"
-    if origin is tuple:
+    if origin in (tuple, list):
         return {float: "a list of numbers", int: "a list of integers", str: "a list of strings"}[typing.get_args(tp)[0]]
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
-def _coerce(name: str, tp: Any, value: Any) -> Any:
-    """`value` checked against annotation `tp`; ints are accepted where numbers are expected."""
+def _coerce(name: str, tp: Any, value: Any, finite: bool = True) -> Any:
+    """`value` checked against annotation `tp`; ints are accepted where numbers are expected.
+
+    A number is never NaN; ``finite=False`` lets ±inf through (the caller's range check decides).
+    """
     origin = typing.get_origin(tp)
     if origin is typing.Union:
         if value is None:
             return None
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(name, inner, value)
-    if origin is tuple:
+        return _coerce(name, inner, value, finite)
+    if origin in (tuple, list):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise SettingsError(f"{name} = {value!r} is invalid: expected {_type_name(tp)}")
         inner = typing.get_args(tp)[0]
-        return tuple(_coerce(f"{name}[{i}]", inner, v) for i, v in enumerate(value))
+        return origin(_coerce(f"{name}[{i}]", inner, v, finite) for i, v in enumerate(value))
+    if isinstance(value, Path) and tp is str:  # a CLI path option for a string key
+        return str(value)
     # bool is an int subclass in Python; `epochs = true` is a mistake, not 1.
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+              and (math.isfinite(value) or not finite))
     else:
         ok = isinstance(value, tp)
     if not ok:
         raise SettingsError(f"{name} = {value!r} is invalid: expected {_type_name(tp)}")
     return float(value) if tp is float else value
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The parsed TOML document at `path`; errors start with `what` (which names the file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(f"{what}: settings file not found") from None
+    except OSError as err:
+        raise SettingsError(f"{what}: cannot read the settings file ({err.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError(f"{what}: not valid TOML: {err}") from None
 
 
 def _check_types(obj: Any, section: str) -> None:
@@ -270,10 +296,10 @@ def _check_model_section(model: Any) -> dict[str, Any]:
         raise SettingsError(
             f"{', '.join('model.' + k for k in fitted)}: scaling statistics are fitted on the training split; remove them"
         )
-    from brainformer.configuration_brainformer import BrainformerConfig
+    from brainformer.config_fields import BrainformerFields
 
     try:
-        BrainformerConfig(**model)  # validates names, types and ranges of every model key
+        BrainformerFields.from_dict(model)  # validates names, types and ranges of every model key, torch-free
     except (TypeError, ValueError) as err:
         raise SettingsError(f"[model] {err}") from None
     return dict(model)
@@ -302,17 +328,197 @@ def load_settings(path: str | Path | None) -> ExperimentSettings:
     if path is None:
         return ExperimentSettings()
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SettingsError(f"{path}: settings file not found") from None
-    except OSError as err:
-        raise SettingsError(f"{path}: cannot read the settings file ({err.strerror})") from None
-    try:
-        values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise SettingsError(f"{path}: not valid TOML: {err}") from None
+    values = _read_toml(path, str(path))
     try:
         return settings_from_dict(values, source=path)
     except SettingsError as err:
         raise SettingsError(f"{path}: {err}") from None
+
+
+# ==============================================================================================
+# The serve daemon: configs/serve.toml (flat keys) + the `brainformer-rt serve` flags
+# ==============================================================================================
+DEFAULT_ZMQ_ADDRESS = "tcp://127.0.0.1:5556"
+DEFAULT_LSL_NAME = "brainformer-meg"
+DEFAULT_METRICS_HOST = "127.0.0.1"
+#: The serve keys where ``inf`` means "never" / "forever"; every other number must be finite.
+SERVE_INFINITE_OK = frozenset({"duration_s", "wait_s", "max_input_age_s", "gap_threshold_s", "silence_s",
+                               "stats_interval_s"})
+
+
+@dataclass
+class ServeSettings:
+    """Everything ``serve`` needs; loaded from TOML (``configs/serve.toml``), CLI flags override.
+
+    Optional keys (``Optional[...]``) are left out of the TOML file for their default.
+
+    Attributes:
+        streams: LSL stream names (or types) of the EEG; one daemon serves them all.
+        model: model directory, or ``default`` for the bundled model.
+        zmq: ZeroMQ PUB address; ``""`` (CLI ``--no-zmq``) disables ZeroMQ.
+        lsl_name: name of the output LSL stream; with several streams each output is named
+            ``<lsl_name>-<stream>``. ``""`` disables the LSL output.
+        hop_samples: new (model-rate) samples between two predictions; default: the model's.
+        device: ``auto`` (cuda when available) | ``cpu`` | ``cuda``.
+        engine: ``auto`` (cuda-graph on CUDA, eager on CPU) | ``eager`` | ``compile`` | ``aot`` (CPU) |
+            ``cuda-graph``.
+        batch_size: windows per forward; default: the number of streams.
+        duration_s: stop after this many seconds of serving (``inf``: until SIGINT/SIGTERM).
+        warmup_s: timings and latencies of the first seconds of serving are forgotten (counters
+            are kept); the engine's own warm-up before serving never counts.
+        wait_s: give up when a stream has not appeared after this many seconds (``inf``: wait).
+        pull_timeout_s: longest blocking pull; bounds how long a stop request waits.
+        busy_poll: spin instead of sleeping while waiting for input (costs one core; see
+            docs/internals.md, "The serve daemon: loops and faults").
+        max_input_age_s: a due window whose newest sample is older than this is dropped as stale.
+        gap_threshold_s: a step between input timestamps above this is a gap (stream reset).
+        max_chunk_samples: most samples one pull returns (the inlet's buffer).
+        silence_s: input silent for longer than this is logged (once) and counted.
+        stats_interval_s: seconds between two progress log lines (``inf``: none).
+        metrics_port: serve Prometheus metrics on ``metrics_host:PORT``.
+        metrics_host: address of the metrics server (default 127.0.0.1; another one is warned about).
+        log_format: ``text`` | ``json`` (one JSON object per line).
+        log_level: ``debug`` | ``info`` | ``warning`` | ``error``.
+        zmq_curve_keys: directory of ZeroMQ CURVE keys (layout in ``publishers/zmq.py``).
+        stats_json: write the final statistics to this JSON file.
+        torch_threads: threads for CPU inference (default: torch's choice).
+        input_unit: unit of every EEG channel of the stream, overriding its meta-data (``uV``,
+            ``mV``, ``V``, an mne-lsl exponent such as ``-6``); default: the meta-data's.
+        channel_map: TOML file of ``"stream label" = "model label"`` pairs applied before the
+            channels are matched to the model's.
+        montage: electrode positions of the stream's channels: an MNE standard montage name
+            (``standard_1020``) or a montage file; default: positions from the meta-data.
+        max_missing_fraction: largest fraction of the model's electrodes that may be missing or
+            bad and interpolated from the others, in [0, 1] (CLI ``--max-missing``).
+    """
+
+    streams: List[str] = field(default_factory=list)
+    model: str = "default"
+    zmq: str = DEFAULT_ZMQ_ADDRESS
+    lsl_name: str = DEFAULT_LSL_NAME
+    hop_samples: Optional[int] = None
+    device: str = "auto"
+    engine: str = "auto"
+    batch_size: Optional[int] = None
+    duration_s: float = math.inf
+    warmup_s: float = 0.0
+    wait_s: float = math.inf
+    pull_timeout_s: float = 0.1
+    busy_poll: bool = False
+    max_input_age_s: float = 0.5
+    gap_threshold_s: float = 0.1
+    max_chunk_samples: int = 4096
+    silence_s: float = 1.0
+    stats_interval_s: float = 10.0
+    metrics_port: Optional[int] = None
+    metrics_host: str = DEFAULT_METRICS_HOST
+    log_format: str = "text"
+    log_level: str = "info"
+    zmq_curve_keys: Optional[str] = None
+    stats_json: Optional[str] = None
+    torch_threads: Optional[int] = None
+    input_unit: Optional[str] = None
+    channel_map: Optional[str] = None
+    montage: Optional[str] = None
+    max_missing_fraction: float = 0.25
+
+    def validate(self, source: str = "settings") -> "ServeSettings":
+        """Check every value; raises :class:`SettingsError` naming the key (after ``source``). Returns self."""
+        hints = typing.get_type_hints(ServeSettings)
+        for f in dataclasses.fields(self):
+            value = _coerce(f"{source}: {f.name}", hints[f.name], getattr(self, f.name),
+                            finite=f.name not in SERVE_INFINITE_OK)
+            setattr(self, f.name, value)
+
+        def require(ok: bool, key: str, allowed: str) -> None:
+            if not ok:
+                _require(False, f"{source}: {key}", getattr(self, key), allowed)
+
+        require(all(s.strip() for s in self.streams), "streams", "non-empty stream names")
+        require(len(set(self.streams)) == len(self.streams), "streams", "each stream only once")
+        require(bool(self.model), "model", "a model directory or 'default'")
+        require(self.zmq == "" or "://" in self.zmq, "zmq", "a ZeroMQ address like tcp://127.0.0.1:5556, or ''")
+        if not self.zmq and not self.lsl_name:
+            raise SettingsError(f"{source}: zmq and lsl_name are both empty: the predictions would go nowhere")
+        if self.zmq_curve_keys is not None and not self.zmq:
+            raise SettingsError(f"{source}: zmq_curve_keys is set but ZeroMQ is disabled (zmq = '')")
+        require(self.hop_samples is None or self.hop_samples >= 1, "hop_samples", "an integer >= 1")
+        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
+                "auto, cpu, cuda or cuda:N")
+        require(self.engine in ("auto", "eager", "compile", "aot", "cuda-graph"), "engine",
+                "auto, eager, compile, aot or cuda-graph")
+        require(self.batch_size is None or self.batch_size >= 1, "batch_size", "an integer >= 1")
+        require(self.duration_s > 0, "duration_s", "seconds > 0 (inf: until stopped)")
+        require(self.warmup_s >= 0, "warmup_s", "seconds >= 0")
+        require(self.wait_s > 0, "wait_s", "seconds > 0 (inf: wait forever)")
+        require(0 < self.pull_timeout_s <= 0.5, "pull_timeout_s", "seconds in (0, 0.5]")
+        require(self.max_input_age_s > 0, "max_input_age_s", "seconds > 0 (inf: never stale)")
+        require(self.gap_threshold_s > 0, "gap_threshold_s", "seconds > 0")
+        require(self.max_chunk_samples >= 1, "max_chunk_samples", "an integer >= 1")
+        require(self.silence_s > 0, "silence_s", "seconds > 0 (inf: never report silence)")
+        require(self.stats_interval_s > 0, "stats_interval_s", "seconds > 0 (inf: no progress lines)")
+        require(self.metrics_port is None or 1 <= self.metrics_port <= 65535, "metrics_port", "a port 1-65535")
+        require(bool(self.metrics_host.strip()) and "://" not in self.metrics_host, "metrics_host",
+                "a host address like 127.0.0.1")
+        require(self.log_format in ("text", "json"), "log_format", "text or json")
+        require(self.log_level in ("debug", "info", "warning", "error"), "log_level", "debug, info, warning or error")
+        require(self.torch_threads is None or self.torch_threads >= 1, "torch_threads", "an integer >= 1")
+        if self.input_unit is not None:
+            from brainformer.adaptation.errors import AdaptationError
+            from brainformer.adaptation.units import volt_factor
+
+            try:
+                ok = volt_factor(self.input_unit) is not None
+            except AdaptationError:
+                ok = False
+            require(ok, "input_unit", "a voltage unit: V, mV, uV (µV, microvolts), nV or an exponent such as -6")
+        require(self.channel_map is None or Path(self.channel_map).is_file(), "channel_map",
+                "an existing TOML file of \"stream label\" = \"model label\" pairs")
+        require(self.montage is None or bool(self.montage.strip()), "montage",
+                "an MNE standard montage name (standard_1020) or a montage file")
+        require(0.0 <= self.max_missing_fraction <= 1.0, "max_missing_fraction", "a fraction in [0, 1]")
+        return self
+
+
+def read_serve_config(path: Optional[Path]) -> dict[str, Any]:
+    """The key → value table of a serve TOML file (checked for unknown keys, not yet for types)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    table = _read_toml(path, f"serve config {path}")
+    known = {f.name for f in dataclasses.fields(ServeSettings)}
+    for key, value in table.items():
+        if key not in known:
+            hint = " (sections are not used: all keys are top-level)" if isinstance(value, dict) else ""
+            raise SettingsError(f"serve config {path}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(known))}")
+    return table
+
+
+#: ``serve`` option names that differ from their TOML key.
+_SERVE_OPTION_KEYS = {"stream": "streams", "hop": "hop_samples", "duration": "duration_s", "wait": "wait_s",
+                      "max_missing": "max_missing_fraction"}
+
+
+def build_serve_settings(config_file: Optional[Path] = None, **options: Any) -> ServeSettings:
+    """Defaults ← TOML file ← CLI flags (those not None). Option names are the ``serve`` options:
+    ``stream, model, zmq, no_zmq, lsl_name, hop, device, engine, duration, wait, metrics_port,
+    metrics_host, log_format, zmq_curve_keys, stats_json, torch_threads, busy_poll, input_unit, channel_map,
+    montage, max_missing``."""
+    values = read_serve_config(config_file)
+    known = {f.name for f in dataclasses.fields(ServeSettings)}
+    for name, value in options.items():
+        if name == "no_zmq":
+            continue
+        key = _SERVE_OPTION_KEYS.get(name, name)
+        if key not in known:
+            raise SettingsError(f"unknown serve option {name!r}")
+        if value is None or (key == "streams" and not value):
+            continue
+        values[key] = list(value) if key == "streams" else value
+    if options.get("no_zmq"):
+        values["zmq"] = ""
+    source = f"serve config {config_file}" if config_file is not None else "serve options"
+    settings = ServeSettings(**values).validate(source)
+    if not settings.streams:
+        raise SettingsError("no EEG stream given: use --stream NAME (repeat for several) or streams = [...] in the config")
+    return settings

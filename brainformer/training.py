@@ -1,4 +1,4 @@
-"""Training with the Hugging Face `Trainer`, and the `brainformer train` command.
+"""Training with the Hugging Face `Trainer`: window datasets, the ridge-initialised skip path, scores.
 
 ```
 recordings / BIDS roots ─ prepare_recordings (in memory) ──────────┐
@@ -15,7 +15,7 @@ Distributed: the same command runs under ``torchrun --nproc_per_node N`` or ``ac
 deterministically (recordings in memory, or the read-only memory maps of a prepared dataset, so
 nothing is written and nothing races), builds the same seeded model, and trains on its share of
 the windows; the batch size is per process. Only the main process writes the model directory
-and prints reports.
+(and only there does `brainformer train`, in `brainformer.commands.train`, print reports).
 
 The loss can be restricted to the newest samples of each window (`training.loss_last_samples`):
 those are the only predictions the daemon publishes, and the only ones that see no future input
@@ -308,11 +308,18 @@ def _make_trainer_class():
                 outputs = model(**inputs)
                 return (outputs.loss, outputs) if return_outputs else outputs.loss
             labels = inputs["labels"]
-            outputs = model(input_values=inputs["input_values"])
             # `model` may be wrapped (DDP, torch.compile); the config lives on the plain model.
             plain = self.model
-            scores = outputs.predictions if plain.config.head == "regression" else outputs.logits
+            if plain.config.head == "tokens":
+                # Teacher forcing: each segment's decoder input is the previous segment's labels
+                # (without labels the decoder would be fed pad tokens).
+                outputs = model(input_values=inputs["input_values"], labels=labels)
+                scores = outputs.logits
+            else:
+                outputs = model(input_values=inputs["input_values"])
+                scores = outputs.predictions
             loss = _newest_samples_loss(plain, scores, labels, self.loss_last_samples)
+            outputs.loss = loss  # the newest samples' loss, not the whole window's
             return (loss, outputs) if return_outputs else loss
 
         def create_optimizer(self, *args: Any, **kwargs: Any):
@@ -463,9 +470,6 @@ def train_model(
     best one, by validation loss, is loaded back first); TensorBoard logs stay in
     `out_dir/checkpoints/runs`.
     """
-    from transformers import EarlyStoppingCallback
-
-    training = settings.training
     out_dir = Path(out_dir)
     if len(data.train) == 0:
         raise TrainingError(
@@ -475,17 +479,53 @@ def train_model(
     if not has_validation:
         logger.info("no validation windows: no early stopping, the last epoch is kept")
     start_time = time.perf_counter()
+    model, ridge = initial_model(data, settings)
+    checkpoints = out_dir / CHECKPOINTS_DIRNAME
+    trainer, callbacks = _make_trainer(model, data, settings, checkpoints, report_to, has_validation, progress)
+    trainer.train()
+    best = trainer.state.best_metric if has_validation else None
+    test_loss = _test_loss(trainer, data, callbacks)
+    model = _save_trained_model(trainer, out_dir, checkpoints)
+    return TrainResult(
+        model=model,
+        epochs_run=float(trainer.state.epoch or 0.0),
+        best_validation_loss=None if best is None else float(best),
+        test_loss=test_loss,
+        wall_s=time.perf_counter() - start_time,
+        ridge_init=ridge,
+        is_main_process=trainer.is_world_process_zero(),
+        world_size=int(trainer.args.world_size),
+    )
+
+
+def initial_model(data: TrainingData, settings: ExperimentSettings) -> tuple[Any, RidgeFit | None]:
+    """The seeded model to train, its skip path fitted as a lagged ridge (`training.init_skip_from_ridge`)
+    and frozen when `training.skip_learning_rate` is 0; `(model, the ridge fit or None)`."""
+    training = settings.training
     # Same seed on every process: identical initial weights and ridge fit everywhere (DDP also
     # broadcasts the main process's weights when it wraps the model).
     model = build_model(data.config, training.seed)
-    ridge = None
-    if training.init_skip_from_ridge and getattr(model, "linear_skip", None) is not None:
-        ridge = init_skip_from_ridge(model, data, settings)
-    if training.skip_learning_rate == 0 and getattr(model, "linear_skip", None) is not None:
+    has_skip = getattr(model, "linear_skip", None) is not None
+    ridge = init_skip_from_ridge(model, data, settings) if training.init_skip_from_ridge and has_skip else None
+    if training.skip_learning_rate == 0 and has_skip:
         # Frozen before the Trainer wraps the model: DDP must not wait for its gradients.
         model.linear_skip.requires_grad_(False)
+    return model, ridge
 
-    checkpoints = out_dir / CHECKPOINTS_DIRNAME
+
+def _make_trainer(
+    model: Any,
+    data: TrainingData,
+    settings: ExperimentSettings,
+    checkpoints: Path,
+    report_to: str,
+    has_validation: bool,
+    progress: bool,
+) -> tuple[Any, list[Any]]:
+    """A `BrainformerTrainer` over the train (and validation) windows, and its callbacks."""
+    from transformers import EarlyStoppingCallback
+
+    training = settings.training
     args = _training_arguments(settings, checkpoints, report_to, has_validation, progress)
     callbacks = []
     if has_validation and training.early_stopping_patience > 0:
@@ -499,13 +539,22 @@ def train_model(
         loss_last_samples=training.loss_last_samples,
         skip_learning_rate=training.skip_learning_rate,
     )
-    trainer.train()
-    best = trainer.state.best_metric if has_validation else None
-    test_loss = None
+    return trainer, callbacks
+
+
+def _test_loss(trainer: Any, data: TrainingData, callbacks: list[Any]) -> float | None:
+    """Loss on the test windows after training, or None without any."""
     for callback in callbacks:  # the test evaluation must not count as a validation step
         trainer.remove_callback(callback)
-    if len(data.test) > 0:  # every process takes part: the evaluation loop gathers across them
-        test_loss = float(trainer.evaluate(data.test, metric_key_prefix="test")["test_loss"])
+    if len(data.test) == 0:
+        return None
+    # Every process takes part: the evaluation loop gathers across them.
+    return float(trainer.evaluate(data.test, metric_key_prefix="test")["test_loss"])
+
+
+def _save_trained_model(trainer: Any, out_dir: Path, checkpoints: Path) -> Any:
+    """The trained (best) model, unwrapped, on the CPU in eval mode; the main process writes it to
+    `out_dir` and removes the checkpoints."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     model = getattr(model, "_orig_mod", model).to("cpu").eval()  # the module under torch.compile
     # All processes are past the last checkpoint load before the main one removes checkpoints.
@@ -515,16 +564,7 @@ def train_model(
         model.save_pretrained(str(out_dir))
         _remove_checkpoints(checkpoints)
     trainer.accelerator.wait_for_everyone()
-    return TrainResult(
-        model=model,
-        epochs_run=float(trainer.state.epoch or 0.0),
-        best_validation_loss=None if best is None else float(best),
-        test_loss=test_loss,
-        wall_s=time.perf_counter() - start_time,
-        ridge_init=ridge,
-        is_main_process=trainer.is_world_process_zero(),
-        world_size=int(trainer.args.world_size),
-    )
+    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,89 +601,3 @@ def evaluate_trained(model: Any, data: TrainingData, settings: ExperimentSetting
                 continue
             reports.append((rec.name, label, report))
     return reports
-
-
-# --------------------------------------------------------------------------------------------
-# `brainformer train`
-# --------------------------------------------------------------------------------------------
-def _settings_with_overrides(config_file: Path | None, epochs: int | None, seed: int | None) -> ExperimentSettings:
-    from brainformer.settings import SettingsError, TrainingSettings, load_settings
-
-    settings = load_settings(config_file)
-    overrides: dict[str, Any] = {}
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    if seed is not None:
-        overrides["seed"] = seed
-    if overrides:
-        try:
-            training: TrainingSettings = dataclasses.replace(settings.training, **overrides)
-        except SettingsError as err:
-            option = "--epochs" if "epochs" in str(err) else "--seed"
-            raise SettingsError(f"{option}: {err}") from None
-        settings = dataclasses.replace(settings, training=training)
-    return settings
-
-
-def train_command(
-    data: Sequence[Path],
-    out: Path,
-    config_file: Path | None,
-    epochs: int | None,
-    report_to: str,
-    seed: int | None,
-) -> None:
-    """`brainformer train`: train, write the model directory, print scores next to the baselines."""
-    import typer
-    from rich.console import Console
-    from rich.markup import escape
-
-    from brainformer.evaluation import format_comparisons, format_table, wide_console
-
-    # Under torchrun / accelerate launch every process runs this; only the main one speaks.
-    is_main = launch_rank() == 0
-    console = wide_console() if is_main else Console(quiet=True)
-    error_console = Console(stderr=True, quiet=not is_main)
-    try:
-        check_report_to(report_to)
-        settings = _settings_with_overrides(config_file, epochs, seed)
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise TrainingError(f"--out {out}: exists and is not a directory")
-        with console.status("preparing data …"):
-            training_data = load_training_data(data, settings)
-        config = training_data.config
-        console.print(
-            f"{len(training_data.sources)} recording(s), {config.n_eeg_channels} EEG → {config.n_meg_channels} MEG "
-            f"at {config.sfreq_hz:g} Hz; windows: {len(training_data.train)} train, "
-            f"{len(training_data.validation)} validation, {len(training_data.test)} test",
-            highlight=False,
-        )
-        result = train_model(training_data, settings, out, report_to=report_to)
-        if not result.is_main_process:
-            return
-        with console.status("scoring against the baselines …"):
-            reports = evaluate_trained(result.model, training_data, settings)
-    except (ValueError, OSError) as err:  # TrainingError, SettingsError, DataError, PreprocessingError …
-        error_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True, highlight=False)
-        raise typer.Exit(code=2) from None
-
-    n_parameters = sum(p.numel() for p in result.model.parameters())
-    console.print(
-        f"model written to {out} ({n_parameters / 1e6:.2f} M parameters) after {result.epochs_run:g} epoch(s) "
-        f"in {result.wall_s:.0f} s{f' on {result.world_size} processes' if result.world_size > 1 else ''}; "
-        f"best validation loss "
-        f"{'–' if result.best_validation_loss is None else f'{result.best_validation_loss:.4f}'}, test loss "
-        f"{'–' if result.test_loss is None else f'{result.test_loss:.4f}'}",
-        highlight=False,
-    )
-    for name, part, report in reports:
-        seconds = report.setup["n_test_samples"] / report.sfreq_hz
-        console.print(format_table(report, f"{name}: {part} part ({seconds:.1f} s)"))
-        for line in format_comparisons(report):
-            console.print(line, highlight=False)
-    if not reports:
-        console.print("no continuous recording to score against the baselines; use `brainformer evaluate --data FILE`")
-    if report_to == "tensorboard":
-        console.print(f"TensorBoard logs: {Path(out) / CHECKPOINTS_DIRNAME / 'runs'}")
-

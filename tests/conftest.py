@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from brainformer_rt.lsl_config import in_loopback_namespace, use_loopback_config
+from brainformer.paths import SAMPLE_RECORDING
+from brainformer_rt.serving.lsl_config import in_loopback_namespace, use_loopback_config
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_FIF = REPO / "brainformer" / "recordings" / "test_raw.fif"
 
 # Must run before any test imports pylsl: liblsl reads its config at the first LSL call.
 use_loopback_config()
@@ -25,4 +24,4 @@ def pytest_sessionstart(session):
 
 @pytest.fixture(scope="session")
 def sample_fif() -> Path:
-    return SAMPLE_FIF
+    return SAMPLE_RECORDING

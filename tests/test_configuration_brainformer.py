@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
+import inspect
 import json
 import math
+import subprocess
+import sys
 
 import mne
 import numpy as np
@@ -14,6 +18,7 @@ from transformers import AutoConfig
 import brainformer
 from brainformer import BrainformerConfig
 from brainformer import configuration_brainformer
+from brainformer.config_fields import FIELD_NAMES, BrainformerFields
 
 
 def test_defaults_follow_the_contract():
@@ -103,18 +108,20 @@ BAD_VALUES = [
 ]
 
 
+@pytest.mark.parametrize("make", [BrainformerConfig, BrainformerFields], ids=["config", "fields"])
 @pytest.mark.parametrize(("kwargs", "field"), BAD_VALUES, ids=[f for _, f in BAD_VALUES])
-def test_bad_values_raise_naming_the_field(kwargs, field):
+def test_bad_values_raise_naming_the_field(kwargs, field, make):
     with pytest.raises(ValueError, match=r"BrainformerConfig\." + field.replace("[", r"\[").replace("]", r"\]")) as info:
-        BrainformerConfig(**kwargs)
+        make(**kwargs)
     assert "expected" in str(info.value)
 
 
-def test_unknown_keyword_is_refused():
+@pytest.mark.parametrize("make", [lambda **kw: BrainformerConfig(**kw), lambda **kw: BrainformerFields.from_dict(kw)], ids=["config", "fields"])
+def test_unknown_keyword_is_refused(make):
     with pytest.raises(ValueError, match="unknown argument.*d_modle"):
-        BrainformerConfig(d_modle=32)
+        make(d_modle=32)
     with pytest.raises(ValueError, match="model_type"):
-        BrainformerConfig(model_type="bert")
+        make(model_type="bert")
 
 
 def test_zero_std_marks_a_flat_channel_and_is_allowed():
@@ -151,7 +158,7 @@ def test_json_round_trip_keeps_every_field_and_nothing_else(tmp_path):
         "hop_samples", "patch_len", "d_model", "n_heads", "n_layers", "d_ff", "router_dim", "dropout",
         "position_embedding", "head", "loss", "huber_delta", "n_quantization_levels", "quantization_clip",
         "skip_lags", "highpass_hz", "lowpass_hz", "filter_order", "notch_hz", "notch_quality",
-        "eeg_reference", "eeg_mean", "eeg_std", "meg_mean", "meg_std",
+        "eeg_reference", "eeg_mean", "eeg_std", "meg_mean", "meg_std", "eeg_positions_m",
     }
     assert set(stored) == fields | {"model_type", "transformers_version"}
     loaded = BrainformerConfig.from_pretrained(tmp_path)
@@ -190,3 +197,46 @@ def test_default_channel_constants_are_consistent():
     types = configuration_brainformer.DEFAULT_MEG_CHANNEL_TYPES
     assert len(set(names)) == 306
     assert all(n.endswith("1") == (t == "mag") for n, t in zip(names, types))
+
+
+# --- the torch-free fields --------------------------------------------------------------------
+
+
+def test_fields_have_the_configs_defaults_and_derived_values():
+    fields, config = BrainformerFields(), BrainformerConfig()
+    assert fields.to_dict() == {name: getattr(config, name) for name in FIELD_NAMES}
+    assert set(FIELD_NAMES) == set(inspect.signature(BrainformerConfig).parameters) - {"kwargs"}
+    for name in ("n_eeg_channels", "n_meg_channels", "n_segments", "vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
+        assert getattr(fields, name) == getattr(config, name), name
+    assert BrainformerFields.from_config(config) == fields and BrainformerConfig(**fields.to_dict()).to_dict() == config.to_dict()
+
+
+def test_fields_are_read_only_and_replace_validates_again():
+    fields = BrainformerFields(window_samples=128, patch_len=16, notch_hz=np.array([50.0]))
+    assert fields.notch_hz == (50.0,) and type(fields.eeg_channel_names) is tuple
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fields.d_model = 32
+    wider = fields.replace(d_model=128, n_heads=8)
+    assert (wider.d_model, fields.d_model, wider.n_segments) == (128, 64, 8)
+    with pytest.raises(ValueError, match=r"BrainformerConfig\.patch_len = 24"):
+        fields.replace(patch_len=24)
+
+
+def test_fields_json_loads_as_the_same_brainformer_config(tmp_path):
+    fields = BrainformerFields(eeg_channel_names=["Cz", "Pz"], eeg_mean=[0.0, 1.0], eeg_std=[1.0, 0.0], lowpass_hz=None)
+    fields.to_json_file(tmp_path / "config.json")
+    loaded = BrainformerConfig.from_json_file(str(tmp_path / "config.json"))
+    assert loaded.to_dict() == BrainformerConfig(**fields.to_dict()).to_dict()
+    assert json.loads((tmp_path / "config.json").read_text()) == json.loads(loaded.to_json_string())
+    loaded.save_pretrained(tmp_path / "model")
+    assert BrainformerFields.from_json_file(tmp_path / "model" / "config.json") == fields
+
+
+def test_fields_module_never_imports_torch_or_transformers():
+    """Checked in a fresh interpreter: this test process has imported both long ago."""
+    code = (
+        "import sys; from brainformer.config_fields import BrainformerFields; BrainformerFields(sfreq_hz=1100.0); "
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -61,10 +61,6 @@ def test_loads_the_class_named_by_the_head_in_eval_mode(model_dir, tmp_path):
     assert type(tokens_model) is BrainformerForMEGTokens and not tokens_model.training
 
 
-def test_model_dir_error_is_a_value_error():
-    assert issubclass(ModelDirError, ValueError)
-
-
 def test_missing_directory(tmp_path):
     with pytest.raises(ModelDirError, match=r"nowhere: model directory does not exist"):
         load_model(tmp_path / "nowhere")

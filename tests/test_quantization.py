@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from brainformer import BrainformerConfig, MEGQuantizer
+from brainformer.config_fields import BrainformerFields
 
 
 @pytest.mark.parametrize(("n_levels", "clip"), [(255, 4.0), (16, 1.5), (2, 1.0)])
@@ -50,8 +51,9 @@ def test_torch_and_numpy_agree():
     assert (decoded - values)[inside].abs().max() <= quantizer.step / 2 + 1e-6
 
 
-def test_from_config():
-    quantizer = MEGQuantizer.from_config(BrainformerConfig(n_quantization_levels=99, quantization_clip=3.0))
+@pytest.mark.parametrize("make", [BrainformerConfig, BrainformerFields], ids=["config", "fields"])
+def test_from_config(make):
+    quantizer = MEGQuantizer.from_config(make(n_quantization_levels=99, quantization_clip=3.0))
     assert (quantizer.n_levels, quantizer.clip, quantizer.vocab_size) == (99, 3.0, 102)
 
 

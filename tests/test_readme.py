@@ -24,7 +24,6 @@ import os
 import re
 import runpy
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ import zmq
 from typer.testing import CliRunner
 
 from brainformer.data import is_prepared_dataset
+from brainformer_rt.tools._proc import free_tcp_address
 from tests.rt.conftest import rt_cli, stop_process
 
 try:
@@ -151,12 +151,6 @@ def cli(program: str, *args: str) -> list[str]:
     return [sys.executable, "-m", PROGRAMS[program], *args]
 
 
-def free_tcp_address() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
-
-
 def start_logged(command: list[str], log_stem: Path, cwd: Path | None = None) -> subprocess.Popen:
     """A subprocess whose stdout/stderr go to ``<log_stem>.out`` / ``.err`` (no pipe to fill)."""
     with log_stem.with_suffix(".out").open("w") as out, log_stem.with_suffix(".err").open("w") as err:
@@ -252,9 +246,9 @@ def test_paths_the_readme_names_exist():
     text = readme_text()
     repo_path = re.compile(rf"(?<![\w./-])((?:{'|'.join(REPO_DIRS)})/[\w./*-]*)")
     named = {match.rstrip(".,") for match in repo_path.findall(text)}
-    # The pipe diagram names the daemon's modules relative to brainformer_rt/.
+    # The pipe diagram names the daemon's modules relative to brainformer_rt/serving/.
     [diagram] = [block for block in fenced_blocks(text, "") if "LSL inlet" in block]
-    named |= {f"brainformer_rt/{module}" for module in re.findall(r"[\w/]+\.py", diagram)}
+    named |= {f"brainformer_rt/serving/{module}" for module in re.findall(r"[\w/]+\.py", diagram)}
     # "What is in the box": the configs/ line names its files.
     [box] = [block for block in fenced_blocks(text, "") if block.startswith("brainformer/")]
     [configs_line] = [line for line in box.splitlines() if line.startswith("configs/")]
@@ -456,6 +450,11 @@ def test_training_on_your_own_data(bids_root, tmp_path):
         scores = json.loads((tmp_path / "eval.json").read_text())
         for method in ("model", "ridge", "lagged_ridge"):
             assert math.isfinite(scores[method]["r_mean"]), method
+        # The trained model predicts the held-out MEG: the 95 % bootstrap interval of its mean r
+        # excludes chance (r = 0), and it beats the trivial predictor of the test mean (NMSE 1).
+        model_scores = scores["model"]
+        assert model_scores["bootstrap"]["r_mean"]["ci95"][0] > 0, model_scores["bootstrap"]["r_mean"]
+        assert model_scores["nmse"] < 1.0, model_scores["nmse"]
         plots = sorted((tmp_path / "eval-plots").glob("*.png"))
         assert plots and all(p.read_bytes()[:8] == PNG_MAGIC for p in plots)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -115,9 +116,60 @@ def test_settings_are_validated_when_built_in_code_and_frozen():
     assert dataclasses.replace(settings, split=0.5).split == 0.5
 
 
-def test_repository_train_config_is_valid_when_present():
-    path = REPO / "configs" / "train-sample.toml"
-    if not path.exists():
-        pytest.skip("configs/train-sample.toml not written yet")
+@pytest.mark.parametrize("name", ["train-sample.toml", "train-sim.toml"])
+def test_repository_train_configs_reach_the_settings_and_the_model_config(name):
+    """Every key the committed config sets arrives, with its value, in the settings and in the
+    model config (none dropped, renamed or defaulted), and the rest keep their defaults."""
+    import tomllib
+
+    def plain(value):
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    path = REPO / "configs" / name
+    raw = tomllib.loads(path.read_text())
     settings = load_settings(path)
-    BrainformerConfig(**settings.model)
+    config = BrainformerConfig(**settings.model)
+    assert settings.model == raw["model"]
+    for key, value in raw["model"].items():
+        assert plain(getattr(config, key)) == plain(value), key
+    for section, values, defaults in (
+        ("data", settings.data, DataSettings()), ("training", settings.training, TrainingSettings()),
+    ):
+        for field in dataclasses.fields(values):
+            expected = raw[section].get(field.name, getattr(defaults, field.name))
+            assert plain(getattr(values, field.name)) == plain(expected), f"{section}.{field.name}"
+
+
+# ----------------------------------------------------------------------------------------------
+# One float rule for both settings systems (training TOML and the serve daemon's)
+# ----------------------------------------------------------------------------------------------
+def test_serve_settings_accept_inf_only_where_it_means_never(tmp_path):
+    from brainformer.settings import SERVE_INFINITE_OK, ServeSettings, build_serve_settings
+
+    settings = ServeSettings(streams=["EEG"], **{key: math.inf for key in SERVE_INFINITE_OK}).validate()
+    assert all(getattr(settings, key) == math.inf for key in SERVE_INFINITE_OK)
+    for key in ("warmup_s", "pull_timeout_s"):
+        path = tmp_path / f"{key}.toml"
+        path.write_text(f"{key} = inf\n")
+        with pytest.raises(SettingsError, match=rf"serve config .*{key}\.toml: {key} = inf is invalid"):
+            build_serve_settings(path, stream=["EEG"])
+    path = tmp_path / "nan.toml"
+    path.write_text("duration_s = nan\n")
+    with pytest.raises(SettingsError, match=r"nan\.toml: duration_s = nan is invalid"):
+        build_serve_settings(path, stream=["EEG"])
+
+
+def test_training_numbers_must_be_finite():
+    with pytest.raises(SettingsError, match=r"training\.learning_rate = inf is invalid"):
+        TrainingSettings(learning_rate=math.inf)
+
+
+def test_one_toml_reader_names_the_file(tmp_path):
+    from brainformer.settings import build_serve_settings
+
+    with pytest.raises(SettingsError, match=r"serve config .*nope\.toml: settings file not found"):
+        build_serve_settings(tmp_path / "nope.toml", stream=["EEG"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("streams = [\n")
+    with pytest.raises(SettingsError, match=r"serve config .*bad\.toml: not valid TOML"):
+        build_serve_settings(bad)

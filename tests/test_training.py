@@ -1,8 +1,11 @@
-"""brainformer.training: window datasets and augmentation, ridge-initialised skip path, `brainformer train`."""
+"""brainformer.training and `brainformer train` (brainformer.commands.train): window datasets and
+augmentation, ridge-initialised skip path, the command."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import mne
@@ -21,6 +24,7 @@ from brainformer.training import (
     _training_arguments,
     build_model,
     init_skip_from_ridge,
+    initial_model,
     load_training_data,
 )
 
@@ -132,9 +136,15 @@ def tiny_settings(tmp_path_factory) -> tuple[Path, ExperimentSettings]:
     return path, load_settings(path)
 
 
-def test_skip_path_starts_as_the_lagged_ridge_fit_on_the_train_part(short_fif, tiny_settings):
+@pytest.fixture(scope="module")
+def short_data(short_fif, tiny_settings):
+    """The training data of the tiny settings on the short recording (prepared once)."""
+    return load_training_data([short_fif], tiny_settings[1])
+
+
+def test_skip_path_starts_as_the_lagged_ridge_fit_on_the_train_part(short_data, tiny_settings):
     _, settings = tiny_settings
-    data = load_training_data([short_fif], settings)
+    data = short_data
     model = build_model(data.config, seed=0)
     fit = init_skip_from_ridge(model, data, settings)
     assert fit.lags == (0, 2, 4)
@@ -188,8 +198,35 @@ def read_model_dir_files(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir())
 
 
-def test_train_command_writes_a_loadable_model_dir(short_fif, tiny_settings, tmp_path):
-    config_path, _ = tiny_settings
+def assert_trained_from_the_ridge_start(
+    model, data, settings: ExperimentSettings, output: str, reported_abs: float = 2e-4
+) -> None:
+    """`model` (written by `brainformer train` with `settings` on `data`) kept the frozen ridge skip
+    path of its seeded start, trained the transformer on top, and scores the reported test loss
+    (printed to 4 decimals: within `reported_abs`)."""
+    start, ridge = initial_model(data, settings)
+    assert ridge is not None and settings.training.skip_learning_rate == 0
+    assert torch.equal(model.linear_skip.weight, start.linear_skip.weight)  # frozen: the ridge map
+    assert torch.equal(model.linear_skip.bias, start.linear_skip.bias)
+    initial = dict(start.named_parameters())
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, initial[name])}
+    # The output projection starts at zero (the model starts as the ridge map) and must have moved.
+    assert "projection.weight" in changed
+    assert not any(name.startswith("linear_skip") for name in changed)
+    last = settings.training.loss_last_samples
+    inputs = torch.stack([data.test[i]["input_values"] for i in range(len(data.test))])
+    labels = torch.stack([data.test[i]["labels"] for i in range(len(data.test))])[:, -last:]
+    with torch.no_grad():
+        predictions = model.eval()(input_values=inputs).predictions[:, -last:]
+    mse = float(torch.nn.functional.mse_loss(predictions, labels))
+    # Better than the trivial zero predictor (the scaled MEG's mean is ~0: its MSE is mean(y²)).
+    assert mse < float(labels.pow(2).mean()), mse
+    reported = float(re.search(r"test loss ([0-9.]+)", output).group(1))
+    assert reported == pytest.approx(mse, abs=reported_abs)  # the reported loss: the newest samples' MSE
+
+
+def test_train_command_writes_a_loadable_model_dir(short_fif, short_data, tiny_settings, tmp_path):
+    config_path, settings = tiny_settings
     out = tmp_path / "model"
     result = CliRunner().invoke(app, ["train", "--data", str(short_fif), "--out", str(out), "--config", str(config_path), "--seed", "3"])
     assert result.exit_code == 0, result.output
@@ -198,10 +235,8 @@ def test_train_command_writes_a_loadable_model_dir(short_fif, tiny_settings, tmp
     model = load_model(out)
     config = json.loads((out / "config.json").read_text())
     assert len(config["eeg_std"]) == 60 and len(config["meg_std"]) == 306 and config["skip_lags"] == 5
-    window = torch.randn(2, 64, 60)
-    with torch.no_grad():
-        predictions = model(input_values=window).predictions
-    assert predictions.shape == (2, 64, 306) and torch.isfinite(predictions).all()
+    seeded = dataclasses.replace(settings, training=dataclasses.replace(settings.training, seed=3))
+    assert_trained_from_the_ridge_start(model, short_data, seeded, result.output)
 
 
 def test_train_from_a_prepared_dataset(short_fif, tiny_settings, tmp_path):
@@ -214,7 +249,7 @@ def test_train_from_a_prepared_dataset(short_fif, tiny_settings, tmp_path):
     assert read_model_dir_files(out) == ["config.json", "model.safetensors"]
     # The source recording still exists, so the scores next to the baselines are printed.
     assert "test part" in result.output
-    assert torch.isfinite(load_model(out)(input_values=torch.zeros(1, 64, 60)).predictions).all()
+    assert_trained_from_the_ridge_start(load_model(out), load_training_data([dataset_dir], settings), settings, result.output)
 
 
 @pytest.mark.parametrize(
@@ -243,7 +278,7 @@ def test_train_bad_input_exits_2_with_one_line(short_fif, tiny_settings, tmp_pat
 
 def test_training_settings_overrides_are_validated():
     from brainformer.settings import SettingsError
-    from brainformer.training import _settings_with_overrides
+    from brainformer.commands.train import _settings_with_overrides
 
     settings = _settings_with_overrides(None, epochs=3, seed=7)
     assert settings.training.epochs == 3 and settings.training.seed == 7
@@ -293,3 +328,61 @@ def test_bundled_default_model_matches_the_committed_training_config():
         assert getattr(model.config, key) == (list(value) if isinstance(value, tuple) else value), key
     assert model.config.eeg_std is not None and model.config.meg_std is not None
     assert "brainformer train --data brainformer/recordings/test_raw.fif" in (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text()
+
+
+TOKENS_TOML = (
+    TINY_MODEL_TOML.replace("skip_lags = 5", 'head = "tokens"\nn_quantization_levels = 15')
+    .replace("train_hop_samples = 64", "train_hop_samples = 16")
+    .replace("epochs = 1", "epochs = 3\nlearning_rate = 1e-2")
+    .replace("skip_learning_rate = 0.0\n", "")
+)
+
+
+@pytest.mark.slow
+def test_tokens_head_trains_through_the_command_and_is_scored_by_evaluate(short_fif, tmp_path):
+    """`brainformer train` with `head = "tokens"` (teacher forcing, loss on the newest 16 samples)
+    from a TOML file, then `brainformer evaluate` on the written model directory."""
+    import math
+
+    import torch.nn.functional as F
+
+    from brainformer.settings import load_settings
+
+    config_path = tmp_path / "tokens.toml"
+    config_path.write_text(TOKENS_TOML)
+    out = tmp_path / "tokens-model"
+    result = CliRunner().invoke(app, ["train", "--data", str(short_fif), "--out", str(out), "--config", str(config_path)])
+    assert result.exit_code == 0, result.output
+    model = load_model(out)
+    assert model.config.head == "tokens" and model.config.n_quantization_levels == 15
+    settings = load_settings(config_path)
+    data = load_training_data([short_fif], settings)
+    inputs = torch.stack([data.test[i]["input_values"] for i in range(len(data.test))])
+    labels = torch.stack([data.test[i]["labels"] for i in range(len(data.test))])
+
+    def newest_cross_entropy(m) -> float:
+        with torch.no_grad():
+            logits = m.eval()(input_values=inputs, labels=labels).logits[:, -16:]
+        return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, -16:].reshape(-1)))
+
+    # Bounds: the seeded initial model has near-zero logits, i.e. ≈ uniform over all 18 token ids
+    # (ln 18 = 2.89), above ln 15 = 2.71 (uniform over the levels). Scaled MEG is about N(0, 1);
+    # its 15 levels of step 8/14 = 0.57 have entropy ≈ 1.42 + ln(1/0.57) = 1.98 nats, so learning
+    # even only the marginal of the levels brings the test cross-entropy below ln 15 - 0.5 = 2.21.
+    assert newest_cross_entropy(build_model(model.config, seed=0)) > math.log(15)
+    trained = newest_cross_entropy(model)
+    assert trained < math.log(15) - 0.5, trained
+    # The command's reported test loss is this same cross-entropy on the newest 16 samples.
+    assert float(re.search(r"test loss ([0-9.]+)", result.output).group(1)) == pytest.approx(trained, abs=2e-4)
+
+    json_path = tmp_path / "eval.json"
+    scored = CliRunner().invoke(app, ["evaluate", "--model", str(out), "--data", str(short_fif), "--json", str(json_path)])
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads(json_path.read_text())
+    # Scored as served (greedy tokens decoded to MEG, newest hop of each window) on all channels.
+    assert metrics["model"]["hop_samples"] == 16 and len(metrics["model"]["per_channel"]["r"]) == 306
+    # A model that learned (at least) the level marginal generates levels near its mode, the middle
+    # level 0.0 of the scaled MEG (mean ≈ 0): about the predictor of the mean, NMSE ≈ 1 (NMSE is
+    # the unexplained fraction of the test variance). Levels drawn anywhere in ±4 (variance up to
+    # 16/3 ≈ 5.3 against the MEG's ≈ 1) would give an NMSE of several.
+    assert metrics["model"]["nmse"] < 1.2, metrics["model"]["nmse"]

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ import torch
 
 from brainformer.configuration_brainformer import BrainformerConfig
 from brainformer.modeling_brainformer import BrainformerForMEGPrediction
+from brainformer_rt.tools._proc import rt_cli
 
 #: Window and hop of the test model: short, so that tests see many windows in little time.
 WINDOW = 64
@@ -38,9 +38,6 @@ def stream_name() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
 
 
-def rt_cli(*args: str) -> list[str]:
-    """Command line of ``brainformer-rt ARGS`` run by this interpreter."""
-    return [sys.executable, "-m", "brainformer_rt.cli", *args]
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 10.0) -> int:
@@ -142,9 +139,13 @@ def run_cli(*args: str):
 
 
 class Serve:
-    """A `brainformer-rt serve` subprocess with its output in files."""
+    """A `brainformer-rt serve` subprocess with its output in files. Pinned to ``--device cpu``
+    unless ``args`` name a device: on a CUDA machine ``auto`` would pick another engine, and the
+    tests would silently mean something else there."""
 
     def __init__(self, tmp_path: Path, *args: str):
+        if "--device" not in args:
+            args = (*args, "--device", "cpu")
         self.stdout_path = tmp_path / f"serve-{uuid.uuid4().hex[:6]}.out"
         self.stderr_path = self.stdout_path.with_suffix(".err")
         self._out = self.stdout_path.open("w")
@@ -216,11 +217,13 @@ def wait_for_event(serve: Serve, event: str, timeout_s: float = 60.0) -> dict:
 
 
 class Player:
-    """A `brainformer-rt simulate` subprocess; ``started_at`` is the ``local_clock()`` when it
-    announced itself (its outlet is created right after)."""
+    """A `brainformer-rt simulate --loop` subprocess (``extra_args`` appended to its command
+    line); ``started_at`` is the ``local_clock()`` when it announced itself (its outlet is
+    created right after)."""
 
-    def __init__(self, name: str, source_id: str):
-        self.process = subprocess.Popen(rt_cli("simulate", "--name", name, "--source-id", source_id, "--loop"),
+    def __init__(self, name: str, source_id: str, *extra_args: str):
+        self.process = subprocess.Popen(rt_cli("simulate", "--name", name, "--source-id", source_id, "--loop",
+                                               *extra_args),
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                         env=dict(os.environ))
         self.started_at: float | None = None
@@ -262,3 +265,17 @@ def nearest(sorted_times: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np
     left = right - 1
     pick = np.where(np.abs(sorted_times[left] - times) <= np.abs(sorted_times[right] - times), left, right)
     return pick, np.abs(sorted_times[pick] - times)
+
+
+def small_model(seed: int = 0) -> BrainformerForMEGPrediction:
+    """A real Brainformer, small enough to compile quickly: 8 EEG → 12 MEG, 64-sample windows."""
+    from brainformer.configuration_brainformer import DEFAULT_MEG_CHANNEL_NAMES, DEFAULT_MEG_CHANNEL_TYPES
+
+    torch.manual_seed(seed)
+    config = BrainformerConfig(
+        eeg_channel_names=[f"EEG {i:03d}" for i in range(1, 9)],
+        meg_channel_names=list(DEFAULT_MEG_CHANNEL_NAMES[:12]),
+        meg_channel_types=list(DEFAULT_MEG_CHANNEL_TYPES[:12]),
+        window_samples=64, patch_len=16, hop_samples=8, d_model=16, n_heads=2, d_ff=32, router_dim=4,
+    )
+    return BrainformerForMEGPrediction(config).eval()

@@ -1,0 +1,192 @@
+"""The Wiener oracle: the best instantaneous linear map from EEG to MEG, and the R² it reaches.
+
+With C the covariance of [EEG; MEG] after the preprocessing filters, R the EEG reference operator
+and MEG = W · EEG the estimator, W = C_me Rᵀ (R C_ee Rᵀ)⁺ and the expected R² of MEG channel c is
+1 − (C_mm − W R C_em)_cc / (C_mm)_cc. The covariances are computed from the truth, not estimated:
+every simulated time course has a known spectrum, so the oracle follows the band-pass and the
+notch even though the source classes have different spectra (an instantaneous map does not
+commute with filters unless all sources share one spectrum).
+
+It is the best *instantaneous* linear estimator; a model that looks at a window of EEG can exceed
+it (most of all for the evoked and burst components, whose time courses are partly predictable),
+and, the bursts being non-Gaussian, a non-linear one may too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.signal
+
+from brainformer.simulation.truth import SimulationTruth, load_truth
+
+# Conditioning units: µV, fT, fT/cm, so the EEG and MEG blocks are of similar magnitude.
+_UNIT_FACTOR = {"eeg": 1e6, "mag": 1e15, "grad": 1e13}
+
+
+def default_config(truth: SimulationTruth) -> Any:
+    """A model config with default preprocessing for a simulated layout (for summaries).
+
+    The one place the simulator builds a config (importing it costs transformers and torch).
+    """
+    from brainformer.config_fields import BrainformerFields as Config
+
+    return Config(
+        eeg_channel_names=list(truth.eeg_channel_names),
+        meg_channel_names=list(truth.meg_channel_names),
+        meg_channel_types=list(truth.meg_channel_types),
+        sfreq_hz=truth.sfreq_hz,
+    )
+
+
+def _unit_factors(meg_types: tuple[str, ...], n_eeg: int) -> np.ndarray:
+    return np.array([_UNIT_FACTOR["eeg"]] * n_eeg + [_UNIT_FACTOR[t] for t in meg_types])
+
+
+@dataclass(frozen=True, eq=False)
+class OracleMap:
+    """The Wiener-optimal instantaneous linear map from (preprocessed) EEG to MEG.
+
+    Attributes:
+        weights: `(n_meg, n_eeg)`; ``meg ≈ eeg @ weights.T`` in physical units after the
+            preprocessing filters, with EEG already referenced as the preprocessing does.
+        expected_r2: `(n_meg,)` R² the map reaches on each MEG channel (in expectation).
+        eeg_channel_names, meg_channel_names: column / row order.
+    """
+
+    weights: np.ndarray
+    expected_r2: np.ndarray
+    eeg_channel_names: tuple[str, ...]
+    meg_channel_names: tuple[str, ...]
+
+
+def _channel_order(have: tuple[str, ...], want: list[str], modality: str) -> np.ndarray:
+    index = {name: i for i, name in enumerate(have)}
+    missing = [name for name in want if name not in index]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f", … ({len(missing)} in all)" if len(missing) > 8 else "")
+        raise ValueError(f"the model's {modality} channels are not in the simulation: {shown}")
+    return np.array([index[name] for name in want], dtype=np.int64)
+
+
+def _preprocessing_power(truth: SimulationTruth, config: Any) -> tuple[np.ndarray, bool]:
+    """|H|² of the preprocessing filters on the truth's grid, and whether EEG is average-referenced."""
+    from brainformer.preprocessing import PreprocessingSpec
+
+    spec = PreprocessingSpec.for_eeg(config, truth.sfreq_hz)
+    if spec.sos.shape[0] == 0:
+        return np.ones_like(truth.freqs_hz), spec.average_reference
+    # The filter sees samples: evaluate it at the digital frequency of each grid point.
+    _, response = scipy.signal.sosfreqz(spec.sos, worN=2 * np.pi * truth.freqs_hz / truth.sfreq_hz)
+    return np.abs(response) ** 2, spec.average_reference
+
+
+def oracle_map(truth: SimulationTruth, config: Any = None) -> OracleMap:
+    """The Wiener oracle for `truth`, for raw data (`config` None) or after `config`'s preprocessing.
+
+    With a config (a `BrainformerConfig` or anything with the same preprocessing fields), the
+    covariances are those of the data after the config's filters (designed exactly as
+    `brainformer.preprocessing` designs them) and its EEG reference, for the config's channels in
+    the config's order. Per-channel scaling does not change the map's R² and is applied by
+    `oracle_prediction`.
+    """
+    eeg_names, meg_names = list(truth.eeg_channel_names), list(truth.meg_channel_names)
+    power, average_reference = None, False
+    if config is not None:
+        eeg_names, meg_names = list(config.eeg_channel_names), list(config.meg_channel_names)
+        power, average_reference = _preprocessing_power(truth, config)
+    eeg_idx = _channel_order(truth.eeg_channel_names, eeg_names, "EEG")
+    meg_idx = _channel_order(truth.meg_channel_names, meg_names, "MEG") + truth.n_eeg
+    cov = truth.sensor_covariance(power)
+    # Work in µV / fT / fT·cm⁻¹ so the EEG and MEG blocks are of similar magnitude.
+    units = _unit_factors(truth.meg_channel_types, truth.n_eeg)
+    cov = cov * np.outer(units, units)
+    c_ee = cov[np.ix_(eeg_idx, eeg_idx)]
+    c_me = cov[np.ix_(meg_idx, eeg_idx)]
+    c_mm_diag = np.diag(cov)[meg_idx]
+    if average_reference:
+        reference = np.eye(len(eeg_idx)) - 1.0 / len(eeg_idx)
+        c_ee = reference @ c_ee @ reference
+        c_me = c_me @ reference
+    weights = c_me @ np.linalg.pinv(c_ee, rcond=1e-10, hermitian=True)
+    residual = c_mm_diag - np.einsum("me,me->m", weights, c_me)
+    expected_r2 = 1.0 - residual / c_mm_diag
+    weights = weights / units[meg_idx][:, None] * units[eeg_idx][None, :]
+    return OracleMap(weights, expected_r2, tuple(eeg_names), tuple(meg_names))
+
+
+def wiener_oracle(truth: SimulationTruth) -> np.ndarray:
+    """`(n_meg, n_eeg)` W = C_me C_ee⁻¹ for the raw (unfiltered, unreferenced) simulated data."""
+    return oracle_map(truth, None).weights
+
+
+def oracle_prediction(
+    recording: str | Path | SimulationTruth, config: Any, eeg_preprocessed: np.ndarray | None = None
+) -> np.ndarray:
+    """The oracle's MEG prediction in the model's scaled units, `(n, n_meg)` float64.
+
+    Args:
+        recording: a simulated FIF (its truth sidecar is read) or a `SimulationTruth`.
+        config: the model config whose preprocessing and channels the data went through.
+        eeg_preprocessed: `(n, n_eeg)` EEG after `config`'s preprocessing (scaled, config order).
+            None: read the recording and preprocess its EEG with `brainformer.preprocessing`
+            (then `recording` must be a path).
+
+    Raises:
+        FileNotFoundError: `recording` is a path without a truth sidecar (not a simulation).
+        ValueError: channels of the config missing from the simulation, or bad shapes.
+    """
+    truth = recording if isinstance(recording, SimulationTruth) else load_truth(recording)
+    if eeg_preprocessed is None:
+        if isinstance(recording, SimulationTruth):
+            raise ValueError("oracle_prediction: pass eeg_preprocessed, or a recording path to read it from")
+        eeg_preprocessed = _preprocessed_eeg(Path(recording), config)
+    eeg_scaled = np.asarray(eeg_preprocessed, dtype=np.float64)
+    n_eeg = len(config.eeg_channel_names)
+    if eeg_scaled.ndim != 2 or eeg_scaled.shape[1] != n_eeg:
+        raise ValueError(f"eeg_preprocessed must have shape (n, {n_eeg}), got {eeg_scaled.shape}")
+    from brainformer.preprocessing import PreprocessingSpec
+
+    eeg_spec = PreprocessingSpec.for_eeg(config, truth.sfreq_hz)
+    meg_spec = PreprocessingSpec.for_meg(config, truth.sfreq_hz)
+    mapping = oracle_map(truth, config)
+    weights = mapping.weights
+    eeg_physical = eeg_scaled
+    if eeg_spec.scaling is not None:
+        eeg_physical = eeg_spec.scaling.invert(eeg_scaled)
+        # A channel the model sees as flat (scale 0) carries nothing the model could use.
+        flat = eeg_spec.scaling.flat_channels
+        if flat.size:
+            usable = np.setdiff1d(np.arange(n_eeg), flat)
+            sub_config = _ConfigView(config, [config.eeg_channel_names[i] for i in usable])
+            weights = np.zeros_like(weights)
+            weights[:, usable] = oracle_map(truth, sub_config).weights
+    meg_physical = eeg_physical @ weights.T
+    if meg_spec.scaling is not None:
+        return meg_spec.scaling.apply(meg_physical).astype(np.float64)
+    return meg_physical
+
+
+class _ConfigView:
+    """A config seen with a subset of its EEG channels (everything else delegated)."""
+
+    def __init__(self, config: Any, eeg_channel_names: list[str]) -> None:
+        self._config = config
+        self.eeg_channel_names = eeg_channel_names
+        self.eeg_mean = self.eeg_std = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._config, name)
+
+
+def _preprocessed_eeg(path: Path, config: Any) -> np.ndarray:
+    """The recording's EEG through the config's preprocessing (the serving path), `(n, n_eeg)`."""
+    import mne
+
+    from brainformer.preprocessing import iter_preprocessed_chunks
+
+    raw = mne.io.read_raw_fif(path, preload=False, verbose="error")
+    return np.concatenate([eeg for eeg, _, _ in iter_preprocessed_chunks(raw, config)])

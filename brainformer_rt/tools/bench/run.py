@@ -1,0 +1,89 @@
+"""The whole bench run: players → daemon phase → naive phase → relay phase → players stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from brainformer_rt.serving.metrics import json_ready
+from brainformer_rt.tools._proc import stop_all
+from brainformer_rt.tools.bench.phases import STOP_TIMEOUT_S, run_phase
+from brainformer_rt.tools.bench.processes import SYSTEM_STARTERS, player_summary, start_player
+from brainformer_rt.tools.bench.settings import BenchSettings, ModelFacts, check_model, machine_info
+from brainformer_rt.tools.bench.summary import ratio, transport_floor
+from brainformer_rt.tools.naive_loop import DESCRIPTION as NAIVE_DESCRIPTION
+
+__all__ = ["run_bench", "RESULTS_VERSION"]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_VERSION = 1
+LATENCY_DEFINITION = ("local_clock() at the subscriber - timestamp of the newest sample of the message "
+                      "(= the time its EEG sample was due and pushed by the player)")
+
+
+def run_bench(settings: BenchSettings, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Run every system of ``settings`` one after the other on the same player streams; the results.
+
+    ``progress`` receives one line per step (default: the log, at INFO). Raises
+    :class:`BenchError` for unusable settings and :class:`BenchFailure` when the run fails.
+    """
+    from brainformer_rt.serving.lsl_config import in_loopback_namespace, use_loopback_config
+
+    progress = progress or logger.info
+    settings.validate()
+    use_loopback_config()
+    facts = check_model(settings)
+    started = time.time()
+    run_id = uuid.uuid4().hex[:6]
+    streams = [f"bench-eeg-{i}-{run_id}" for i in range(settings.n_streams)]
+    machine = machine_info(settings)
+    machine["loopback_namespace"] = in_loopback_namespace()
+    results: Dict[str, Any] = {
+        "version": RESULTS_VERSION,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "settings": _settings_entry(settings, facts),
+        "machine": machine,
+        "latency_definition": LATENCY_DEFINITION,
+        "systems": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="brainformer-bench-") as tmp:
+        directory = Path(tmp)
+        players = []
+        try:
+            progress(f"starting {len(streams)} player(s): {Path(facts.recording).name} at "
+                     f"{facts.recording_sfreq_hz:g} Hz, chunks of {facts.chunk_samples} samples")
+            for i, stream in enumerate(streams):
+                players.append(start_player(i, stream, facts, settings.aligned, directory))
+            for system in _systems(settings):
+                progress(f"{system}: starting (model {settings.model}, hop {facts.hop_samples}"
+                         + (f", {settings.threads} torch thread(s)" if system != "relay" else ", no model") + ") …")
+                phase = SYSTEM_STARTERS[system](settings, facts, streams, run_id, directory)
+                results["systems"][system] = run_phase(phase, settings, facts, players, progress)
+        finally:
+            stop_all(players, STOP_TIMEOUT_S)
+        results["players"] = [player_summary(p, s) for p, s in zip(players, streams)]
+    results["ratio"] = ratio(results)
+    results["floor"] = transport_floor(results)
+    results["elapsed_s"] = time.time() - started
+    return json_ready(results)
+
+
+def _systems(settings: BenchSettings) -> List[str]:
+    """The daemon, then the naive loop, then the relay: never two at the same time, since on a
+    small machine they would share the cores and distort each other."""
+    return ["daemon"] + (["naive"] if settings.peer == "naive" else []) + (["relay"] if settings.floor else [])
+
+
+def _settings_entry(settings: BenchSettings, facts: ModelFacts) -> Dict[str, Any]:
+    order = (("daemon first, then the naive loop (one process per stream), one after the other "
+              "on the same player streams") if settings.peer == "naive" else "daemon only")
+    if settings.floor:
+        order += "; then the relay (transport floor, one process per stream)"
+    return {**dataclasses.asdict(settings), **dataclasses.asdict(facts), "hop_ms": facts.hop_s * 1e3,
+            "order": order, "naive_loop": NAIVE_DESCRIPTION if settings.peer == "naive" else None}
