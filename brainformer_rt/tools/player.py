@@ -18,7 +18,7 @@ import math
 import queue
 import threading
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import pylsl
@@ -349,6 +349,44 @@ def prepared_recording(path: str | Path, unit: str | None = None, rate_hz: float
     import mne
 
     path = Path(path)
+    _check_source_options(path, unit, rate_hz, cap)
+    raw = mne.io.read_raw_fif(path, allow_maxshield=True, preload=True, verbose="error")
+    eeg = raw.copy().pick("eeg", exclude=())
+    unknown = [name for name in drop if name not in eeg.ch_names]
+    if unknown:
+        raise ValueError(f"--drop: {', '.join(repr(n) for n in unknown)} are not EEG channels of {path.name}")
+    if cap is not None:
+        eeg = _onto_cap(eeg, cap)
+    if drop:
+        eeg.drop_channels(list(drop))
+    positions = [tuple(1e3 * float(v) for v in ch["loc"][:3]) for ch in eeg.info["chs"]] if cap else None
+    names = list(eeg.ch_names)
+    types = ["EEG"] * len(names)
+    factor, unit_label = TEST_UNITS.get(unit or "V")
+    data = eeg.get_data() * factor  # (n_eeg, n_samples)
+    if with_aux:
+        aux = raw.copy().pick(["eog", "stim"], exclude=())
+        aux_types = ["EOG" if t == "eog" else "STIM" for t in aux.get_channel_types()]
+        aux_factors = np.array([factor if t == "EOG" else 1.0 for t in aux_types])  # triggers keep their codes
+        data = np.concatenate([data, aux.get_data() * aux_factors[:, None]])
+        names += list(aux.ch_names)
+        types += aux_types
+        if positions is not None:
+            positions += [None] * len(aux_types)
+    sfreq = float(raw.info["sfreq"])
+    if rate_hz is not None and rate_hz != sfreq:
+        data = mne.filter.resample(data, up=float(rate_hz), down=sfreq, npad="auto", verbose="error")
+        sfreq = float(rate_hz)
+    data = np.ascontiguousarray(data.T, dtype=np.float32)  # (n_samples, n_channels)
+    _flatten(data, names, flat, sfreq)
+    source = RecordingSource(data, sfreq, names, loop=loop)
+    source.channel_types = types
+    source.channel_units = [unit_label if t != "STIM" else "" for t in types]
+    source.positions_mm = positions
+    return source
+
+
+def _check_source_options(path: Path, unit: str | None, rate_hz: float | None, cap: str | None) -> None:
     if not path.is_file():
         raise ValueError(f"recording not found: {path}")
     if unit is not None and unit not in TEST_UNITS:
@@ -357,57 +395,31 @@ def prepared_recording(path: str | Path, unit: str | None = None, rate_hz: float
         raise ValueError(f"--cap must be one of {', '.join(TEST_CAPS)}, got {cap!r}")
     if rate_hz is not None and not (math.isfinite(rate_hz) and rate_hz > 0):
         raise ValueError(f"--rate must be a positive number of Hz, got {rate_hz!r}")
-    raw = mne.io.read_raw_fif(path, allow_maxshield=True, preload=True, verbose="error")
-    eeg = raw.copy().pick("eeg", exclude=())
-    unknown = [name for name in drop if name not in eeg.ch_names]
-    if unknown:
-        raise ValueError(f"--drop: {', '.join(repr(n) for n in unknown)} are not EEG channels of {path.name}")
-    positions: list | None = None
-    if cap is not None:
-        import warnings
 
-        with mne.utils.use_log_level("error"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # MNE renames standard_1020 (an alias stays)
-            full = mne.channels.make_standard_montage(cap)
-            known = full.get_positions()
-            ch_pos = {name: pos for name, pos in known["ch_pos"].items() if name in CAP_32}
-            montage = mne.channels.make_dig_montage(ch_pos=ch_pos, nasion=known["nasion"], lpa=known["lpa"],
-                                                    rpa=known["rpa"], coord_frame="head")
-            eeg = eeg.interpolate_to(montage, method="spline")
-    if drop:
-        eeg.drop_channels(list(drop))
-    if cap is not None:
-        positions = [tuple(1e3 * float(v) for v in ch["loc"][:3]) for ch in eeg.info["chs"]]
-    names = list(eeg.ch_names)
-    types = ["EEG"] * len(names)
-    factor, unit_label = TEST_UNITS.get(unit or "V")
-    data = eeg.get_data() * factor  # (n_eeg, n_samples)
-    scales = [factor] * len(names)
-    if with_aux:
-        aux = raw.copy().pick(["eog", "stim"], exclude=())
-        aux_types = ["EOG" if t == "eog" else "STIM" for t in aux.get_channel_types()]
-        data = np.concatenate([data, aux.get_data() * np.array([factor if t == "EOG" else 1.0 for t in aux_types])[:, None]])
-        names += list(aux.ch_names)
-        types += aux_types
-        scales += [factor if t == "EOG" else 1.0 for t in aux_types]
-        if positions is not None:
-            positions += [None] * len(aux_types)
-    sfreq = float(raw.info["sfreq"])
-    if rate_hz is not None and rate_hz != sfreq:
-        data = mne.filter.resample(data, up=float(rate_hz), down=sfreq, npad="auto", verbose="error")
-        sfreq = float(rate_hz)
-    data = np.ascontiguousarray(data.T, dtype=np.float32)  # (n_samples, n_channels)
+
+def _onto_cap(eeg: Any, cap: str) -> Any:
+    """The EEG interpolated (MNE, spherical splines) onto the `CAP_32` electrodes of ``cap``."""
+    import warnings
+
+    import mne
+
+    with mne.utils.use_log_level("error"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # MNE renames standard_1020 (an alias stays)
+        known = mne.channels.make_standard_montage(cap).get_positions()
+        ch_pos = {name: pos for name, pos in known["ch_pos"].items() if name in CAP_32}
+        montage = mne.channels.make_dig_montage(ch_pos=ch_pos, nasion=known["nasion"], lpa=known["lpa"],
+                                                rpa=known["rpa"], coord_frame="head")
+        return eeg.interpolate_to(montage, method="spline")
+
+
+def _flatten(data: np.ndarray, names: Sequence[str], flat: Sequence[tuple[str, float]], sfreq: float) -> None:
+    """From ``seconds`` on, each ``(channel, seconds)`` of ``flat`` holds its value, in place."""
     for channel, seconds in flat:
         if channel not in names:
             raise ValueError(f"--flat: {channel!r} is not a channel of the stream")
         start = min(len(data) - 1, max(0, int(round(seconds * sfreq))))
-        column = names.index(channel)
+        column = list(names).index(channel)
         data[start:, column] = data[start, column]
-    source = RecordingSource(data, sfreq, names, loop=loop)
-    source.channel_types = types
-    source.channel_units = [unit_label if t != "STIM" else "" for t in types]
-    source.positions_mm = positions
-    return source
 
 
 def _describe_channels(info: "pylsl.StreamInfo", source: EEGSource) -> None:
