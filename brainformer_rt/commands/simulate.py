@@ -26,6 +26,10 @@ def simulate(
         0.0, "--timestamp-offset", hidden=True,
         help="Testing hook: add S seconds to every sample's timestamp (not to when it is pushed), as a source "
              "whose clock is behind (S < 0) or ahead (S > 0); e.g. -0.6 makes every sample arrive 0.6 s old."),
+    clock_ppm: float = typer.Option(
+        0.0, "--clock-ppm", hidden=True,
+        help="Benchmark hook: the source's clock runs PPM parts per million fast (> 0) or slow (< 0): samples "
+             "come at the nominal rate × (1 + PPM·1e-6), stamped when they are pushed, as from an amplifier's crystal."),
     lsl_config: Optional[Path] = typer.Option(None, "--lsl-config", help=LSL_CONFIG_HELP),
     # -- another amplifier, made from the recording offline (test sources for the adaptation) --
     unit: Optional[str] = typer.Option(None, "--unit", help="Send the EEG in this unit and declare it: uV | mV | V."),
@@ -41,7 +45,7 @@ def simulate(
     use_lsl_config(lsl_config)
     simulate_command(file=file, synthetic=synthetic, name=name, stream_type=stream_type, chunk=chunk,
                      loop=loop, duration=duration, source_id=source_id, aligned=aligned,
-                     timestamp_offset=timestamp_offset,
+                     timestamp_offset=timestamp_offset, clock_ppm=clock_ppm,
                      source_options=dict(unit=unit, rate=rate, drop=drop, cap=cap, with_aux=with_aux, flat=flat))
 
 
@@ -56,6 +60,7 @@ def simulate_command(
     source_id: Optional[str] = None,
     aligned: bool = False,
     timestamp_offset: float = 0.0,
+    clock_ppm: float = 0.0,
     source_options: Optional[dict] = None,
 ) -> None:
     """Check the options, open the source, play it until done or stopped, print a summary.
@@ -78,6 +83,8 @@ def simulate_command(
         fail(f"--duration must be positive, got {duration:g}")
     if not math.isfinite(timestamp_offset):
         fail(f"--timestamp-offset must be finite, got {timestamp_offset:g}")
+    if not (math.isfinite(clock_ppm) and abs(clock_ppm) < 1e5):
+        fail(f"--clock-ppm must be a finite number of parts per million below 100000 in size, got {clock_ppm:g}")
     recording = file if file is not None else SAMPLE_RECORDING
     prepared = {k: v for k, v in (source_options or {}).items() if v not in (None, False, "")}
     if prepared and synthetic is not None:
@@ -90,7 +97,8 @@ def simulate_command(
     except (ImportError, ValueError) as error:
         fail(error)
     player = Player(source, name=name, stream_type=stream_type, chunk_samples=chunk, source_id=source_id,
-                    duration_s=duration, aligned=aligned, timestamp_offset_s=timestamp_offset)
+                    duration_s=duration, aligned=aligned, timestamp_offset_s=timestamp_offset,
+                    clock_error_ppm=clock_ppm)
     console = Console(highlight=False)
     what = f"synthetic '{synthetic}'" if synthetic else str(recording)
     console.print(

@@ -168,6 +168,8 @@ class Player:
         aligned: chunks due at whole multiples of the chunk period (players push together).
         timestamp_offset_s: added to every sample's stamp, not to its due time (a source whose
             clock is behind, < 0, or ahead, > 0; for testing clock faults and stale input).
+        clock_error_ppm: the source's clock runs this many parts per million fast: samples come
+            at ``sfreq × (1 + ppm·1e-6)`` while the stream declares ``sfreq`` (an amplifier's crystal).
 
     Life cycle: ``open()`` → ``step()`` until it returns False → ``close()``; or ``run()``.
     ``stop()`` may be called from any thread or a signal handler.
@@ -183,6 +185,7 @@ class Player:
         duration_s: float | None = None,
         aligned: bool = False,
         timestamp_offset_s: float = 0.0,
+        clock_error_ppm: float = 0.0,
     ):
         if int(chunk_samples) != chunk_samples or chunk_samples < 1:
             raise ValueError(f"chunk_samples must be a positive integer, got {chunk_samples!r}")
@@ -199,6 +202,10 @@ class Player:
         if not math.isfinite(timestamp_offset_s):
             raise ValueError(f"timestamp_offset_s must be finite, got {timestamp_offset_s!r}")
         self.timestamp_offset_s = float(timestamp_offset_s)
+        if not math.isfinite(clock_error_ppm):
+            raise ValueError(f"clock_error_ppm must be finite, got {clock_error_ppm!r}")
+        # The rate the samples really come at; the outlet declares the nominal one.
+        self.true_rate_hz = self.sfreq_hz * (1.0 + float(clock_error_ppm) * 1e-6)
         self._outlet: pylsl.StreamOutlet | None = None
         self._stop = threading.Event()
         self._last_overrun_log_s = -1e9
@@ -260,7 +267,7 @@ class Player:
                 self.t_start = math.ceil(self.t_start / period) * period
             self._started = True
         first = self.samples_pushed
-        timestamps = self.t_start + np.arange(first, first + n) / self.sfreq_hz
+        timestamps = self.t_start + np.arange(first, first + n) / self.true_rate_hz
         due = timestamps[-1]
         delay = due - pylsl.local_clock()
         if delay > 0 and self._stop.wait(delay):
