@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from brainformer_rt.serving.lsl_config import reexec_in_loopback_namespace, use_loopback_config
+from brainformer_rt.serving.lsl_config import loopback_only
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -127,10 +127,7 @@ def run(minutes: float, ppm: float, rate_hz: float) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    use_loopback_config()
-    if not reexec_in_loopback_namespace():
-        print("warning: no loopback-only network namespace; using the loopback LSL configuration alone",
-              file=sys.stderr)
+    loopback_only()
     result = run(args.minutes, args.ppm, args.rate)
     d, a = result["daemon"], result["alignment_residual_samples"]
     print(f"{result['minutes']:g} min, source {result['source_rate_hz']:g} Hz nominal, clock {result['ppm']:+g} ppm: "

@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from brainformer_rt.serving.lsl_config import reexec_in_loopback_namespace, use_loopback_config
+from brainformer_rt.serving.lsl_config import loopback_only
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,10 +78,7 @@ def run(duration_s: float, chunk: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    use_loopback_config()
-    if not reexec_in_loopback_namespace():
-        print("warning: no loopback-only network namespace; using the loopback LSL configuration alone",
-              file=sys.stderr)
+    loopback_only()
     result = run(args.duration, args.chunk)
     d = result["delivery_ms"]
     print(f"player, chunks of {result['chunk']}: {result['samples_received']} of {result['samples_pushed']} samples "

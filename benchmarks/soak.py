@@ -39,7 +39,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from brainformer_rt.serving.lsl_config import reexec_in_loopback_namespace, use_loopback_config
+from brainformer_rt.serving.lsl_config import loopback_only
 from brainformer_rt.tools._proc import ChildProcess, free_tcp_address, rt_cli
 
 RSS_GROWTH_TARGET_MB = 5.0
@@ -231,10 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not args.duration > args.warmup + 3 * args.sample_interval:
         parser.error("--duration must exceed --warmup by at least three sample intervals")
-    use_loopback_config()
-    if not reexec_in_loopback_namespace():
-        print("warning: no loopback-only network namespace; running with the loopback LSL configuration alone",
-              file=sys.stderr)
+    loopback_only()
     with tempfile.TemporaryDirectory(prefix="brainformer-soak-") as tmp:
         result = run_soak(args.duration, args.model, args.sample_interval, args.window, args.warmup, args.threads,
                           Path(tmp))

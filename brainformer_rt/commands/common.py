@@ -21,9 +21,7 @@ def enter_loopback_namespace(err_console) -> None:
     """Re-execute this command inside a loopback-only network namespace when the machine allows
     it (root or user namespaces); otherwise warn on ``err_console`` and go on with the loopback
     LSL configuration alone."""
-    from brainformer_rt.serving.lsl_config import reexec_in_loopback_namespace
+    from brainformer_rt.serving.lsl_config import NO_NAMESPACE_WARNING, reexec_in_loopback_namespace
 
     if not reexec_in_loopback_namespace():
-        err_console.print("[yellow]warning:[/] no private network namespace here (needs root or unprivileged user "
-                          "namespaces); LSL stays on the loopback-only configuration", highlight=False,
-                          soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {NO_NAMESPACE_WARNING}", highlight=False, soft_wrap=True)

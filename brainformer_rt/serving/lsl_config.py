@@ -73,3 +73,19 @@ def reexec_in_loopback_namespace() -> bool:
     sys.stderr.flush()
     os.execve(unshare, argv, env)
     return True  # unreachable
+
+
+#: What a command says when it has to go on without a private namespace.
+NO_NAMESPACE_WARNING = ("no loopback-only network namespace here (needs root or unprivileged user namespaces); "
+                        "LSL stays on the loopback-only configuration alone")
+
+
+def loopback_only(config_file: str | os.PathLike | None = None) -> bool:
+    """The loopback LSL configuration, then a re-exec into a private namespace when the machine
+    allows it: what a script that opens its own LSL streams does first. False (and a warning
+    on stderr) when it goes on without the namespace."""
+    use_loopback_config(config_file)
+    if reexec_in_loopback_namespace():
+        return True
+    print(f"warning: {NO_NAMESPACE_WARNING}", file=sys.stderr)
+    return False
