@@ -548,15 +548,19 @@ def _interpolate(
     name, names, direct, targets = source.name, model.channel_names, wiring.direct, wiring.targets
     target_positions = _target_positions(model, montage)
     missing_names = [names[j] for j in targets]
+    # Often the same electrodes under other names: say which, since a channel map fixes that.
+    unknown = [source.labels[i] for i in wiring.candidates]
+    hint = f"; stream channels the model does not know: {listing(unknown)}" if unknown else ""
     if target_positions is None:
         raise AdaptationError(
             f"{name}: the model has no electrode positions (eeg_positions_m) to interpolate its EEG channels "
             f"{listing(missing_names)} from the stream's; re-prepare the model, or give a montage with its labels"
+            + hint
         )
     if direct and len(targets) > options.max_missing_fraction * len(names):
         raise AdaptationError(
             f"{name}: {len(targets)} of the model's {len(names)} EEG channels are missing or bad, more than "
-            f"{100 * options.max_missing_fraction:g} %: {listing(missing_names, 12)}"
+            f"{100 * options.max_missing_fraction:g} %: {listing(missing_names, 12)}" + hint
         )
     # A directly copied electrode sits where the model has it, whatever the stream says.
     direct_positions = {i: target_positions[j] for j, i in direct}

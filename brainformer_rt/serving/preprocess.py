@@ -68,7 +68,7 @@ class EEGPreprocessStage:
         try:
             self.adapter = SourceAdapter(config, source, options, max_chunk_samples)
         except AdaptationError as error:
-            raise IncompatibleStreamError(_with_unknown_labels(str(error), source, config)) from None
+            raise IncompatibleStreamError(str(error)) from None
         self.name = getattr(description, "name", source.name)
         self.plan = self.adapter.base_plan
         self.decimation = self.adapter.decimation
@@ -132,22 +132,6 @@ class EEGPreprocessStage:
     def close(self) -> None:
         """Stop the adapter's worker thread."""
         self.adapter.close()
-
-
-def _with_unknown_labels(message: str, source: Any, config: Any) -> str:
-    """A refusal about the model's channels, completed with the stream's EEG labels the model
-    does not know (often the same electrodes under other names: a channel map fixes that)."""
-    from brainformer.adaptation import normalize_label
-
-    if not any(word in message for word in ("missing", "interpolate", "no EEG channel")):
-        return message
-    known = {normalize_label(name) for name in config.eeg_channel_names}
-    unknown = [label for label, kind in zip(source.labels, source.types)
-               if label and normalize_label(label) not in known and kind.strip().lower() in ("", "eeg")]
-    if not unknown:
-        return message
-    shown = ", ".join(repr(label) for label in unknown[:8]) + (f", … ({len(unknown)} in all)" if len(unknown) > 8 else "")
-    return f"{message}; stream channels the model does not know: {shown}"
 
 
 class FlatChannelMonitor:
