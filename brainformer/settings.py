@@ -360,7 +360,8 @@ class ServeSettings:
             ``<lsl_name>-<stream>``. ``""`` disables the LSL output.
         hop_samples: new (model-rate) samples between two predictions; default: the model's.
         device: ``auto`` (cuda when available) | ``cpu`` | ``cuda``.
-        engine: ``auto`` (cuda-graph on CUDA, eager on CPU) | ``eager`` | ``compile`` | ``aot`` (CPU) |
+        engine: ``auto`` (cuda-graph on CUDA; on a CPU eager at once, then the compiled ``aot``
+            forward once built in the background and checked) | ``eager`` | ``compile`` | ``aot`` (CPU) |
             ``cuda-graph``.
         batch_size: windows per forward; default: the number of streams.
         duration_s: stop after this many seconds of serving (``inf``: until SIGINT/SIGTERM).

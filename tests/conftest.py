@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,10 @@ from brainformer_rt.serving.lsl_config import in_loopback_namespace, use_loopbac
 
 # Must run before any test imports pylsl: liblsl reads its config at the first LSL call.
 use_loopback_config()
+
+# Compiled engine packages go to a cache of this session (inherited by every daemon a test
+# starts), never into the user's: a test must not find what an earlier run compiled.
+os.environ["BRAINFORMER_CACHE"] = tempfile.mkdtemp(prefix="brainformer-test-cache-")
 
 
 def pytest_sessionstart(session):

@@ -26,7 +26,12 @@ def _percentiles(summary: Dict[str, Any], digits: int = 2) -> List[str]:
 
 
 def _labels(settings: Dict[str, Any]) -> Dict[str, str]:
-    return {**SYSTEM_LABELS, "daemon": "daemon (busy-poll)" if settings.get("busy_poll") else "daemon"}
+    """Every phase's label: the daemon with its engine, then the other engines' daemons."""
+    daemon = "daemon (busy-poll)" if settings.get("busy_poll") else "daemon"
+    labels = {**SYSTEM_LABELS, "daemon": daemon}
+    for engine in settings.get("also_engines") or ():
+        labels[f"daemon-{engine}"] = f"{daemon} --engine {engine}"
+    return labels
 
 
 def results_table(results: Dict[str, Any]):
@@ -133,7 +138,8 @@ def _notes(results: Dict[str, Any]) -> List[str]:
     """Rich-markup lines under the tables: ratio, floor, warm-up and order, the latency's
     definition, player lateness, the machine."""
     s = results["settings"]
-    notes = [*_ratio_notes(results.get("ratio")), *_floor_notes(results.get("floor"))]
+    notes = [*_ratio_notes(results.get("ratio")), *_floor_notes(results.get("floor")),
+             *_goal_notes(results.get("goals"), _labels(s))]
     notes.append(f"warm-up: the first {s['warmup_s']:g} s after the first prediction are not counted, then "
                  f"{s['duration_s']:g} s are measured per system. Order: {s['order']}.")
     if s.get("naive_loop"):
@@ -163,6 +169,32 @@ def _ratio_notes(ratio: Optional[Dict[str, Any]]) -> List[str]:
             f"(goal ≤ {ratio['goal']:g}: {verdict}); median ratio {ratio['median_lsl']:.2f}"]
 
 
+def _verdict(met: bool) -> str:
+    return "[green]met[/]" if met else "[red]not met[/]"
+
+
+def _goal_notes(goals: Optional[Dict[str, Any]], labels: Dict[str, str]) -> List[str]:
+    """One line per daemon: its engine goals, and for ``auto`` when it switched."""
+    notes = []
+    for name, goal in (goals or {}).items():
+        parts = [f"forward median {_fmt(goal['forward_median_ms'], 3)} ms ≤ 1 ms {_verdict(goal['forward_median_met'])}"]
+        if "p99_bound_ms" in goal:
+            parts.append(f"e2e p99 ≤ floor p99 + forward p99 + 0.5 = {goal['p99_bound_ms']:.2f} ms "
+                         f"{_verdict(goal['p99_bound_met'])}")
+        if "naive_ratio_met" in goal:
+            parts.append(f"e2e vs naive loop: median {_fmt(goal['naive_median_ratio'])}×, p99 "
+                         f"{_fmt(goal['naive_p99_ratio'])}× (≤ 0.8×) {_verdict(goal['naive_ratio_met'])}")
+        switch = goal.get("switch")
+        if switch is not None:
+            when = (f"switched to {switch['target']} ({switch['source']}) {switch['switched_after_s']:.1f} s after "
+                    "set-up" if switch["state"] == "switched" else f"[red]did not switch[/] ({switch['state']}"
+                    + (f": {switch['reason']}" if switch.get("reason") else "") + ")")
+            parts.append(when + ("" if switch["before_timed_period"] else
+                                 "; [yellow]the timed period includes eager forwards[/]"))
+        notes.append(f"[bold]{labels.get(name, name)}[/]: " + "; ".join(parts))
+    return notes
+
+
 def _floor_notes(floor: Optional[Dict[str, Any]]) -> List[str]:
     notes = []
     for transport, what in (("lsl", "LSL"), ("zmq", "ZeroMQ")):
@@ -177,12 +209,13 @@ def _floor_notes(floor: Optional[Dict[str, Any]]) -> List[str]:
 
 def _plot_series(results: Dict[str, Any]) -> List[tuple]:
     """``(label, latencies in ms)`` of every system and output that measured any."""
+    labels = _labels(results["settings"])
     series = []
     for system, result in results["systems"].items():
         for transport in ("lsl", "zmq"):
             latencies = result.get("latencies_ms", {}).get(transport)
             if latencies is not None and len(latencies):
-                series.append((f"{SYSTEM_LABELS[system]} {transport.upper()}",
+                series.append((f"{labels.get(system, system)} {transport.upper()}",
                                np.asarray(latencies, dtype=np.float64)))
     if not series:
         raise BenchFailure("nothing to plot: no latency was measured")

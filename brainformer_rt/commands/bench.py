@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 
@@ -25,6 +25,8 @@ def bench(
     streams_n: int = typer.Option(1, "--streams", help="Number of EEG streams served by one daemon."),
     hop: Optional[int] = typer.Option(None, "--hop", help="New samples between two predictions (default: the model's)."),
     engine: str = typer.Option("auto", "--engine", help="auto | eager | compile | aot | cuda-graph"),
+    also_engines: Optional[List[str]] = typer.Option(
+        None, "--also-engine", help="Also measure the daemon with this engine, in the same run (repeatable)."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure (and the raw latencies) to this JSON file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Latency histogram / CDF PNG."),
@@ -44,7 +46,7 @@ def bench(
     console = Console()
     _enter_loopback_namespace()
     settings = BenchSettings(model=model or "default", duration_s=duration, n_streams=streams_n, hop_samples=hop,
-                             engine=engine, device=device, peer=peer, floor=floor, busy_poll=busy_poll,
+                             engine=engine, also_engines=tuple(also_engines or ()), device=device, peer=peer, floor=floor, busy_poll=busy_poll,
                              aligned=aligned)
     try:
         results = run_bench(settings, lambda line: console.print(line, highlight=False))

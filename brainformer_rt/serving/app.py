@@ -265,7 +265,8 @@ def _load_engine(settings: ServeSettings, resources: _Resources) -> Tuple[Any, i
     """Model loaded, engine made and warmed up (into ``resources``); ``(config, window, hop)``."""
     import torch  # the slow imports come after the resolvers were started
 
-    from brainformer_rt.serving.engine import EngineError, make_engine
+    from brainformer_rt.serving.engine import EngineError
+    from brainformer_rt.serving.engine_switch import serving_engine
 
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
@@ -277,8 +278,8 @@ def _load_engine(settings: ServeSettings, resources: _Resources) -> Tuple[Any, i
         raise UsageError(f"hop_samples = {hop} is invalid: expected 1..{window} (the model's window_samples)")
     batch_size = settings.batch_size or len(settings.streams)
     try:
-        resources.engine = engine = make_engine(model, settings.engine, settings.device, batch_size, window,
-                                                output_samples=serving_output_samples(model, window, hop))
+        resources.engine = engine = serving_engine(model, settings.engine, settings.device, batch_size, window,
+                                                   output_samples=serving_output_samples(model, window, hop))
     except EngineError as error:
         raise UsageError(str(error)) from None
     log_event(logger, logging.INFO, "engine_warmup", "preparing the %s engine on %s (warm-up)", engine.kind,
@@ -389,6 +390,7 @@ def _record_info(settings: ServeSettings, metrics: ServeMetrics, resources: _Res
                     for k in settings.streams},
         "hostname": socket.gethostname(),
     })
+    metrics.describe_engine = resources.engine.describe
 
 
 def _plan_info(stage: Any) -> Dict[str, Any]:

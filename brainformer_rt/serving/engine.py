@@ -390,20 +390,22 @@ class AotEngine(Engine):
             digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
         return digest.hexdigest()[:32]
 
-    def _package(self, bucket: int) -> Path:
-        """The compiled package of one bucket: from the cache, or compiled now and cached."""
-        directory = aot_cache_dir()
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = directory / f"{self._cache_key(bucket)}.pt2"
-        if path.exists():
-            return path
+    def package_path(self, bucket: int) -> Path:
+        """Where the compiled package of ``bucket`` is cached (it may not exist yet)."""
+        return aot_cache_dir() / f"{self._cache_key(bucket)}.pt2"
+
+    def compile_package(self, bucket: int, path: Path) -> None:
+        """Export and compile ``bucket``'s step into ``path`` (written beside it, then renamed:
+        a half-written package is never loaded)."""
+        import torch._inductor
+
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         started = time.perf_counter()
         example = torch.zeros((bucket, self.window_samples, self.n_input_channels), dtype=torch.float32)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecations
-            program = torch.export.export(_ServingStep(self.model, self._last_samples), (example,))
-            # Written beside the target, then renamed: a half-written package is never loaded.
-            handle, partial = tempfile.mkstemp(suffix=".pt2", dir=directory)
+            program = torch.export.export(_ServingStep(self.model.eval(), self._last_samples), (example,))
+            handle, partial = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
             os.close(handle)
             try:
                 torch._inductor.aoti_compile_and_package(program, package_path=partial,
@@ -413,6 +415,12 @@ class AotEngine(Engine):
                 if os.path.exists(partial):
                     os.unlink(partial)
         logger.info("aot: compiled bucket %d in %.1f s into %s", bucket, time.perf_counter() - started, path)
+
+    def _package(self, bucket: int) -> Path:
+        """The compiled package of one bucket: from the cache, or compiled now and cached."""
+        path = self.package_path(bucket)
+        if not path.exists():
+            self.compile_package(bucket, path)
         return path
 
     def _prepare(self) -> None:
@@ -422,7 +430,7 @@ class AotEngine(Engine):
         for bucket in self.buckets:
             path = self._package(bucket)
             try:
-                self._runners[bucket] = torch._inductor.aoti_load_package(str(path))
+                self._runners[bucket] = _load_aot_package(path)
             except Exception as error:  # noqa: BLE001 - whatever a damaged package raises
                 raise EngineError(f"aot: the cached package {str(path)!r} cannot be loaded ({type(error).__name__}: "
                                   f"{error}); delete it to compile it again") from None
@@ -436,6 +444,23 @@ class AotEngine(Engine):
     def close(self) -> None:
         super().close()
         self._runners = {}
+
+
+def _load_aot_package(path: Path):
+    """The runner of a package compiled on this machine.
+
+    ``aoti_load_package`` first probes which vector instructions this CPU has (by compiling and
+    loading test programs in child processes: about 1.5 s here), only to warn when they differ
+    from the package's. A package of this cache was compiled here by the same torch (both are in
+    its key), so the loader it ends in is called directly where this torch has it.
+    """
+    try:
+        from torch.export.pt2_archive._package import AOTICompiledModel
+
+        loader = torch._C._aoti.AOTIModelPackageLoader
+    except (ImportError, AttributeError):  # another torch: the public way, probe included
+        return torch._inductor.aoti_load_package(str(path))
+    return AOTICompiledModel(loader(str(path), "model", False, 1, -1))
 
 
 class CudaGraphEngine(Engine):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, fields
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
@@ -195,6 +195,8 @@ class ServeMetrics:
         self.timings_started_at: Optional[float] = None  # start of the timed period (after a warm-up)
         self.clock = None  # set by the daemon (pylsl.local_clock): stamps reset_timings()
         self.info: Dict[str, object] = {}  # static facts for the report: model, engine, device, hop…
+        # The engine's own description, read when reported: the ``auto`` engine changes its forward.
+        self.describe_engine: Optional[Callable[[], Dict[str, object]]] = None
         # Pull threads (several streams) time their stages concurrently with the main thread.
         self._lock = threading.Lock()
 
@@ -265,6 +267,13 @@ class ServeMetrics:
                 total[key] = total.get(key, 0) + value
         return total
 
+    def engine_facts(self) -> Dict[str, object]:
+        """The engine's description now (kind, device, and for ``auto`` the active forward and the switch)."""
+        if self.describe_engine is not None:
+            return self.describe_engine()
+        engine = self.info.get("engine")
+        return dict(engine) if isinstance(engine, dict) else {}
+
     def to_dict(self) -> Dict[str, object]:
         """Everything as plain JSON-serialisable types (NaN is written as null by :func:`json_ready`)."""
         duration_s = timed_s = None
@@ -273,7 +282,7 @@ class ServeMetrics:
             timed_s = self.stopped_at - (self.timings_started_at or self.started_at)
         batch = self.batch_sizes.kept()
         return json_ready({
-            "info": dict(self.info),
+            "info": {**self.info, "engine": self.engine_facts()},
             "duration_s": duration_s,  # serving, start to stop (the counters cover this)
             "timed_duration_s": timed_s,  # the period the timings cover (after the warm-up)
             "totals": self.totals(),

@@ -229,11 +229,15 @@ class ServeCollector(Collector):
 
     def _info(self) -> Iterable:
         metrics = self.metrics
+        engine = metrics.engine_facts()
+        switch = engine.get("switch") or {}
+        yield GaugeMetricFamily("brainformer_engine_switched",
+                                "1 once the auto engine serves with the compiled forward, else 0.",
+                                value=1.0 if switch.get("state") == "switched" else 0.0)
         info = InfoMetricFamily("brainformer", "What is served.")
-        engine = metrics.info.get("engine") or {}
-        info.add_metric([], {"model": str(metrics.info.get("model", "")),
-                             "engine": str(engine.get("kind", "")) if isinstance(engine, dict) else str(engine),
-                             "device": str(engine.get("device", "")) if isinstance(engine, dict) else ""})
+        info.add_metric([], {"model": str(metrics.info.get("model", "")), "engine": str(engine.get("kind", "")),
+                             "active_engine": str(engine.get("active", engine.get("kind", ""))),
+                             "device": str(engine.get("device", ""))})
         yield info
 
 

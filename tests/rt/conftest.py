@@ -141,11 +141,15 @@ def run_cli(*args: str):
 class Serve:
     """A `brainformer-rt serve` subprocess with its output in files. Pinned to ``--device cpu``
     unless ``args`` name a device: on a CUDA machine ``auto`` would pick another engine, and the
-    tests would silently mean something else there."""
+    tests would silently mean something else there. Pinned to ``--engine eager`` unless ``args``
+    name an engine: ``auto`` would compile in the background of every test (its own tests are in
+    test_engine_switch.py)."""
 
     def __init__(self, tmp_path: Path, *args: str):
         if "--device" not in args:
             args = (*args, "--device", "cpu")
+        if "--engine" not in args:
+            args = (*args, "--engine", "eager")
         self.stdout_path = tmp_path / f"serve-{uuid.uuid4().hex[:6]}.out"
         self.stderr_path = self.stdout_path.with_suffix(".err")
         self._out = self.stdout_path.open("w")

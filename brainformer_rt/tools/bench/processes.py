@@ -30,7 +30,7 @@ RELAY_MODULE = "brainformer_rt.tools.relay"
 class Phase:
     """The processes and outputs of one system under test."""
 
-    system: str  # "daemon" | "naive" | "relay"
+    system: str  # "daemon" | "naive" | "relay" (the phase's name in the results may add the engine)
     children: List[ChildProcess]
     lsl_outputs: Dict[str, str]  # stream → output LSL name
     zmq_addresses: List[str] = field(default_factory=list)  # each carries one or more streams (by header)
@@ -83,14 +83,14 @@ def start_daemon(settings: BenchSettings, facts: ModelFacts, streams: Sequence[s
                  directory: Path) -> Phase:
     """One daemon serving every stream, on LSL and one ZeroMQ address."""
     zmq_address = free_tcp_address()
-    lsl_name = f"bench-meg-{run_id}"
+    lsl_name = f"bench-meg-{settings.engine}-{run_id}"
     config = directory / "serve.toml"
     # The same threads as the naive loop; patient stream discovery; the daemon forgets its timings
     # once the warm-up is over, as the subscribers here do.
     config.write_text("\n".join([f"torch_threads = {settings.threads}", f"wait_s = {STARTUP_TIMEOUT_S}",
                                  f"busy_poll = {'true' if settings.busy_poll else 'false'}",
                                  f"warmup_s = {settings.warmup_s}"]) + "\n")
-    stats_path = directory / "daemon-stats.json"
+    stats_path = directory / f"daemon-{settings.engine}-stats.json"
     command = rt_cli("serve", *[arg for s in streams for arg in ("--stream", s)], "--model", settings.model,
                      "--zmq", zmq_address, "--lsl-name", lsl_name, "--hop", str(facts.hop_samples),
                      "--engine", settings.engine, "--device", settings.device, "--duration", f"{_safety_s(settings):g}",

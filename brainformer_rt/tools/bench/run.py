@@ -15,7 +15,7 @@ from brainformer_rt.tools._proc import stop_all
 from brainformer_rt.tools.bench.phases import STOP_TIMEOUT_S, run_phase
 from brainformer_rt.tools.bench.processes import SYSTEM_STARTERS, player_summary, start_player
 from brainformer_rt.tools.bench.settings import BenchSettings, ModelFacts, check_model, machine_info
-from brainformer_rt.tools.bench.summary import ratio, transport_floor
+from brainformer_rt.tools.bench.summary import engine_goals, ratio, transport_floor
 from brainformer_rt.tools.naive_loop import DESCRIPTION as NAIVE_DESCRIPTION
 
 __all__ = ["run_bench", "RESULTS_VERSION"]
@@ -63,26 +63,31 @@ def run_bench(settings: BenchSettings, progress: Optional[Callable[[str], None]]
             for system in _systems(settings):
                 progress(f"{system}: starting (model {settings.model}, hop {facts.hop_samples}"
                          + (f", {settings.threads} torch thread(s)" if system != "relay" else ", no model") + ") …")
-                phase = SYSTEM_STARTERS[system](settings, facts, streams, run_id, directory)
+                kind, _, engine = system.partition("-")  # "daemon-compile": a daemon with another engine
+                starter_settings = dataclasses.replace(settings, engine=engine) if engine else settings
+                phase = SYSTEM_STARTERS[kind](starter_settings, facts, streams, run_id, directory)
                 results["systems"][system] = run_phase(phase, settings, facts, players, progress)
         finally:
             stop_all(players, STOP_TIMEOUT_S)
         results["players"] = [player_summary(p, s) for p, s in zip(players, streams)]
     results["ratio"] = ratio(results)
     results["floor"] = transport_floor(results)
+    results["goals"] = engine_goals(results)
     results["elapsed_s"] = time.time() - started
     return json_ready(results)
 
 
 def _systems(settings: BenchSettings) -> List[str]:
-    """The daemon, then the naive loop, then the relay: never two at the same time, since on a
-    small machine they would share the cores and distort each other."""
-    return ["daemon"] + (["naive"] if settings.peer == "naive" else []) + (["relay"] if settings.floor else [])
+    """The daemon (then one daemon per other engine), then the naive loop, then the relay: never
+    two at the same time, since on a small machine they would share the cores and distort each other."""
+    return (["daemon"] + [f"daemon-{engine}" for engine in settings.also_engines]
+            + (["naive"] if settings.peer == "naive" else []) + (["relay"] if settings.floor else []))
 
 
 def _settings_entry(settings: BenchSettings, facts: ModelFacts) -> Dict[str, Any]:
-    order = (("daemon first, then the naive loop (one process per stream), one after the other "
-              "on the same player streams") if settings.peer == "naive" else "daemon only")
+    daemons = "daemon" + "".join(f", then the daemon with --engine {e}" for e in settings.also_engines)
+    order = ((f"{daemons} first, then the naive loop (one process per stream), one after the other "
+              "on the same player streams") if settings.peer == "naive" else daemons)
     if settings.floor:
         order += "; then the relay (transport floor, one process per stream)"
     return {**dataclasses.asdict(settings), **dataclasses.asdict(facts), "hop_ms": facts.hop_s * 1e3,

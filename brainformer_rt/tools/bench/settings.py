@@ -9,7 +9,7 @@ import platform
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -58,6 +58,8 @@ class BenchSettings:
         n_streams: EEG streams (players), all served by one daemon.
         hop_samples: new samples between two predictions (None: the model's).
         engine, device: the daemon's engine and device (the naive loop uses eager on the device).
+        also_engines: more daemon phases, one per engine (``daemon-<engine>``), after the first
+            daemon and before the naive loop: engines compared in one run.
         peer: ``naive`` also runs the naive loop for a ratio; ``none`` runs the daemon alone.
         busy_poll: the daemon spins while waiting for input (``serve --busy-poll``).
         floor: also run the relay (``relay.py``: the daemon's transport, no model) to measure the
@@ -75,6 +77,7 @@ class BenchSettings:
     n_streams: int = 1
     hop_samples: Optional[int] = None
     engine: str = "auto"
+    also_engines: Tuple[str, ...] = ()
     device: str = "cpu"
     peer: str = "naive"
     floor: bool = False
@@ -94,8 +97,12 @@ class BenchSettings:
             raise BenchError(f"--hop must be >= 1, got {self.hop_samples!r}")
         if self.peer not in PEERS:
             raise BenchError(f"--peer must be one of {', '.join(PEERS)}, got {self.peer!r}")
-        if self.engine not in ENGINES:
-            raise BenchError(f"--engine must be auto, eager, compile, aot or cuda-graph, got {self.engine!r}")
+        for engine in (self.engine, *self.also_engines):
+            if engine not in ENGINES:
+                raise BenchError(f"--engine and --also-engine must be auto, eager, compile, aot or cuda-graph, "
+                                 f"got {engine!r}")
+        if len(set((self.engine, *self.also_engines))) != 1 + len(self.also_engines):
+            raise BenchError(f"--also-engine repeats an engine: {self.engine}, {', '.join(self.also_engines)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise BenchError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not (math.isfinite(self.warmup_s) and self.warmup_s >= 0):

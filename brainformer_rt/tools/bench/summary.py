@@ -21,7 +21,7 @@ from brainformer_rt.tools.bench.settings import (
     ModelFacts,
 )
 
-__all__ = ["summarise_phase", "ratio", "transport_floor"]
+__all__ = ["summarise_phase", "ratio", "transport_floor", "engine_goals"]
 
 TRANSPORTS = ("lsl", "zmq")
 
@@ -217,3 +217,54 @@ def transport_floor(results: Dict[str, Any]) -> Optional[Dict[str, Any]]:
             entry["daemon_overhead_above_floor_ms"] = daemon_overhead - entry["p99_ms"]
         floor[transport] = entry
     return floor
+
+
+#: The goals each daemon's engine is held to (per daemon phase; those that need the naive loop or
+#: the relay are left out of a run without them).
+FORWARD_MEDIAN_GOAL_MS = 1.0
+ABOVE_FLOOR_GOAL_MS = 0.5
+NAIVE_RATIO_GOAL = 0.8
+
+
+def engine_goals(results: Dict[str, Any]) -> Dict[str, Any]:
+    """Per daemon phase: forward median ≤ 1 ms; LSL e2e p99 ≤ relay p99 + forward p99 + 0.5 ms;
+    LSL e2e median and p99 ≤ 0.8 × the naive loop's; and, for ``auto``, whether every timed
+    forward ran after the switch to the compiled path."""
+    systems = results["systems"]
+    relay = systems.get("relay", {}).get("outputs", {}).get("lsl", {}).get("pooled")
+    naive = systems.get("naive", {}).get("outputs", {}).get("lsl", {}).get("pooled")
+    goals: Dict[str, Any] = {}
+    for name, system in systems.items():
+        if name != "daemon" and not name.startswith("daemon-"):
+            continue
+        e2e, forward = system["outputs"]["lsl"]["pooled"], system["forward_ms"]
+        entry: Dict[str, Any] = {"forward_median_ms": forward["median_ms"],
+                                 "forward_median_met": _at_most(forward["median_ms"], FORWARD_MEDIAN_GOAL_MS)}
+        if relay is not None and relay["p99_ms"] is not None and forward["p99_ms"] is not None:
+            bound = relay["p99_ms"] + forward["p99_ms"] + ABOVE_FLOOR_GOAL_MS
+            entry.update(p99_bound_ms=bound, p99_bound_met=_at_most(e2e["p99_ms"], bound))
+        if naive is not None and naive["median_ms"] and naive["p99_ms"]:
+            median_ratio = e2e["median_ms"] / naive["median_ms"] if e2e["median_ms"] is not None else None
+            p99_ratio = e2e["p99_ms"] / naive["p99_ms"] if e2e["p99_ms"] is not None else None
+            entry.update(naive_median_ratio=median_ratio, naive_p99_ratio=p99_ratio,
+                         naive_ratio_met=(_at_most(median_ratio, NAIVE_RATIO_GOAL)
+                                          and _at_most(p99_ratio, NAIVE_RATIO_GOAL)))
+        entry["switch"] = _switch_entry(system, results["settings"]["warmup_s"])
+        goals[name] = entry
+    return goals
+
+
+def _at_most(value: Optional[float], bound: float) -> bool:
+    return value is not None and value <= bound
+
+
+def _switch_entry(system: Dict[str, Any], warmup_s: float) -> Optional[Dict[str, Any]]:
+    """For an ``auto`` daemon: its switch, and whether it came before the timed period began."""
+    engine = system.get("engine") or {}
+    switch = engine.get("switch")
+    if engine.get("kind") != "auto" or switch is None:
+        return None
+    after = switch.get("switched_after_s")
+    # `switched_after_s` counts from the engine's set-up, which comes before the first prediction,
+    # and the timed period starts `warmup_s` after the first prediction arrived.
+    return {**switch, "active": engine.get("active"), "before_timed_period": after is not None and after <= warmup_s}

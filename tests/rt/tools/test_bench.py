@@ -29,13 +29,15 @@ def assert_latency_summary(summary: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_bench_with_naive_peer_and_floor_writes_complete_results_and_plot(model_dir, tmp_path):
+    """Two daemons (eager, then compile), the naive loop and the relay in one run."""
     json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
     done = run_bench("--model", str(model_dir), "--duration", "3", "--hop", str(HOP), "--peer", "naive", "--floor",
-                     "--json", str(json_path), "--plot", str(plot_path))
+                     "--engine", "eager", "--also-engine", "compile", "--json", str(json_path), "--plot", str(plot_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "p99 ratio daemon / naive loop" in done.stdout
     assert "transport floor LSL (relay, no model)" in done.stdout
     assert "warm-up" in done.stdout
+    assert "daemon --engine compile" in done.stdout and "forward median" in done.stdout
 
     results = json.loads(json_path.read_text())
     settings = results["settings"]
@@ -44,7 +46,8 @@ def test_bench_with_naive_peer_and_floor_writes_complete_results_and_plot(model_
     machine = results["machine"]
     assert machine["cpu_count"] >= 1 and machine["torch"] and machine["device"] == "cpu"
     assert machine["loopback_namespace"] is True
-    assert set(results["systems"]) == {"daemon", "naive", "relay"}
+    assert set(results["systems"]) == {"daemon", "daemon-compile", "naive", "relay"}
+    assert results["systems"]["daemon-compile"]["engine"]["kind"] == "compile"
     relay = results["systems"].pop("relay")
 
     for name, system in results["systems"].items():
@@ -68,6 +71,16 @@ def test_bench_with_naive_peer_and_floor_writes_complete_results_and_plot(model_
     daemon_p99 = daemon["outputs"]["lsl"]["pooled"]["p99_ms"]
     naive_p99 = results["systems"]["naive"]["outputs"]["lsl"]["pooled"]["p99_ms"]
     assert ratio["p99_lsl"] == pytest.approx(daemon_p99 / naive_p99)
+    # Each daemon is held to the engine goals, against the naive loop and the relay of this run.
+    goals = results["goals"]
+    assert set(goals) == {"daemon", "daemon-compile"}
+    for name, goal in goals.items():
+        system = results["systems"][name]
+        assert goal["forward_median_met"] == (system["forward_ms"]["median_ms"] <= 1.0)
+        assert goal["naive_p99_ratio"] == pytest.approx(system["outputs"]["lsl"]["pooled"]["p99_ms"] / naive_p99)
+        assert goal["p99_bound_ms"] == pytest.approx(relay["outputs"]["lsl"]["pooled"]["p99_ms"]
+                                                     + system["forward_ms"]["p99_ms"] + 0.5)
+        assert goal["switch"] is None  # neither is `auto`
     # The relay: no model, outputs on LSL and ZeroMQ; its whole latency is the floor.
     assert relay["forward_ms"]["count"] == 0 and relay["rtf"] is None and relay["windows"]["served"] > 0
     floor = results["floor"]
