@@ -15,7 +15,7 @@ streams) and offline (recordings)::
 Modules: `units` (unit spellings → volts, amplitude check), `channels` (label matching, channel
 map), `positions` (positions from meta-data or a montage), `metadata` (a
 stream's description from its LSL XML), `interpolation` (MNE's spline
-matrices), `resampling` (soxr, timestamps), `plan` (`AdaptationPlan`), `adapter` (`Adapter`).
+matrices), `resampling` (libsamplerate linear or soxr QQ, timestamps), `plan` (`AdaptationPlan`), `adapter` (`Adapter`).
 """
 
 from brainformer.adaptation.adapter import Adapter

@@ -8,9 +8,10 @@ volts at the plan's output rate + ``(m,)`` timestamps, as views of the adapter's
 
 Per chunk: gather the used stream columns (one ``np.take`` into a buffer), check them for NaN/Inf
 (before any state changes), then either scale them per channel (a pure selection) or one matmul
-with the plan's matrix (units, selection and interpolation folded in), then the soxr resampler
-when the rate differs. The only allocation left per chunk is the array soxr returns when
-resampling (its Python API has no output argument), copied into the adapter's buffer.
+with the plan's matrix (units, selection and interpolation folded in), then the resampler
+(`plan.resampler`: linear or soxr QQ) when the rate differs. The only allocation left per chunk
+is the array the converter returns when resampling (neither Python API has an output
+argument), copied into the adapter's buffer.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class Adapter:
         self._plan = plan
         self._dtype = plan.stream_dtype
         self._resampler = (
-            StreamResampler(plan.input_sfreq_hz, plan.output_sfreq_hz, plan.n_model_channels, np.float32, max_chunk_samples)
+            StreamResampler(
+                plan.input_sfreq_hz, plan.output_sfreq_hz, plan.n_model_channels, np.float32, max_chunk_samples,
+                method=plan.resampler,
+            )
             if plan.resample
             else None
         )

@@ -10,8 +10,9 @@ a frozen description of everything the `Adapter` does per chunk:
   splines from the electrodes it has, on the model's electrode positions (``eeg_positions_m``);
   a stream from another cap (electrodes with positions from its meta-data or from a montage,
   labels not the model's) is mapped onto the model's electrodes the same way;
-- rate: resampled to the model rate with soxr (or, for an integer multiple, left to the
-  preprocessing's decimation).
+- rate: resampled to the model rate, by linear interpolation where the model's band allows it,
+  else soxr QQ (`resampling.resampler_method`); an integer multiple is left to the
+  preprocessing's decimation.
 
 All of that is one `(n_model, n_used)` matrix applied to the used stream columns, plus a
 resampler. Re-planning for bad channels (`AdaptationPlan.with_bad_channels`) runs off the hot
@@ -34,7 +35,7 @@ from brainformer.adaptation.channels import load_channel_map, listing, match_cha
 from brainformer.adaptation.errors import AdaptationError
 from brainformer.adaptation.interpolation import DEFAULT_SPLINE_REG, fit_origin, nearest_distances, spline_matrix
 from brainformer.adaptation.positions import Position, load_montage, montage_positions
-from brainformer.adaptation.resampling import RESAMPLER_QUALITY, StreamResampler
+from brainformer.adaptation.resampling import StreamResampler, linear_error_db, resampler_method
 from brainformer.adaptation.units import amplitude_warning, unit_name, volt_factor
 
 __all__ = [
@@ -189,11 +190,13 @@ class AdaptationOptions:
 
 @dataclass(frozen=True)
 class ModelEEG:
-    """What adaptation needs of a model: its EEG labels, electrode positions and rate."""
+    """What adaptation needs of a model: its EEG labels, electrode positions, rate and low-pass
+    corner (None: no low-pass; the corner bounds the band the resampler must keep clean)."""
 
     channel_names: tuple[str, ...]
     positions_m: tuple[Position, ...] | None
     sfreq_hz: float
+    lowpass_hz: float | None = None
 
     @classmethod
     def from_fields(cls, fields: Any) -> ModelEEG:
@@ -203,6 +206,7 @@ class ModelEEG:
             channel_names=tuple(fields.eeg_channel_names),
             positions_m=None if positions is None else tuple(tuple(float(c) for c in p) for p in positions),
             sfreq_hz=float(fields.sfreq_hz),
+            lowpass_hz=None if getattr(fields, "lowpass_hz", None) is None else float(fields.lowpass_hz),
         )
 
 
@@ -230,7 +234,7 @@ class AdaptationPlan:
         input_sfreq_hz: the source's rate.
         output_sfreq_hz: the rate of the adapter's output: the model's, or an integer multiple
             of it that the preprocessing decimates by `decimation`.
-        resample: True when the adapter resamples (soxr `RESAMPLER_QUALITY`).
+        resample: True when the adapter resamples (with `resampler`).
         resampler_delay_s: mean and largest hold-back of the resampler measured at planning,
             in seconds (0, 0 without resampling).
         warnings: one line each (units taken as volts, far electrodes, unused map keys, …).
@@ -281,11 +285,22 @@ class AdaptationPlan:
         declared = max(set(factors), key=factors.count) if factors else 1.0
         return amplitude_warning(volts, declared)
 
+    @property
+    def resampler(self) -> str:
+        """The converter the adapter resamples with (`resampling.LINEAR` or `SOXR_QQ`), ``""``
+        without resampling: decided by the rates and the model's low-pass corner."""
+        if not self.resample:
+            return ""
+        return resampler_method(self.input_sfreq_hz, self.output_sfreq_hz, self.model.lowpass_hz)
+
     def output_input_position(self, output_index: int | np.ndarray) -> float | np.ndarray:
         """Fractional input sample index (since the stream opened) that output sample
-        `output_index` represents: ``k * input_rate / output_rate`` (the resampler is
-        time-aligned), ``k`` without resampling."""
-        return output_index * (self.input_sfreq_hz / self.output_sfreq_hz)
+        `output_index` represents: ``k * input_rate / output_rate`` plus the resampler's phase
+        (`StreamResampler.input_position`), ``k`` without resampling."""
+        if not self.resample:
+            return output_index * (self.input_sfreq_hz / self.output_sfreq_hz)
+        resampler = StreamResampler(self.input_sfreq_hz, self.output_sfreq_hz, 1, max_chunk_samples=1, method=self.resampler)
+        return resampler.input_position(output_index)
 
     def describe(self) -> str:
         """Human-readable plan, several lines: for ``brainformer-rt check`` and the serve log."""
@@ -332,9 +347,12 @@ class AdaptationPlan:
             lines.append(f"  farthest model electrode from a stream electrode: {1e3 * far:.0f} mm")
         if self.resample:
             mean_s, max_s = self.resampler_delay_s
+            band = "its whole band" if self.model.lowpass_hz is None else f"0-{self.model.lowpass_hz:g} Hz"
+            error_db = linear_error_db(self.input_sfreq_hz, self.output_sfreq_hz, self.model.lowpass_hz)
             lines.append(
-                f"  rate: {self.input_sfreq_hz:g} Hz → {self.output_sfreq_hz:g} Hz resampled (soxr {RESAMPLER_QUALITY}, "
-                f"ratio {self.output_sfreq_hz / self.input_sfreq_hz:.6g}; holds back {1e3 * mean_s:.1f} ms on average, "
+                f"  rate: {self.input_sfreq_hz:g} Hz → {self.output_sfreq_hz:g} Hz resampled ({self.resampler}, "
+                f"ratio {self.output_sfreq_hz / self.input_sfreq_hz:.6g}; linear interpolation's error in the model's "
+                f"band ({band}) would be {error_db:.1f} dB; holds back {1e3 * mean_s:.1f} ms on average, "
                 f"{1e3 * max_s:.1f} ms at most; every output sample keeps the timestamp of its EEG instant)"
             )
         elif self.decimation > 1:
@@ -366,9 +384,9 @@ def _rate(model_hz: float, source: SourceDescription, options: AdaptationOptions
     return float(rate), factor, False
 
 
-def _measure_resampler_delay(input_hz: float, output_hz: float) -> tuple[float, float]:
+def _measure_resampler_delay(input_hz: float, output_hz: float, lowpass_hz: float | None) -> tuple[float, float]:
     """Mean and largest hold-back (s) of the resampler over 2 s of 10-sample chunks."""
-    resampler = StreamResampler(input_hz, output_hz, 1, max_chunk_samples=10)
+    resampler = StreamResampler(input_hz, output_hz, 1, max_chunk_samples=10, lowpass_hz=lowpass_hz)
     zeros = np.zeros((10, 1), np.float32)
     delays = []
     for _ in range(max(1, int(2 * input_hz / 10))):
@@ -480,7 +498,7 @@ def plan_adaptation(
         output_sfreq_hz=output_hz,
         decimation=decimation,
         resample=resample,
-        resampler_delay_s=_measure_resampler_delay(float(source.sfreq_hz), output_hz) if resample else (0.0, 0.0),
+        resampler_delay_s=_measure_resampler_delay(float(source.sfreq_hz), output_hz, model.lowpass_hz) if resample else (0.0, 0.0),
         warnings=tuple(warnings),
     )
 

@@ -155,9 +155,13 @@ def iter_preprocessed_chunks(
         from brainformer.adaptation.resampling import StreamResampler
 
         model_hz = float(config.sfreq_hz)
-        eeg_resampler = StreamResampler(sfreq_hz, model_hz, len(eeg_names), np.float64, chunk_samples)
-        meg_resampler = StreamResampler(sfreq_hz, model_hz, len(meg_names), np.float64, chunk_samples)
-        logger.info("%s: resampling %g Hz to the model rate %g Hz (soxr)", source, sfreq_hz, model_hz)
+        # The converter is chosen as the daemon chooses it (from the model's band): one code path.
+        eeg_resampler = StreamResampler(sfreq_hz, model_hz, len(eeg_names), np.float64, chunk_samples,
+                                        lowpass_hz=config.lowpass_hz)
+        meg_resampler = StreamResampler(sfreq_hz, model_hz, len(meg_names), np.float64, chunk_samples,
+                                        lowpass_hz=config.lowpass_hz)
+        logger.info("%s: resampling %g Hz to the model rate %g Hz (%s)", source, sfreq_hz, model_hz,
+                    eeg_resampler.method)
         sfreq_hz = model_hz
     try:
         eeg_pre = eeg_preprocessor(config, sfreq_hz)

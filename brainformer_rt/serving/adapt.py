@@ -2,7 +2,7 @@
 
 The work is done by the torch-free library :mod:`brainformer.adaptation` (units, channel
 matching and channel map, interpolation of missing or bad electrodes from their positions, another
-cap, soxr resampling with the timestamps of the EEG instants). This module is the daemon's side
+cap, streaming resampling (libsamplerate linear or soxr QQ) with the timestamps of the EEG instants). This module is the daemon's side
 of it:
 
 - :func:`stream_source`: the :class:`~brainformer.adaptation.SourceDescription` of an opened
@@ -82,6 +82,7 @@ def plan_fields(plan: Any) -> dict:
         "input_sfreq_hz": plan.input_sfreq_hz,
         "output_sfreq_hz": plan.output_sfreq_hz,
         "resample": plan.resample,
+        "resampler": plan.resampler,
         "decimation": plan.decimation,
         "resampler_delay_ms": [1e3 * plan.resampler_delay_s[0], 1e3 * plan.resampler_delay_s[1]],
         "warnings": list(plan.warnings),

@@ -32,7 +32,8 @@ def test_other_rate_is_resampled_by_the_streaming_resampler(short, default_field
     assert recording.sfreq_hz == 500.0
     # The same thing by hand: one resampler call on the whole EEG, then the preprocessor at 500 Hz.
     eeg = short.get_data(picks=list(fields.eeg_channel_names)).T
-    resampled, times = StreamResampler(short.info["sfreq"], 500.0, eeg.shape[1], np.float64).process(eeg, short.times, last=True)
+    resampler = StreamResampler(short.info["sfreq"], 500.0, eeg.shape[1], np.float64, lowpass_hz=fields.lowpass_hz)
+    resampled, times = resampler.process(eeg, short.times, last=True)
     want, want_times = eeg_preprocessor(fields, 500.0).process(resampled, times)
     assert recording.eeg.shape == want.shape
     np.testing.assert_allclose(recording.eeg, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())

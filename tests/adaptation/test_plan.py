@@ -132,3 +132,17 @@ def test_positions_from_both_metadata_conventions():
     assert channel_position({"loc": {"R0x": "0", "R0y": "0", "R0z": "0"}}) is None
     assert channel_position({"location": {"X": "nan", "Y": "1", "Z": "1"}}) is None
     assert channel_position({"label": "Cz"}) is None
+
+
+def test_resampler_follows_the_models_low_pass_corner(default_fields):
+    """The model's low-pass corner reaches the plan, and with it the choice of converter."""
+    assert ModelEEG.from_fields(default_fields).lowpass_hz == default_fields.lowpass_hz
+    at_500 = plan_adaptation(default_fields, _source(default_fields, sfreq_hz=500.0))
+    assert at_500.resampler == "linear" and "resampled (linear," in at_500.describe()
+    assert f"band (0-{default_fields.lowpass_hz:g} Hz)" in at_500.describe()
+    assert at_500.resampler_delay_s[1] <= 1 / HZ + 1e-9  # linear: at most one output sample
+    whole_band = ModelEEG(default_fields.eeg_channel_names, default_fields.eeg_positions_m, HZ, lowpass_hz=None)
+    plan = plan_adaptation(whole_band, _source(default_fields, sfreq_hz=500.0))
+    assert plan.resampler == "soxr QQ" and "resampled (soxr QQ," in plan.describe()
+    assert Adapter(plan)._resampler.method == "soxr QQ"
+    assert Adapter(at_500)._resampler.method == "linear"

@@ -277,7 +277,8 @@ def test_each_plan_is_logged_with_what_it_ignores_interpolates_and_resamples(ser
     for kind, rate in (("500Hz", 500.0), ("1000Hz", 1000.0)):
         plan = plans[names[kind]]
         assert plan["resample"] and plan["input_sfreq_hz"] == rate
-        assert 0 < plan["resampler_delay_ms"][1] <= 5.0  # soxr QQ holds back about 2 samples
+        assert plan["resampler"] == ("linear" if rate == 500.0 else "soxr QQ")
+        assert 0 < plan["resampler_delay_ms"][1] <= 5.0  # linear holds back at most 1 input sample, soxr QQ about 2
     drop = plans[names["drop6"]]
     assert sorted(item.split(" (")[0] for item in drop["interpolated"]) == DROPPED
     cap = plans[names["cap32"]]
