@@ -31,6 +31,8 @@ def _labels(settings: Dict[str, Any]) -> Dict[str, str]:
     labels = {**SYSTEM_LABELS, "daemon": daemon}
     for engine in settings.get("also_engines") or ():
         labels[f"daemon-{engine}"] = f"{daemon} --engine {engine}"
+    for rate in settings.get("also_rates_hz") or ():
+        labels[f"daemon@{rate:g}Hz"] = f"{daemon}, source at {rate:g} Hz"
     return labels
 
 
@@ -139,7 +141,7 @@ def _notes(results: Dict[str, Any]) -> List[str]:
     definition, player lateness, the machine."""
     s = results["settings"]
     notes = [*_ratio_notes(results.get("ratio")), *_floor_notes(results.get("floor")),
-             *_goal_notes(results.get("goals"), _labels(s))]
+             *_goal_notes(results.get("goals"), _labels(s)), *_resampled_notes(results.get("resampled"), _labels(s))]
     notes.append(f"warm-up: the first {s['warmup_s']:g} s after the first prediction are not counted, then "
                  f"{s['duration_s']:g} s are measured per system. Order: {s['order']}.")
     if s.get("naive_loop"):
@@ -192,6 +194,19 @@ def _goal_notes(goals: Optional[Dict[str, Any]], labels: Dict[str, str]) -> List
             parts.append(when + ("" if switch["before_timed_period"] else
                                  "; [yellow]the timed period includes eager forwards[/]"))
         notes.append(f"[bold]{labels.get(name, name)}[/]: " + "; ".join(parts))
+    return notes
+
+
+def _resampled_notes(resampled: Optional[Dict[str, Any]], labels: Dict[str, str]) -> List[str]:
+    """One line per resampled source: its e2e latency against the native source's."""
+    notes = []
+    for name, entry in (resampled or {}).items():
+        adaptation = entry.get("adaptation_ms") or {}
+        notes.append(f"[bold]{labels.get(name, name)}[/]: e2e {_fmt(entry['median_ms'])} / {_fmt(entry['p99_ms'])} ms "
+                     f"(median / p99) against {_fmt(entry['native_median_ms'])} / {_fmt(entry['native_p99_ms'])} ms "
+                     f"native: {_fmt(entry['added_median_ms'])} / {_fmt(entry['added_p99_ms'])} ms added; adaptation "
+                     f"{_fmt(adaptation.get('median_ms'), 3)} / {_fmt(adaptation.get('p99_ms'), 3)} ms per pull, "
+                     f"resampler hold-back {_fmt(entry['resampler_delay_ms'])} ms")
     return notes
 
 

@@ -27,6 +27,9 @@ def bench(
     engine: str = typer.Option("auto", "--engine", help="auto | eager | compile | aot | cuda-graph"),
     also_engines: Optional[List[str]] = typer.Option(
         None, "--also-engine", help="Also measure the daemon with this engine, in the same run (repeatable)."),
+    also_rates: Optional[List[float]] = typer.Option(
+        None, "--also-rate", help="Also measure the daemon on the recording played at this rate in Hz "
+                                  "(resampled by the daemon), in the same run (repeatable)."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure (and the raw latencies) to this JSON file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Latency histogram / CDF PNG."),
@@ -46,7 +49,8 @@ def bench(
     console = Console()
     _enter_loopback_namespace()
     settings = BenchSettings(model=model or "default", duration_s=duration, n_streams=streams_n, hop_samples=hop,
-                             engine=engine, also_engines=tuple(also_engines or ()), device=device, peer=peer, floor=floor, busy_poll=busy_poll,
+                             engine=engine, also_engines=tuple(also_engines or ()),
+                             also_rates_hz=tuple(also_rates or ()), device=device, peer=peer, floor=floor, busy_poll=busy_poll,
                              aligned=aligned)
     try:
         results = run_bench(settings, lambda line: console.print(line, highlight=False))

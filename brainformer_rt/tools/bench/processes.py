@@ -8,7 +8,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from brainformer.errors import EXIT_USAGE
 from brainformer_rt.tools._proc import ChildProcess, free_tcp_address, rt_cli
@@ -47,10 +47,14 @@ def check_alive(children: Sequence[ChildProcess]) -> None:
             raise error(f"{child.name} exited with code {code}: {child.last_error_line()}")
 
 
-def start_player(index: int, stream: str, facts: ModelFacts, aligned: bool, directory: Path) -> ChildProcess:
-    """A ``simulate`` of ``stream``, looping the recording at its real rate."""
-    return ChildProcess(f"player-{index}", rt_cli(
-        "simulate", "--file", facts.recording, "--loop", "--chunk", str(facts.chunk_samples),
+def start_player(index: int, stream: str, facts: ModelFacts, aligned: bool, directory: Path,
+                 rate_hz: Optional[float] = None) -> ChildProcess:
+    """A ``simulate`` of ``stream``, looping the recording at its real rate, or resampled to
+    ``rate_hz`` (``simulate --rate``) in chunks of one hop's duration at that rate."""
+    chunk = facts.chunk_samples if rate_hz is None else max(1, round(facts.hop_s * rate_hz))
+    rate = [] if rate_hz is None else ["--rate", f"{rate_hz:g}"]
+    return ChildProcess(f"player-{index}" + ("" if rate_hz is None else f"-{rate_hz:g}Hz"), rt_cli(
+        "simulate", "--file", facts.recording, "--loop", "--chunk", str(chunk), *rate,
         "--source-id", f"bench-{uuid.uuid4()}", "--name", stream, *(["--aligned"] if aligned else [])), directory)
 
 
@@ -83,14 +87,14 @@ def start_daemon(settings: BenchSettings, facts: ModelFacts, streams: Sequence[s
                  directory: Path) -> Phase:
     """One daemon serving every stream, on LSL and one ZeroMQ address."""
     zmq_address = free_tcp_address()
-    lsl_name = f"bench-meg-{settings.engine}-{run_id}"
+    lsl_name = f"bench-meg-{run_id}"
     config = directory / "serve.toml"
     # The same threads as the naive loop; patient stream discovery; the daemon forgets its timings
     # once the warm-up is over, as the subscribers here do.
     config.write_text("\n".join([f"torch_threads = {settings.threads}", f"wait_s = {STARTUP_TIMEOUT_S}",
                                  f"busy_poll = {'true' if settings.busy_poll else 'false'}",
                                  f"warmup_s = {settings.warmup_s}"]) + "\n")
-    stats_path = directory / f"daemon-{settings.engine}-stats.json"
+    stats_path = directory / f"daemon-{run_id}-stats.json"
     command = rt_cli("serve", *[arg for s in streams for arg in ("--stream", s)], "--model", settings.model,
                      "--zmq", zmq_address, "--lsl-name", lsl_name, "--hop", str(facts.hop_samples),
                      "--engine", settings.engine, "--device", settings.device, "--duration", f"{_safety_s(settings):g}",

@@ -15,7 +15,7 @@ from brainformer_rt.tools._proc import stop_all
 from brainformer_rt.tools.bench.phases import STOP_TIMEOUT_S, run_phase
 from brainformer_rt.tools.bench.processes import SYSTEM_STARTERS, player_summary, start_player
 from brainformer_rt.tools.bench.settings import BenchSettings, ModelFacts, check_model, machine_info
-from brainformer_rt.tools.bench.summary import engine_goals, ratio, transport_floor
+from brainformer_rt.tools.bench.summary import engine_goals, ratio, resampled_vs_native, transport_floor
 from brainformer_rt.tools.naive_loop import DESCRIPTION as NAIVE_DESCRIPTION
 
 __all__ = ["run_bench", "RESULTS_VERSION"]
@@ -60,32 +60,64 @@ def run_bench(settings: BenchSettings, progress: Optional[Callable[[str], None]]
                      f"{facts.recording_sfreq_hz:g} Hz, chunks of {facts.chunk_samples} samples")
             for i, stream in enumerate(streams):
                 players.append(start_player(i, stream, facts, settings.aligned, directory))
-            for system in _systems(settings):
-                progress(f"{system}: starting (model {settings.model}, hop {facts.hop_samples}"
-                         + (f", {settings.threads} torch thread(s)" if system != "relay" else ", no model") + ") …")
-                kind, _, engine = system.partition("-")  # "daemon-compile": a daemon with another engine
-                starter_settings = dataclasses.replace(settings, engine=engine) if engine else settings
-                phase = SYSTEM_STARTERS[kind](starter_settings, facts, streams, run_id, directory)
-                results["systems"][system] = run_phase(phase, settings, facts, players, progress)
+            for index, system in enumerate(_systems(settings)):
+                progress(f"{system.name}: starting (model {settings.model}, hop {facts.hop_samples}"
+                         + (f", {settings.threads} torch thread(s)" if system.kind != "relay" else ", no model")
+                         + (f", source at {system.rate_hz:g} Hz" if system.rate_hz else "") + ") …")
+                results["systems"][system.name] = _run_system(system, settings, facts, streams, players,
+                                                              f"{run_id}-{index}", directory, progress)
         finally:
             stop_all(players, STOP_TIMEOUT_S)
         results["players"] = [player_summary(p, s) for p, s in zip(players, streams)]
     results["ratio"] = ratio(results)
     results["floor"] = transport_floor(results)
     results["goals"] = engine_goals(results)
+    results["resampled"] = resampled_vs_native(results)
     results["elapsed_s"] = time.time() - started
     return json_ready(results)
 
 
-def _systems(settings: BenchSettings) -> List[str]:
-    """The daemon (then one daemon per other engine), then the naive loop, then the relay: never
-    two at the same time, since on a small machine they would share the cores and distort each other."""
-    return (["daemon"] + [f"daemon-{engine}" for engine in settings.also_engines]
-            + (["naive"] if settings.peer == "naive" else []) + (["relay"] if settings.floor else []))
+@dataclasses.dataclass(frozen=True)
+class _System:
+    """One phase of the run: its name in the results, which system, and what differs from the
+    settings (another engine, or a source at another rate with players of its own)."""
+
+    name: str
+    kind: str  # a key of SYSTEM_STARTERS
+    engine: Optional[str] = None
+    rate_hz: Optional[float] = None
+
+
+def _systems(settings: BenchSettings) -> List[_System]:
+    """The daemon (then one daemon per other engine, then per other source rate), then the naive
+    loop, then the relay: never two at the same time, since on a small machine they would share
+    the cores and distort each other."""
+    return ([_System("daemon", "daemon")]
+            + [_System(f"daemon-{engine}", "daemon", engine=engine) for engine in settings.also_engines]
+            + [_System(f"daemon@{rate:g}Hz", "daemon", rate_hz=float(rate)) for rate in settings.also_rates_hz]
+            + ([_System("naive", "naive")] if settings.peer == "naive" else [])
+            + ([_System("relay", "relay")] if settings.floor else []))
+
+
+def _run_system(system: _System, settings: BenchSettings, facts: ModelFacts, streams: List[str],
+                players: List[Any], run_id: str, directory: Path, progress: Callable[[str], None]) -> Dict[str, Any]:
+    """Start one system (with its own players when its source rate differs) and measure it."""
+    starter_settings = dataclasses.replace(settings, engine=system.engine) if system.engine else settings
+    own_players = []
+    try:
+        if system.rate_hz is not None:
+            streams = [f"{stream}-{system.rate_hz:g}Hz" for stream in streams]
+            own_players = [start_player(i, stream, facts, settings.aligned, directory, rate_hz=system.rate_hz)
+                           for i, stream in enumerate(streams)]
+        phase = SYSTEM_STARTERS[system.kind](starter_settings, facts, streams, run_id, directory)
+        return run_phase(phase, settings, facts, own_players or players, progress)
+    finally:
+        stop_all(own_players, STOP_TIMEOUT_S)
 
 
 def _settings_entry(settings: BenchSettings, facts: ModelFacts) -> Dict[str, Any]:
-    daemons = "daemon" + "".join(f", then the daemon with --engine {e}" for e in settings.also_engines)
+    daemons = "daemon" + "".join(f", then the daemon with --engine {e}" for e in settings.also_engines) + "".join(
+        f", then the daemon serving the recording played at {r:g} Hz" for r in settings.also_rates_hz)
     order = ((f"{daemons} first, then the naive loop (one process per stream), one after the other "
               "on the same player streams") if settings.peer == "naive" else daemons)
     if settings.floor:

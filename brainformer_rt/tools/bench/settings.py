@@ -60,6 +60,10 @@ class BenchSettings:
         engine, device: the daemon's engine and device (the naive loop uses eager on the device).
         also_engines: more daemon phases, one per engine (``daemon-<engine>``), after the first
             daemon and before the naive loop: engines compared in one run.
+        also_rates_hz: more daemon phases (the first daemon's engine), one per rate
+            (``daemon@<rate>Hz``), each serving the recording played at that rate by a player
+            of its own (``simulate --rate``): the daemon resamples it; a resampled source
+            compared with the native one in one run.
         peer: ``naive`` also runs the naive loop for a ratio; ``none`` runs the daemon alone.
         busy_poll: the daemon spins while waiting for input (``serve --busy-poll``).
         floor: also run the relay (``relay.py``: the daemon's transport, no model) to measure the
@@ -78,6 +82,7 @@ class BenchSettings:
     hop_samples: Optional[int] = None
     engine: str = "auto"
     also_engines: Tuple[str, ...] = ()
+    also_rates_hz: Tuple[float, ...] = ()
     device: str = "cpu"
     peer: str = "naive"
     floor: bool = False
@@ -103,6 +108,9 @@ class BenchSettings:
                                  f"got {engine!r}")
         if len(set((self.engine, *self.also_engines))) != 1 + len(self.also_engines):
             raise BenchError(f"--also-engine repeats an engine: {self.engine}, {', '.join(self.also_engines)}")
+        for rate in self.also_rates_hz:
+            if not (isinstance(rate, (int, float)) and math.isfinite(rate) and 10.0 <= rate <= 100_000.0):
+                raise BenchError(f"--also-rate must be a rate in Hz between 10 and 100000, got {rate!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise BenchError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not (math.isfinite(self.warmup_s) and self.warmup_s >= 0):

@@ -21,7 +21,7 @@ from brainformer_rt.tools.bench.settings import (
     ModelFacts,
 )
 
-__all__ = ["summarise_phase", "ratio", "transport_floor", "engine_goals"]
+__all__ = ["summarise_phase", "ratio", "transport_floor", "engine_goals", "resampled_vs_native"]
 
 TRANSPORTS = ("lsl", "zmq")
 
@@ -235,7 +235,7 @@ def engine_goals(results: Dict[str, Any]) -> Dict[str, Any]:
     naive = systems.get("naive", {}).get("outputs", {}).get("lsl", {}).get("pooled")
     goals: Dict[str, Any] = {}
     for name, system in systems.items():
-        if name != "daemon" and not name.startswith("daemon-"):
+        if not name.startswith("daemon"):
             continue
         e2e, forward = system["outputs"]["lsl"]["pooled"], system["forward_ms"]
         entry: Dict[str, Any] = {"forward_median_ms": forward["median_ms"],
@@ -268,3 +268,31 @@ def _switch_entry(system: Dict[str, Any], warmup_s: float) -> Optional[Dict[str,
     # `switched_after_s` counts from the engine's set-up, which comes before the first prediction,
     # and the timed period starts `warmup_s` after the first prediction arrived.
     return {**switch, "active": engine.get("active"), "before_timed_period": after is not None and after <= warmup_s}
+
+
+def resampled_vs_native(results: Dict[str, Any]) -> Dict[str, Any]:
+    """Per resampled-source daemon (``daemon@<rate>Hz``): its LSL e2e latency next to the native
+    daemon's of the same run, the difference, its adaptation stage and the resampler's hold-back."""
+    systems = results["systems"]
+    native = systems.get("daemon", {}).get("outputs", {}).get("lsl", {}).get("pooled")
+    comparison: Dict[str, Any] = {}
+    for name, system in systems.items():
+        if not name.startswith("daemon@") or native is None:
+            continue
+        resampled = system["outputs"]["lsl"]["pooled"]
+        stats = system.get("daemon_stats") or {}
+        adaptation = next(iter((stats.get("adaptation") or {}).values()), None)
+        gauges = next(iter((stats.get("gauges") or {}).values()), {})
+        delay_s = gauges.get("resampler_delay_s")
+        comparison[name] = {
+            "median_ms": resampled["median_ms"], "p99_ms": resampled["p99_ms"],
+            "native_median_ms": native["median_ms"], "native_p99_ms": native["p99_ms"],
+            "added_median_ms": _difference(resampled["median_ms"], native["median_ms"]),
+            "added_p99_ms": _difference(resampled["p99_ms"], native["p99_ms"]),
+            "adaptation_ms": adaptation, "resampler_delay_ms": None if delay_s is None else delay_s * 1e3,
+        }
+    return comparison
+
+
+def _difference(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b is None else a - b

@@ -98,12 +98,21 @@ def test_bench_with_naive_peer_and_floor_writes_complete_results_and_plot(model_
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_bench_with_two_streams_and_floor_reports_every_stream_on_both_transports(model_dir, tmp_path):
+    """Two streams; also the same two streams played at 500 Hz (the daemon resamples them)."""
     json_path = tmp_path / "bench.json"
     done = run_bench("--model", str(model_dir), "--duration", "2", "--streams", "2", "--peer", "none", "--floor",
-                     "--json", str(json_path))
+                     "--also-rate", "500", "--json", str(json_path))
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "daemon, source at 500 Hz" in done.stdout
     results = json.loads(json_path.read_text())
-    assert set(results["systems"]) == {"daemon", "relay"} and results["ratio"] is None
+    assert set(results["systems"]) == {"daemon", "daemon@500Hz", "relay"} and results["ratio"] is None
+    resampled = results["systems"]["daemon@500Hz"]
+    assert {s["sfreq_hz"] for s in resampled["daemon_stats"]["info"]["streams"].values()} == {500.0}
+    assert resampled["real_time"]["samples_received_fraction_min"] > 0.9  # at the model's rate, both streams
+    comparison = results["resampled"]["daemon@500Hz"]
+    native = results["systems"]["daemon"]["outputs"]["lsl"]["pooled"]
+    assert comparison["added_p99_ms"] == pytest.approx(resampled["outputs"]["lsl"]["pooled"]["p99_ms"] - native["p99_ms"])
+    assert comparison["resampler_delay_ms"] > 0 and comparison["adaptation_ms"]["count"] > 0
     for name, system in results["systems"].items():
         for transport in ("lsl", "zmq"):
             outputs = system["outputs"][transport]
