@@ -33,6 +33,18 @@ def summary_table(metrics: ServeMetrics):
     for stage, ring in metrics.stages.items():
         summary = ring.summary()
         table.add_row(f"stage: {stage}", str(summary["count"]), *(_ms(summary[c]) for c in columns[1:]))
+        if stage == "preprocess":  # the adaptation is a part of it, shown per stream
+            for name, adapt in metrics.adapt.items():
+                summary = adapt.summary()
+                label = "  of which adaptation" + (f": {name}" if len(metrics.stream_names) > 1 else "")
+                table.add_row(label, str(summary["count"]), *(_ms(summary[c]) for c in columns[1:]))
+    engine = metrics.engine_facts()
+    if engine.get("kind") == "auto":
+        switch = engine.get("switch") or {}
+        after = switch.get("switched_after_s")
+        table.caption = (f"engine auto: serving with {engine.get('active')}" + (
+            f" since {after:.1f} s after start-up ({switch.get('source')})" if after is not None else
+            f" ({switch.get('state')}" + (f": {switch['reason']}" if switch.get("reason") else "") + ")"))
     rows = [("e2e latency (all)", metrics.e2e_summary())]
     if len(metrics.stream_names) > 1:
         rows += [(f"e2e latency: {name}", metrics.e2e_summary(name)) for name in metrics.stream_names]

@@ -85,10 +85,14 @@ def test_summary_table_renders_every_stage_and_stream():
     metrics = ServeMetrics(["left", "right"])
     metrics.add_e2e("left", 2e-3)
     metrics.add_stage("forward", 1e-3)
+    metrics.add_adapt("right", 0.25e-3)
+    metrics.describe_engine = lambda: {"kind": "auto", "active": "aot",
+                                       "switch": {"state": "switched", "switched_after_s": 41.5, "source": "compiled"}}
     console = Console(width=200, record=True)
     console.print(summary_table(metrics))
     text = console.export_text()
-    for needle in ("stage: pull", "stage: forward", "e2e latency (all)", "e2e latency: right", "left", "2.000"):
+    for needle in ("stage: pull", "stage: forward", "e2e latency (all)", "e2e latency: right", "left", "2.000",
+                   "of which adaptation: right", "0.250", "serving with aot since 41.5 s after start-up (compiled)"):
         assert needle in text
 
 
