@@ -188,13 +188,19 @@ def _goal_notes(goals: Optional[Dict[str, Any]], labels: Dict[str, str]) -> List
                          f"{_fmt(goal['naive_p99_ratio'])}× (≤ 0.8×) {_verdict(goal['naive_ratio_met'])}")
         switch = goal.get("switch")
         if switch is not None:
-            when = (f"switched to {switch['target']} ({switch['source']}) {switch['switched_after_s']:.1f} s after "
-                    "set-up" if switch["state"] == "switched" else f"[red]did not switch[/] ({switch['state']}"
-                    + (f": {switch['reason']}" if switch.get("reason") else "") + ")")
-            parts.append(when + ("" if switch["before_timed_period"] else
-                                 "; [yellow]the timed period includes eager forwards[/]"))
+            parts.append(_switch_note(switch))
         notes.append(f"[bold]{labels.get(name, name)}[/]: " + "; ".join(parts))
     return notes
+
+
+def _switch_note(switch: Dict[str, Any]) -> str:
+    """When the ``auto`` engine switched, and whether the timed period saw only the compiled forward."""
+    if switch["state"] == "switched":
+        note = f"switched to {switch['target']} ({switch['source']}) {switch['switched_after_s']:.1f} s after set-up"
+    else:
+        reason = f": {switch['reason']}" if switch.get("reason") else ""
+        note = f"[red]did not switch[/] ({switch['state']}{reason})"
+    return note if switch["before_timed_period"] else note + "; [yellow]the timed period includes eager forwards[/]"
 
 
 def _resampled_notes(resampled: Optional[Dict[str, Any]], labels: Dict[str, str]) -> List[str]:

@@ -199,10 +199,10 @@ class SwitchingEngine(Engine):
         if not hasattr(config, "save_pretrained"):
             raise SwitchFailed(f"{type(self.model).__name__} cannot be handed to a compiling process "
                                "(it has no model config to save)")
+        cache = next(iter(packages.values())).parent
         log_event(logger, logging.INFO, "engine_compiling",
                   "engine auto: serving with eager while the compiled forward is built in the background "
-                  "(first start with this model; later starts load it from %s)", self.compiled.package_path(
-                      self.buckets[0]).parent, cache=str(self.compiled.package_path(self.buckets[0]).parent))
+                  "(first start with this model; later starts load it from %s)", cache, cache=str(cache))
         with tempfile.TemporaryDirectory(prefix="brainformer-aot-") as work:
             # What `load_model` reads back: the config and the weights, as a model directory.
             config.save_pretrained(work)
