@@ -1,4 +1,6 @@
-"""The Wiener oracle: the best instantaneous linear map from EEG to MEG, and the R² it reaches.
+"""The Wiener oracle: the best instantaneous linear map from EEG to MEG, and the R² it reaches;
+the linear limit (the best linear filter of unlimited history and future), the informed limit
+(the best predictor of any kind) and the noise ceiling (the noiseless MEG against the measured).
 
 With C the covariance of [EEG; MEG] after the preprocessing filters, R the EEG reference operator
 and MEG = W · EEG the estimator, W = C_me Rᵀ (R C_ee Rᵀ)⁺ and the expected R² of MEG channel c is
@@ -116,6 +118,119 @@ def oracle_map(truth: SimulationTruth, config: Any = None) -> OracleMap:
     expected_r2 = 1.0 - residual / c_mm_diag
     weights = weights / units[meg_idx][:, None] * units[eeg_idx][None, :]
     return OracleMap(weights, expected_r2, tuple(eeg_names), tuple(meg_names))
+
+
+def noise_ceiling(truth: SimulationTruth, config: Any = None) -> np.ndarray:
+    """`(n_meg,)` expected R² of the noiseless MEG against the measured one: the physical limit.
+
+    No predictor, however it uses the EEG, can reach more in expectation: the MEG sensor noise is
+    independent of everything the EEG carries. It is ``1 − noise / total`` per MEG channel, both
+    variances after `config`'s filters (raw data for None), channels in the config's order.
+    Per-channel scaling does not change it.
+    """
+    meg_names = list(truth.meg_channel_names) if config is None else list(config.meg_channel_names)
+    power = None if config is None else _preprocessing_power(truth, config)[0]
+    meg_idx = _channel_order(truth.meg_channel_names, meg_names, "MEG")
+    total = np.diag(truth.sensor_covariance(power))[truth.n_eeg:]
+    noise = truth.meg_noise_variance(power)
+    return (1.0 - noise / total)[meg_idx]
+
+
+def linear_limit(truth: SimulationTruth, config: Any) -> np.ndarray:
+    """`(n_meg,)` expected R² of the best linear time-invariant filter EEG → MEG, with unlimited
+    history *and future* (non-causal), after `config`'s preprocessing: what no linear method,
+    however long its lags, can exceed; a model beyond it has found non-linear (non-Gaussian)
+    structure.
+
+    Per frequency f the best linear estimate leaves the error spectrum
+    ``S_mm(f) − S_me(f) S_ee(f)⁺ S_em(f)``; its integral over f is the error variance. The spectra
+    are those of the truth (1/f background, component transfer functions, white + pink sensor
+    noise) times the filters' |H(f)|², only where the filters pass more than 1e-6 of the power.
+    """
+    return _spectral_limit(truth, config, components_known=False)
+
+
+def informed_limit(truth: SimulationTruth, config: Any) -> np.ndarray:
+    """`(n_meg,)` expected R² of the best predictor of *any* kind, linear or not, causal or not,
+    even one told the exact time course of every alpha, evoked and burst component.
+
+    The components are the simulator's only non-Gaussian activity; the background and the sensor
+    noise are Gaussian and independent of them. Given the components, MEG and EEG are therefore
+    jointly Gaussian and the best estimate is the components' own MEG field plus the non-causal
+    Wiener filter of the rest of the EEG; its error is `linear_limit`'s with the component spectra
+    removed. Knowing the components is more than any function of the EEG can know, so no model
+    trained on EEG exceeds this R²: ``informed_limit − linear_limit`` bounds what non-linear
+    structure can add over the best linear filter.
+    """
+    return _spectral_limit(truth, config, components_known=True)
+
+
+def _spectral_limit(truth: SimulationTruth, config: Any, components_known: bool) -> np.ndarray:
+    """The R² of `linear_limit` (`components_known` False) or of `informed_limit` (True)."""
+    power, average_reference = _preprocessing_power(truth, config)
+    eeg_idx = _channel_order(truth.eeg_channel_names, list(config.eeg_channel_names), "EEG")
+    meg_idx = _channel_order(truth.meg_channel_names, list(config.meg_channel_names), "MEG")
+    units = _unit_factors(truth.meg_channel_types, truth.n_eeg)
+    eeg_units, meg_units = units[eeg_idx], units[truth.n_eeg + meg_idx]
+    gain_e = truth.gain_eeg[eeg_idx] * eeg_units[:, None]
+    gain_m = truth.gain_meg[meg_idx] * meg_units[:, None]
+    if average_reference:
+        gain_e = gain_e - gain_e.mean(axis=0)
+    background = truth.background_covariance()
+    bg_ee, bg_me = gain_e @ background @ gain_e.T, gain_m @ background @ gain_e.T
+    bg_mm = np.einsum("ms,st,mt->m", gain_m, background, gain_m)
+    lead_e = gain_e[:, truth.component_sources] * truth.component_moments_am  # (n_eeg, K)
+    lead_m = gain_m[:, truth.component_sources] * truth.component_moments_am  # (n_meg, K)
+    spectra = _unit_spectra(truth)
+    noise_e = _noise_densities(truth.noise_white_variance_eeg[eeg_idx], truth.noise_pink_variance_eeg[eeg_idx], eeg_units, spectra)
+    noise_m = _noise_densities(truth.noise_white_variance_meg[meg_idx], truth.noise_pink_variance_meg[meg_idx], meg_units, spectra)
+    reference = np.eye(len(eeg_idx)) - 1.0 / len(eeg_idx) if average_reference else np.eye(len(eeg_idx))
+    total, residual = np.zeros(len(meg_idx)), np.zeros(len(meg_idx))
+    passed = np.flatnonzero(power > 1e-6)
+    for chunk in np.array_split(passed, max(1, len(passed) // _LINEAR_LIMIT_CHUNK)):  # bounded memory
+        pink = spectra["pink"][chunk][:, None, None]
+        components = spectra["components"][chunk]  # (f, K, K) cross-spectra of the unit time courses
+        # Known components leave only the Gaussian part (background + noise) to be estimated.
+        unknown = 0.0 * components if components_known else components
+        s_ee = pink * bg_ee + lead_e @ unknown @ lead_e.T + noise_e[chunk][:, :, None] * np.eye(len(eeg_idx))
+        s_ee = reference @ s_ee @ reference  # the reference acts on the noise too
+        s_me = (pink * bg_me + lead_m @ unknown @ lead_e.T) @ reference  # (f, n_meg, n_eeg)
+        s_mm_unknown = pink[:, :, 0] * bg_mm + np.einsum("mk,fkl,ml->fm", lead_m, unknown, lead_m).real + noise_m[chunk]
+        s_mm = pink[:, :, 0] * bg_mm + np.einsum("mk,fkl,ml->fm", lead_m, components, lead_m).real + noise_m[chunk]
+        explained = np.einsum("fme,fme->fm", s_me @ np.linalg.pinv(s_ee, rcond=1e-10, hermitian=True), s_me.conj()).real
+        weight = (power[chunk] * spectra["weights"][chunk])[:, None]
+        total += (weight * s_mm).sum(axis=0)
+        residual += (weight * (s_mm_unknown - explained)).sum(axis=0)
+    return 1.0 - residual / total
+
+
+#: Frequencies per batch of `linear_limit` (its spectra are (f, n_meg, n_eeg) complex arrays).
+_LINEAR_LIMIT_CHUNK = 128
+
+
+def _unit_spectra(truth: SimulationTruth) -> dict[str, np.ndarray]:
+    """Spectral densities on the truth's grid, each integrating to the unit (or the true) variance:
+    `weights (F,)` of the integral, `pink (F,)` 1/f, `white (F,)` flat, `components (F, K, K)`."""
+    from brainformer.simulation.spectra import _integration_weights
+
+    weights = _integration_weights(truth.freqs_hz)
+    transfer = truth.component_transfer  # (K, F)
+    same_driver = truth.component_drivers[:, None] == truth.component_drivers[None, :]
+    unfiltered = np.einsum("f,if,jf->ij", weights, transfer, transfer.conj()).real * same_driver
+    # The grid's small integration error, corrected with the exact variances (as sensor_covariance does).
+    transfer = transfer * np.sqrt(np.diag(truth.component_covariance) / np.diag(unfiltered))[:, None]
+    components = np.einsum("if,jf->fij", transfer, transfer.conj()) * same_driver
+    return {
+        "weights": weights,
+        "pink": truth.pink_psd / np.sum(weights * truth.pink_psd),
+        "white": np.full_like(weights, 1.0 / np.sum(weights)),
+        "components": components,
+    }
+
+
+def _noise_densities(white: np.ndarray, pink: np.ndarray, units: np.ndarray, spectra: dict[str, np.ndarray]) -> np.ndarray:
+    """`(F, channels)` sensor-noise density of white and pink variances (per channel), in `units`."""
+    return (np.outer(spectra["white"], white) + np.outer(spectra["pink"], pink)) * units**2
 
 
 def wiener_oracle(truth: SimulationTruth) -> np.ndarray:

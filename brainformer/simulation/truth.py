@@ -126,17 +126,13 @@ class SimulationTruth:
         """
         gain = np.vstack([self.gain_eeg, self.gain_meg])  # (channels, n_src)
         leads = gain[:, self.component_sources] * self.component_moments_am  # (channels, K)
+        white_gain, pink_gain = self._noise_gains(power_response)
+        background_gain = pink_gain  # the background is 1/f, like the pink sensor noise
         if power_response is None:
-            background_gain = white_gain = pink_gain = 1.0
             component_cov = self.component_covariance
         else:
             power = np.asarray(power_response, dtype=np.float64)
-            if power.shape != self.freqs_hz.shape:
-                raise ValueError(f"power_response must have shape {self.freqs_hz.shape}, got {power.shape}")
             weights = _integration_weights(self.freqs_hz)
-            pink_gain = float(np.sum(weights * power * self.pink_psd) / np.sum(weights * self.pink_psd))
-            background_gain = pink_gain
-            white_gain = float(np.sum(weights * power) / np.sum(weights))
             same_driver = self.component_drivers[:, None] == self.component_drivers[None, :]
             transfer = self.component_transfer
             cross = np.einsum("f,if,jf->ij", weights, transfer, transfer.conj()).real * same_driver
@@ -152,6 +148,24 @@ class SimulationTruth:
         ])
         cov[np.diag_indices_from(cov)] += noise
         return cov
+
+    def meg_noise_variance(self, power_response: np.ndarray | None = None) -> np.ndarray:
+        """`(n_meg,)` variance of the MEG sensor noise alone (T², (T/m)²), after a filter of power
+        response `power_response` (as in `sensor_covariance`), or unfiltered for None."""
+        white_gain, pink_gain = self._noise_gains(power_response)
+        return white_gain * self.noise_white_variance_meg + pink_gain * self.noise_pink_variance_meg
+
+    def _noise_gains(self, power_response: np.ndarray | None) -> tuple[float, float]:
+        """Variance gains of a filter on white and on 1/f (pink) noise: `(white, pink)`."""
+        if power_response is None:
+            return 1.0, 1.0
+        power = np.asarray(power_response, dtype=np.float64)
+        if power.shape != self.freqs_hz.shape:
+            raise ValueError(f"power_response must have shape {self.freqs_hz.shape}, got {power.shape}")
+        weights = _integration_weights(self.freqs_hz)
+        pink_gain = float(np.sum(weights * power * self.pink_psd) / np.sum(weights * self.pink_psd))
+        white_gain = float(np.sum(weights * power) / np.sum(weights))
+        return white_gain, pink_gain
 
     # -- sidecar -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import mne
 import numpy as np
 import pytest
@@ -82,3 +84,62 @@ def test_oracle_prediction_needs_a_simulation(sample_fif):
         sim.oracle_prediction(sample_fif, config_for(truth))
     with pytest.raises(ValueError, match="eeg_preprocessed"):
         sim.oracle_prediction(truth, config_for(truth), np.zeros((10, 3)))
+
+
+def test_noise_ceiling_bounds_every_predictor(scaled_sample, long_sample):
+    _, truth = long_sample
+    config, recording = scaled_sample
+    ceiling = sim.noise_ceiling(truth, config)
+    assert ceiling.shape == (306,) and np.all((ceiling > 0) & (ceiling < 1))
+    # The oracle sees the EEG only, so it cannot explain what MEG sensor noise adds.
+    assert np.all(sim.oracle_map(truth, config).expected_r2 <= ceiling + 1e-9)
+    # Without MEG sensor noise the noiseless MEG is the measured one.
+    silent = dataclasses.replace(
+        truth, noise_white_variance_meg=0 * truth.noise_white_variance_meg, noise_pink_variance_meg=0 * truth.noise_pink_variance_meg
+    )
+    np.testing.assert_allclose(sim.noise_ceiling(silent, config), 1.0)
+    # More sensor noise, a lower ceiling.
+    louder = dataclasses.replace(truth, noise_white_variance_meg=4 * truth.noise_white_variance_meg)
+    assert np.all(sim.noise_ceiling(louder, config) < ceiling)
+
+
+def test_noise_ceiling_matches_the_measured_noise(long_sample):
+    raw, truth = long_sample
+    # Raw data: the ceiling is 1 − noise variance / measured variance, channel by channel.
+    meg = raw.get_data(picks=list(truth.meg_channel_names))
+    expected_noise = truth.noise_white_variance_meg + truth.noise_pink_variance_meg
+    measured = 1.0 - expected_noise / meg.var(axis=1)
+    assert np.corrcoef(measured, sim.noise_ceiling(truth))[0, 1] > 0.95
+    assert abs(measured.mean() - sim.noise_ceiling(truth).mean()) < 0.05
+
+
+def test_noise_ceiling_follows_the_config_channel_order(long_sample):
+    _, truth = long_sample
+    config = config_for(truth)
+    reversed_config = config_for(truth, meg_channel_names=list(truth.meg_channel_names)[::-1],
+                                 meg_channel_types=list(truth.meg_channel_types)[::-1])
+    np.testing.assert_allclose(sim.noise_ceiling(truth, reversed_config), sim.noise_ceiling(truth, config)[::-1])
+
+
+def test_linear_limit_lies_between_the_instantaneous_oracle_and_the_noise_ceiling(long_sample):
+    _, truth = long_sample
+    config = config_for(truth, highpass_hz=1.0, lowpass_hz=40.0)
+    limit = sim.linear_limit(truth, config)
+    # The instantaneous map is one of the filters the limit ranges over; no filter beats the noise.
+    assert np.all(limit >= sim.oracle_map(truth, config).expected_r2 - 1e-6)
+    assert np.all(limit <= sim.noise_ceiling(truth, config) + 1e-9)
+    # Time structure is worth something here: distinct spectra (alpha, bursts) separate the sources.
+    assert limit.mean() > sim.oracle_map(truth, config).expected_r2.mean() + 0.01
+
+
+def test_informed_limit_bounds_every_predictor_from_above(long_sample):
+    """Told the components, a predictor does at least as well as the best linear filter and never
+    beats the MEG sensor noise; without components there is nothing to be told."""
+    _, truth = long_sample
+    config = config_for(truth, highpass_hz=1.0, lowpass_hz=40.0)
+    informed, linear = sim.informed_limit(truth, config), sim.linear_limit(truth, config)
+    assert np.all(informed >= linear - 1e-9)
+    assert np.all(informed <= sim.noise_ceiling(truth, config) + 1e-9)
+    assert informed.mean() > linear.mean() + 1e-3
+    silent = dataclasses.replace(truth, component_moments_am=0 * truth.component_moments_am)
+    np.testing.assert_allclose(sim.informed_limit(silent, config), sim.linear_limit(silent, config), atol=1e-9)
