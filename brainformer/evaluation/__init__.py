@@ -10,6 +10,7 @@ artefacts.py  heartbeats and blinks of the raw recording; the scored rows they  
 scoring.py    the model predicted as served; every method scored on the same    (torch only inside
               test samples (`score_methods`); the report, from arrays or from     `predict_as_served`)
               a recording; JSON
+ablation.py   the model's skip path alone and its transformer alone, as served    (torch inside)
 plots.py      PNG plots of a report                                              (matplotlib inside)
 ```
 
@@ -53,6 +54,7 @@ from brainformer.evaluation.metrics import (
     r_squared,
     score_channels,
 )
+from brainformer.evaluation.ablation import SKIP_ALONE, TRANSFORMER_ALONE, ablation_predictors, model_path_alone
 from brainformer.evaluation.plots import write_plots
 from brainformer.evaluation.scoring import (
     DEFAULT_SETTLE_S,
@@ -90,7 +92,10 @@ __all__ = [
     "Predictor",
     "RidgeFit",
     "RowBlock",
+    "SKIP_ALONE",
     "SplitRows",
+    "TRANSFORMER_ALONE",
+    "ablation_predictors",
     "bootstrap_block_counts",
     "continuous_blocks",
     "detect_artefacts",
@@ -100,6 +105,7 @@ __all__ = [
     "fit_ridge_blocks",
     "lag_samples",
     "lagged_rows",
+    "model_path_alone",
     "nmse",
     "pearson_r",
     "predict_as_served",

@@ -510,9 +510,13 @@ def evaluate_recording(
     settle_s: float = DEFAULT_SETTLE_S,
     bootstrap_replicates: int = DEFAULT_BOOTSTRAP_REPLICATES,
     seed: int = 0,
+    other_models: Mapping[str, Any] | None = None,
 ) -> tuple[EvaluationReport, Any]:
     """Preprocess `data` with the model's own config (the serving path) and evaluate everything,
     on all test samples and on the artefact-free ones (`brainformer.evaluation.artefacts`).
+
+    `other_models`: name → a model whose preprocessing (filters, channels, scaling) is the
+    model's own, scored as served next to it (e.g. the bundled default against a new model).
 
     Returns:
         `(report, info)` where `info` is the recording's `mne.Info` restricted to the model's MEG
@@ -540,6 +544,9 @@ def evaluate_recording(
     oracle = _oracle_predictor(Path(data), config, recording.eeg, recording.meg)
     if oracle is not None:
         predictors["oracle"] = oracle
+    for name, other in (other_models or {}).items():
+        _check_same_preprocessing(name, other.config, config)
+        predictors[name] = lambda a, b, other=other: predict_as_served(other, recording.eeg, a, b)
     report = evaluate_arrays(
         recording.eeg, recording.meg, recording.sfreq_hz, rows, config.meg_channel_types, config.meg_channel_names,
         model=model, extra_predictors=predictors, bootstrap_replicates=bootstrap_replicates, seed=seed,
@@ -549,6 +556,34 @@ def evaluate_recording(
 
     info = mne.pick_info(raw.info, [raw.info["ch_names"].index(n) for n in config.meg_channel_names if n in raw.info["ch_names"]])
     return report, info
+
+
+#: Config fields that decide what a model's scaled EEG and MEG are.
+_PREPROCESSING_FIELDS = (
+    "eeg_channel_names", "meg_channel_names", "sfreq_hz", "highpass_hz", "lowpass_hz", "filter_order", "notch_hz",
+    "notch_quality", "eeg_reference", "eeg_mean", "eeg_std", "meg_mean", "meg_std",
+)
+
+
+def _check_same_preprocessing(name: str, other: Any, config: Any) -> None:
+    """`EvaluationError` naming the first field in which `other`'s preprocessing differs from `config`'s:
+    its predictions would be in other units than the rows they are scored against."""
+    for field_name in _PREPROCESSING_FIELDS:
+        if not _same_setting(getattr(other, field_name), getattr(config, field_name)):
+            raise EvaluationError(f"model {name!r}: its {field_name} differs from the scored model's; its predictions are not comparable")
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    """Equal config values; lists of numbers (scaling statistics) to float rounding."""
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return False
+        if all(isinstance(v, (int, float)) for v in (*a, *b)):
+            return bool(np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=1e-6, atol=0.0))
+        return list(a) == list(b)
+    return a == b
 
 
 def write_json(report: EvaluationReport, path: Path) -> None:

@@ -94,6 +94,27 @@ def test_evaluate_recording_scores_the_served_prediction_of_the_loaded_model(tin
     np.testing.assert_array_equal(report.truth, recording.meg[rows.test_start : rows.test_stop])
 
 
+def test_evaluate_recording_scores_other_models_of_the_same_preprocessing(tiny_model_dir, sample_fif, tmp_path):
+    """`other_models` are served on the same preprocessed EEG and scored on the same rows; one whose
+    preprocessing differs is refused, naming the field."""
+    import mne
+
+    from brainformer.evaluation import EvaluationError, evaluate_recording, model_path_alone
+
+    short = tmp_path / "short_raw.fif"
+    mne.io.read_raw_fif(sample_fif, verbose="error").crop(0, 10).save(short, verbose="error")
+    model = load_model(tiny_model_dir)
+    others = {"twin": load_model(tiny_model_dir)}
+    if model.linear_skip is not None:
+        others["skip_alone"] = model_path_alone(model, "skip")
+    report, _ = evaluate_recording(model, short, bootstrap_replicates=20, other_models=others)
+    np.testing.assert_array_equal(report.methods["twin"].predictions, report.methods["model"].predictions)
+    assert set(others) <= set(report.methods)
+    shifted = BrainformerConfig(**{**model.config.to_dict(), "meg_std": [2 * v for v in model.config.meg_std]})
+    with pytest.raises(EvaluationError, match="'other'.*meg_std"):
+        evaluate_recording(model, short, bootstrap_replicates=20, other_models={"other": BrainformerForMEGPrediction(shifted)})
+
+
 def test_the_artefact_mask_lines_up_with_the_scored_rows(tiny_model_dir, sample_fif):
     """Each cardiac row of the report lies −150 … +250 ms from an R peak, measured on the raw
     recording's own time axis; the clean scores are those of the clean rows of the truth."""
