@@ -463,12 +463,14 @@ def train_model(
     out_dir: Path,
     report_to: str = "none",
     progress: bool = True,
+    pretrained: Any | None = None,
 ) -> TrainResult:
     """Train a model on `data` and write `out_dir` (config.json + model.safetensors).
 
     Checkpoints live in `out_dir/checkpoints` while training and are removed at the end (the
     best one, by validation loss, is loaded back first); TensorBoard logs stay in
-    `out_dir/checkpoints/runs`.
+    `out_dir/checkpoints/runs`. `pretrained`: a model of the same architecture whose weights,
+    all but the skip path, the training starts from (fine-tuning; see `initial_model`).
     """
     out_dir = Path(out_dir)
     if len(data.train) == 0:
@@ -479,7 +481,7 @@ def train_model(
     if not has_validation:
         logger.info("no validation windows: no early stopping, the last epoch is kept")
     start_time = time.perf_counter()
-    model, ridge = initial_model(data, settings)
+    model, ridge = initial_model(data, settings, pretrained)
     checkpoints = out_dir / CHECKPOINTS_DIRNAME
     trainer, callbacks = _make_trainer(model, data, settings, checkpoints, report_to, has_validation, progress)
     trainer.train()
@@ -498,19 +500,38 @@ def train_model(
     )
 
 
-def initial_model(data: TrainingData, settings: ExperimentSettings) -> tuple[Any, RidgeFit | None]:
+def initial_model(data: TrainingData, settings: ExperimentSettings, pretrained: Any | None = None) -> tuple[Any, RidgeFit | None]:
     """The seeded model to train, its skip path fitted as a lagged ridge (`training.init_skip_from_ridge`)
-    and frozen when `training.skip_learning_rate` is 0; `(model, the ridge fit or None)`."""
+    and frozen when `training.skip_learning_rate` is 0; `(model, the ridge fit or None)`.
+
+    With `pretrained` (a model of the same architecture, e.g. trained on simulated data), every
+    weight but the skip path is copied from it after the ridge fit: the skip path is the linear map
+    of *these* data, the transformer starts from what it learned elsewhere.
+    """
     training = settings.training
     # Same seed on every process: identical initial weights and ridge fit everywhere (DDP also
     # broadcasts the main process's weights when it wraps the model).
     model = build_model(data.config, training.seed)
     has_skip = getattr(model, "linear_skip", None) is not None
     ridge = init_skip_from_ridge(model, data, settings) if training.init_skip_from_ridge and has_skip else None
+    if pretrained is not None:
+        _copy_transformer_weights(pretrained, model)
     if training.skip_learning_rate == 0 and has_skip:
         # Frozen before the Trainer wraps the model: DDP must not wait for its gradients.
         model.linear_skip.requires_grad_(False)
     return model, ridge
+
+
+def _copy_transformer_weights(source: Any, target: Any) -> None:
+    """Copy every weight of `source` but the skip path into `target`; `TrainingError` naming the
+    first weight whose shape differs (another architecture or channel set)."""
+    wanted = {k: v for k, v in source.state_dict().items() if not k.startswith("linear_skip.")}
+    own = target.state_dict()
+    for name, tensor in wanted.items():
+        if name not in own or tuple(own[name].shape) != tuple(tensor.shape):
+            got = tuple(own[name].shape) if name in own else "missing"
+            raise TrainingError(f"pretrained weight {name} has shape {tuple(tensor.shape)}, the model's is {got}")
+    target.load_state_dict(wanted, strict=False)
 
 
 def _make_trainer(

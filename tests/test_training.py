@@ -162,6 +162,29 @@ def test_skip_path_starts_as_the_lagged_ridge_fit_on_the_train_part(short_data, 
     np.testing.assert_allclose(predicted, fit.predict(rec.eeg, end - 16, end), atol=1e-4)
 
 
+def test_fine_tuning_starts_from_the_pretrained_transformer_and_this_data_ridge(short_data, tiny_settings):
+    _, settings = tiny_settings
+    fresh, ridge = initial_model(short_data, settings)
+    pretrained = build_model(short_data.config, seed=123)
+    with torch.no_grad():
+        pretrained.projection.weight.normal_()  # a transformer that learned something elsewhere
+    start, _ = initial_model(short_data, settings, pretrained=pretrained)
+    for name, tensor in start.state_dict().items():
+        # The skip path is this data's ridge fit; every other weight is the pretrained one.
+        expected = fresh.state_dict()[name] if name.startswith("linear_skip.") else pretrained.state_dict()[name]
+        assert torch.equal(tensor, expected), name
+    assert ridge is not None
+
+
+def test_fine_tuning_refuses_another_architecture(short_data, tiny_settings):
+    from brainformer.training import TrainingError
+
+    _, settings = tiny_settings
+    other = build_model(short_data.config.__class__(**{**short_data.config.to_dict(), "d_ff": 2 * short_data.config.d_ff}), seed=0)
+    with pytest.raises(TrainingError, match=r"pretrained weight .*fc_in.weight has shape"):
+        initial_model(short_data, settings, pretrained=other)
+
+
 def test_skip_init_from_a_prepared_dataset_matches_the_continuous_fit(short_fif, tiny_settings, tmp_path):
     _, settings = tiny_settings
     prepared = prepare_recordings([short_fif], settings)
