@@ -1,21 +1,34 @@
-"""Learning curve on simulated data: minutes of training data → R² of the model vs the Wiener oracle.
+"""Learning curve on simulated data: minutes of training data → R² of the model, the baselines,
+the Wiener oracle and the noise ceiling, with the model's two paths scored apart (ablation).
 
 One long `sample`-layout recording is simulated (`brainformer.simulation`, physics forward model,
 known truth). Its last `--test-minutes` are the fixed held-out part; for each training length T
-the model is trained (configs/train-sim.toml) on the first T minutes only, with scaling and the
-ridge-initialised skip path fitted there too, and scored on the held-out part next to the
-baselines fitted on the same T minutes and the simulator's oracle (the Wiener-optimal
-instantaneous linear map, computed from the true covariances, not fitted):
+the model is trained (`--config`, default configs/train-sim.toml) on the first T minutes only,
+with scaling and the ridge-initialised skip path fitted there too, and scored on the held-out part
+next to the baselines fitted on the same T minutes, the simulator's oracle (the Wiener-optimal
+instantaneous linear map, computed from the true covariances, not fitted) and three limits from
+the truth: the linear limit (the best linear filter with unlimited history and future), the
+informed limit (the best predictor of any kind, even one told every non-Gaussian component: what
+non-linear structure can add at most) and the noise ceiling (the noiseless MEG against the
+measured one: no method can reach more):
 
 ```
 0 ── settle ── train (T minutes) ──|······ unused ······|── settle ── test (fixed) ──| end
 ```
 
+Ablation, in the same run and on the same test rows: `skip_path_alone` (the trained model with
+its transformer output zeroed), `transformer_alone` (its skip path zeroed) and `model` (both).
+
+`--step-budget N` caps the optimiser steps of each point at about N (epochs × windows / batch):
+where the train part holds more windows than that, its training hop grows instead, so a long
+point sees more varied data in the same CPU time, not more steps.
+
     python benchmarks/sim_oracle_curve.py                              # 1, 2, 4, 8 minutes
     python benchmarks/sim_oracle_curve.py --minutes 0.5 1 2 --test-minutes 1 --json curve.json
+    python benchmarks/sim_oracle_curve.py --config configs/train-sim.toml --minutes 4 16 64 \
+        --step-budget 1000 --plot docs/sim_learning_curve.png --json curve.json
 
-Prints a table (training minutes → mean R² of model, oracle, their ratio, lagged ridge, ridge) and
-a JSON document. The goal is a ratio ≥ 0.95.
+Prints a table (training minutes → mean R² of each method and of the limits) and a JSON document.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -36,7 +50,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from brainformer.data import prepare_recordings  # noqa: E402
-from brainformer.evaluation import SplitRows, evaluate_arrays  # noqa: E402
+from brainformer.evaluation import SplitRows, ablation_predictors, evaluate_arrays  # noqa: E402
 from brainformer.settings import ExperimentSettings, load_settings  # noqa: E402
 from brainformer.training import train_model, training_data_from_prepared  # noqa: E402
 
@@ -51,47 +65,94 @@ def simulate_recording(path: Path, duration_s: float, seed: int) -> None:
 
 
 def curve_point(
-    fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: float, work: Path, bootstrap: int
+    fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: float, work: Path, bootstrap: int,
+    step_budget: int | None = None, reuse: bool = False,
 ) -> dict[str, Any]:
     """Train on `[0, train_s)` of `fif`, score on `[test_start_s, end)`; the row of the table."""
-    import mne
-
     from brainformer import simulation
 
-    # Scaling statistics are fitted on the train part: make it exactly the first `train_s`.
-    raw = mne.io.read_raw_fif(fif, preload=False, verbose="error")
-    split = train_s * raw.info["sfreq"] / raw.n_times
-    data = dataclasses.replace(settings.data, split=split, validation_fraction=0.0)
-    settings = dataclasses.replace(settings, data=data)
-    prepared = prepare_recordings([fif], settings)
-    rec = prepared.recordings[0]
-    settle = int(round(settings.data.settle_s * rec.sfreq_hz))
-    test_start = int(round(test_start_s * rec.sfreq_hz)) + settle
+    prepared, rec, test_start = _prepared_point(fif, settings, train_s, test_start_s)
     train = rec.parts["train"]
-    rec.parts = {"train": train, "validation": (train[1], train[1]), "test": (test_start, rec.n_samples)}
+    settings = _within_step_budget(settings, train[1] - train[0], step_budget)
     training_data = training_data_from_prepared(prepared, settings)
-    start = time.perf_counter()
-    result = train_model(training_data, settings, work / f"model-{train_s:g}s", progress=False)
-    train_wall_s = time.perf_counter() - start
-    model = result.model
-    predicted = np.asarray(simulation.oracle_prediction(fif, model.config, eeg_preprocessed=rec.eeg), dtype=np.float64)
+    model, train_wall_s = _trained_model(training_data, settings, work / f"model-{train_s:g}s", reuse)
+    # The oracle is instantaneous: the test rows alone give its test prediction (the whole
+    # recording in float64 would take ~6 GB a copy at 64 minutes).
+    predicted = simulation.oracle_prediction(fif, model.config, eeg_preprocessed=rec.eeg[test_start:])
+    extras = {"oracle": lambda a, b: predicted[a - test_start : b - test_start], **ablation_predictors(model, rec.eeg)}
     report = evaluate_arrays(
         rec.eeg, rec.meg, rec.sfreq_hz, SplitRows(train[0], train[1], test_start, rec.n_samples),
         model.config.meg_channel_types, model.config.meg_channel_names, model=model,
-        extra_predictors={"oracle": lambda a, b: predicted[a:b]}, bootstrap_replicates=bootstrap,
-        setup={"train_s": train_s},
+        extra_predictors=extras, bootstrap_replicates=bootstrap, setup={"train_s": train_s},
     )
     scores = report.to_dict()
     r2 = {name: float(scores[name]["r2_mean"]) for name in report.methods}
     return {
         "train_minutes": train_s / 60.0,
         "train_windows": len(training_data.train),
+        "train_hop_samples": settings.data.train_hop_samples,
+        "epochs": settings.training.epochs,
         "train_wall_s": train_wall_s,
         "test_minutes": (rec.n_samples - test_start) / rec.sfreq_hz / 60.0,
         "r2": r2,
-        "r2_model_ci95": scores["model"]["bootstrap"]["r2_mean"]["ci95"],
+        **_physical_limits(simulation.load_truth(fif), model.config),
+        "r2_ci95": {name: scores[name]["bootstrap"]["r2_mean"]["ci95"] for name in report.methods},
+        # Paired bootstrap (same resampled blocks): value, std, ci95 of the R² difference.
+        "model_minus": {name[len("model_minus_"):]: c["r2_mean"] for name, c in scores["comparisons"].items()},
         "ratio_model_to_oracle": r2["model"] / r2["oracle"],
+        "serving": serving_forward_time(model.eval()),
     }
+
+
+def _physical_limits(truth: Any, config: Any) -> dict[str, float]:
+    """Mean expected R² of the limits no method passes, from the truth: the best linear filter of
+    unlimited history and future, the best predictor told every component, the noiseless MEG."""
+    from brainformer import simulation
+
+    return {
+        "linear_limit_r2": float(np.mean(simulation.linear_limit(truth, config))),
+        "informed_limit_r2": float(np.mean(simulation.informed_limit(truth, config))),
+        "noise_ceiling_r2": float(np.mean(simulation.noise_ceiling(truth, config))),
+    }
+
+
+def _trained_model(training_data: Any, settings: ExperimentSettings, out: Path, reuse: bool) -> tuple[Any, float | None]:
+    """`(model, training seconds)`: trained into `out`, or, with `reuse`, loaded from `out` when an
+    earlier run of the same settings left a model there (training seconds None)."""
+    if reuse and (out / "model.safetensors").is_file():
+        from brainformer.model_dir import load_model
+
+        return load_model(out), None
+    start = time.perf_counter()
+    result = train_model(training_data, settings, out, progress=False)
+    return result.model, time.perf_counter() - start
+
+
+def _prepared_point(fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: float) -> tuple[Any, Any, int]:
+    """The recording prepared with its train part exactly `[0, train_s)` (scaling fitted there) and
+    its test part from `test_start_s` (+ settling) to the end: `(prepared, recording, test start row)`."""
+    import mne
+
+    raw = mne.io.read_raw_fif(fif, preload=False, verbose="error")
+    split = train_s * raw.info["sfreq"] / raw.n_times
+    data = dataclasses.replace(settings.data, split=split, validation_fraction=0.0)
+    prepared = prepare_recordings([fif], dataclasses.replace(settings, data=data))
+    rec = prepared.recordings[0]
+    settle = int(round(settings.data.settle_s * rec.sfreq_hz))
+    test_start = int(round(test_start_s * rec.sfreq_hz)) + settle
+    train = rec.parts["train"]
+    rec.parts = {"train": train, "validation": (train[1], train[1]), "test": (test_start, rec.n_samples)}
+    return prepared, rec, test_start
+
+
+def _within_step_budget(settings: ExperimentSettings, train_samples: int, step_budget: int | None) -> ExperimentSettings:
+    """`settings` with a training hop large enough that epochs × windows / batch ≤ `step_budget`."""
+    if step_budget is None:
+        return settings
+    data, training = settings.data, settings.training
+    windows_allowed = step_budget * training.batch_size / training.epochs
+    hop = max(data.train_hop_samples, math.ceil(train_samples / windows_allowed))
+    return dataclasses.replace(settings, data=dataclasses.replace(data, train_hop_samples=hop))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates of the scores")
     parser.add_argument("--work", type=Path, default=None, help="keep the simulation and models here")
     parser.add_argument("--json", type=Path, default=None, help="write the results here too")
+    parser.add_argument("--step-budget", type=int, default=None, help="cap each point at about this many optimiser steps")
+    parser.add_argument("--reuse-models", action="store_true", help="score models an earlier run left in --work instead of training")
+    parser.add_argument("--plot", type=Path, default=None, help="write the learning-curve plot (PNG) here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -121,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "config": str(args.config),
         "epochs": settings.training.epochs,
+        "step_budget": args.step_budget,
         "duration_minutes": duration_s / 60,
         "test_minutes": args.test_minutes,
         "total_s": total_s,
@@ -128,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.json:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
+    if args.plot:
+        plot_curve(rows, args.plot, f"simulated `sample` layout, seed {args.seed}, {args.test_minutes:g} min held out")
     print(json.dumps(document, indent=2))
     return 0
 
@@ -147,14 +214,52 @@ def run_curve(
         simulate_s = time.perf_counter() - started
         rows = []
         for m in minutes:
-            row = curve_point(fif, settings, 60.0 * m, train_region_s, work, args.bootstrap)
+            row = curve_point(fif, settings, 60.0 * m, train_region_s, work, args.bootstrap, args.step_budget, args.reuse_models)
             rows.append(row)
+            if args.json:  # each point as soon as it is measured: a long curve may be stopped
+                args.json.with_suffix(".partial.json").write_text(json.dumps(rows, indent=2) + "\n")
             print(
                 f"{m:6g} min: R² model {row['r2']['model']:.4f}, oracle {row['r2']['oracle']:.4f}, "
-                f"ratio {row['ratio_model_to_oracle']:.3f} ({row['train_wall_s']:.0f} s training)",
+                f"ratio {row['ratio_model_to_oracle']:.3f} ({row['train_wall_s'] or 0:.0f} s training)",
                 file=sys.stderr, flush=True,
             )
     return rows, simulate_s
+
+
+def serving_forward_time(model: Any, iterations: int = 200, threads: int = 2) -> dict[str, float]:
+    """Median eager forward time of one window as the daemon runs it (batch 1, the newest two hops
+    predicted, `last_samples`), and the real-time factor: that time over one hop of signal."""
+    import torch
+
+    config = model.config
+    hop_ms = 1000.0 * config.hop_samples / config.sfreq_hz
+    window = torch.randn(1, config.window_samples, config.n_eeg_channels)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(20):  # warm-up, not timed
+                model(window, last_samples=2 * config.hop_samples)
+            times = []
+            for _ in range(iterations):
+                start = time.perf_counter()
+                model(window, last_samples=2 * config.hop_samples)
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    forward_ms = 1000.0 * float(np.median(times))
+    return {"forward_ms": forward_ms, "hop_ms": hop_ms, "rtf": forward_ms / hop_ms, "threads": threads}
+
+
+#: Table and plot columns: (key in a row's "r2", header).
+COLUMNS = (
+    ("model", "model"), ("skip_path_alone", "skip alone"), ("transformer_alone", "transf. alone"),
+    ("lagged_ridge", "lagged ridge"), ("ridge", "ridge"), ("oracle", "oracle"),
+)
+
+
+#: The physical limits of each row (`_physical_limits`), as table columns and dashed plot lines.
+LIMITS = (("linear_limit_r2", "linear lim."), ("informed_limit_r2", "informed"), ("noise_ceiling_r2", "noise ceil."))
 
 
 def print_table(
@@ -162,15 +267,46 @@ def print_table(
     total_s: float, simulate_s: float,
 ) -> None:
     print(f"\nsimulated `sample` layout, seed {args.seed}: {duration_s / 60:g} min, the last {args.test_minutes:g} min held out; "
-          f"config {args.config.name}, {settings.training.epochs} epoch(s)")
-    print(f"{'train min':>9s} {'windows':>8s} {'R² model':>9s} {'R² oracle':>9s} {'ratio':>6s} {'R² lagged ridge':>15s} {'R² ridge':>8s} {'train s':>7s}")
+          f"config {args.config.name}, {settings.training.epochs} epoch(s), step budget {args.step_budget}")
+    header = "".join(f"{title:>14s}" for _, title in COLUMNS)
+    limits = "".join(f" {title:>11s}" for _, title in LIMITS)
+    print(f"{'train min':>9s} {'windows':>8s}{header}{limits} {'model − lagged (sd)':>20s} {'train s':>7s}")
     for row in rows:
-        r2 = row["r2"]
+        values = "".join(f"{row['r2'].get(key, float('nan')):14.4f}" for key, _ in COLUMNS)
+        delta = row["model_minus"]["lagged_ridge"]
         print(
-            f"{row['train_minutes']:9g} {row['train_windows']:8d} {r2['model']:9.4f} {r2['oracle']:9.4f} "
-            f"{row['ratio_model_to_oracle']:6.3f} {r2['lagged_ridge']:15.4f} {r2['ridge']:8.4f} {row['train_wall_s']:7.0f}"
+            f"{row['train_minutes']:9g} {row['train_windows']:8d}{values}{''.join(f' {row[key]:11.4f}' for key, _ in LIMITS)} "
+            f"{delta['value']:+12.4f} ({delta['std']:.4f}) {row['train_wall_s'] or 0:7.0f}"
         )
     print(f"total {total_s:.0f} s (simulation {simulate_s:.0f} s)")
+
+
+def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Minutes of training data (log axis) → R² of each method, with the limits dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [row["train_minutes"] for row in rows]
+    figure, axes = plt.subplots(figsize=(6.0, 3.6), dpi=100)
+    for key, title_ in COLUMNS:
+        if all(key in row["r2"] for row in rows):
+            axes.plot(minutes, [row["r2"][key] for row in rows], marker="o", label=title_)
+    for (key, title_), style in zip(LIMITS, (":", "-.", "--")):
+        axes.plot(minutes, [row[key] for row in rows], "k" + style, label=title_)
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(minutes, [f"{m:g}" for m in minutes])
+    axes.set_xlabel("minutes of simulated training data")
+    axes.set_ylabel("held-out R² (mean over 306 channels)")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7, ncol=2)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
