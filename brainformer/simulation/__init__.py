@@ -17,6 +17,7 @@ API (everything else is private)::
     oracle = oracle_map(truth, config)                              # the same after preprocessing
     meg = oracle_prediction(path_or_truth, config, eeg_preprocessed=None)  # (n, n_meg) scaled units
     r2 = noise_ceiling(truth, config)                               # (n_meg,) R² of noiseless vs measured MEG
+    r2 = causal_limit(truth, config, lags)                          # (n_meg,) best linear filter on these past lags
     r2 = linear_limit(truth, config)                                # (n_meg,) best non-causal linear filter
     r2 = informed_limit(truth, config)                              # (n_meg,) best predictor of any kind
     source = SyntheticSource("ds000117", seed=0)                    # live, endless
@@ -29,7 +30,7 @@ Modules, in dependency order:
     `plan`: one subject's anatomy, generators and noise levels (from the ``subject`` number);
     `generator`: the stateful generator drawing the activity (from the ``seed``);
     `offline`: `simulate` and `write_simulation`, a whole recording;
-    `oracle`: the Wiener oracle and its predictions, the linear and informed limits, the noise ceiling;
+    `oracle`: the Wiener oracle and its predictions, the causal, linear and informed limits, the noise ceiling;
     `source`: `SyntheticSource`, the live endless source.
 
 Determinism: the same (layout, duration, rate, seed, subject, spacing) gives the same samples on
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 from brainformer.simulation.layouts import DEFAULT_SPACING_MM, LAYOUTS, HeadModel, default_sfreq_hz, head_model, layout_info
 from brainformer.simulation.offline import simulate, write_simulation
-from brainformer.simulation.oracle import OracleMap, informed_limit, linear_limit, noise_ceiling, oracle_map, oracle_prediction, wiener_oracle
+from brainformer.simulation.oracle import OracleMap, causal_limit, informed_limit, linear_limit, noise_ceiling, oracle_map, oracle_prediction, wiener_oracle
 from brainformer.simulation.source import SyntheticSource
 from brainformer.simulation.truth import SimulationTruth, is_simulated, load_truth, truth_path
 
@@ -54,6 +55,7 @@ __all__ = [
     "OracleMap",
     "SimulationTruth",
     "SyntheticSource",
+    "causal_limit",
     "default_sfreq_hz",
     "head_model",
     "informed_limit",

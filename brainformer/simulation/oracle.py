@@ -1,5 +1,6 @@
 """The Wiener oracle: the best instantaneous linear map from EEG to MEG, and the R² it reaches;
-the linear limit (the best linear filter of unlimited history and future), the informed limit
+the causal limit (the best linear filter on given past lags), the linear limit (the best linear
+filter of unlimited history and future), the informed limit
 (the best predictor of any kind) and the noise ceiling (the noiseless MEG against the measured).
 
 With C the covariance of [EEG; MEG] after the preprocessing filters, R the EEG reference operator
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -165,8 +167,54 @@ def informed_limit(truth: SimulationTruth, config: Any) -> np.ndarray:
     return _spectral_limit(truth, config, components_known=True)
 
 
+def causal_limit(truth: SimulationTruth, config: Any, lags: Sequence[int]) -> np.ndarray:
+    """`(n_meg,)` expected R² of the best *causal* linear filter on the given EEG lags (samples
+    into the past, 0 = the current sample), after `config`'s preprocessing: what a lagged ridge on
+    those lags reaches with unlimited training data, and what no linear model seeing only those
+    past samples can exceed (e.g. ``range(0, 128, 4)`` for a 128-sample window).
+
+    The normal equations are solved exactly from the true covariance functions
+    ``C(τ) = ∫ S(f) e^{i2πfτ} df`` (one-sided spectra: the real part): with R the block-Toeplitz
+    matrix of C_ee over lag differences and P the C_me of each lag, the explained variance of MEG
+    channel m is ``(P R⁻¹ Pᵀ)_mm``.
+    """
+    lags = np.asarray(sorted(set(int(lag) for lag in lags)), dtype=np.int64)
+    if lags.size == 0 or lags[0] < 0:
+        raise ValueError(f"lags must be samples into the past (>= 0), at least one; got {list(lags)}")
+    differences = np.arange(-int(lags[-1]), int(lags[-1]) + 1)
+    n_eeg, n_meg = len(config.eeg_channel_names), len(config.meg_channel_names)
+    c_ee = np.zeros((differences.size, n_eeg, n_eeg))
+    c_me = np.zeros((lags.size, n_meg, n_eeg))
+    total = np.zeros(n_meg)
+    for chunk in _preprocessed_spectra(truth, config, components_known=False):
+        phase = np.exp(2j * np.pi * np.outer(chunk["freqs_hz"], differences) / truth.sfreq_hz)  # (f, τ)
+        weighted = chunk["weight"][:, :, None]  # (f, 1, 1)
+        c_ee += np.tensordot(phase, weighted * chunk["s_ee"], axes=(0, 0)).real
+        c_me += np.tensordot(phase[:, lags + lags[-1]], weighted * chunk["s_me"], axes=(0, 0)).real
+        total += (chunk["weight"] * chunk["s_mm"]).sum(axis=0)
+    # E[EEG(t−k) EEG(t−j)ᵀ] = C_ee(j − k); E[MEG(t) EEG(t−j)ᵀ] = C_me(j).
+    gram = np.block([[c_ee[(j - k) + lags[-1]] for j in lags] for k in lags])
+    cross = np.concatenate([c_me[i] for i in range(lags.size)], axis=1)  # (n_meg, lags·n_eeg)
+    explained = np.einsum("mi,mi->m", cross, np.linalg.lstsq(gram, cross.T, rcond=1e-12)[0].T)
+    return explained / total
+
+
 def _spectral_limit(truth: SimulationTruth, config: Any, components_known: bool) -> np.ndarray:
     """The R² of `linear_limit` (`components_known` False) or of `informed_limit` (True)."""
+    total, residual = 0.0, 0.0
+    for chunk in _preprocessed_spectra(truth, config, components_known):
+        explained = np.einsum("fme,fme->fm", chunk["s_me"] @ np.linalg.pinv(chunk["s_ee"], rcond=1e-10, hermitian=True), chunk["s_me"].conj()).real
+        total = total + (chunk["weight"] * chunk["s_mm"]).sum(axis=0)
+        residual = residual + (chunk["weight"] * (chunk["s_mm_unknown"] - explained)).sum(axis=0)
+    return 1.0 - residual / total
+
+
+def _preprocessed_spectra(truth: SimulationTruth, config: Any, components_known: bool) -> Iterator[dict[str, np.ndarray]]:
+    """The one-sided (cross-)spectra of the preprocessed EEG and MEG, in batches of frequencies
+    where the filters pass more than 1e-6 of the power (bounded memory): `freqs_hz (f,)`,
+    `weight (f, 1)` (integration weight × filter power), `s_ee (f, n_eeg, n_eeg)`, `s_me (f, n_meg,
+    n_eeg)`, `s_mm (f, n_meg)` and `s_mm_unknown`, the MEG's own power left unknown when the
+    components' time courses are known (`components_known`; else equal to `s_mm`)."""
     power, average_reference = _preprocessing_power(truth, config)
     eeg_idx = _channel_order(truth.eeg_channel_names, list(config.eeg_channel_names), "EEG")
     meg_idx = _channel_order(truth.meg_channel_names, list(config.meg_channel_names), "MEG")
@@ -185,23 +233,22 @@ def _spectral_limit(truth: SimulationTruth, config: Any, components_known: bool)
     noise_e = _noise_densities(truth.noise_white_variance_eeg[eeg_idx], truth.noise_pink_variance_eeg[eeg_idx], eeg_units, spectra)
     noise_m = _noise_densities(truth.noise_white_variance_meg[meg_idx], truth.noise_pink_variance_meg[meg_idx], meg_units, spectra)
     reference = np.eye(len(eeg_idx)) - 1.0 / len(eeg_idx) if average_reference else np.eye(len(eeg_idx))
-    total, residual = np.zeros(len(meg_idx)), np.zeros(len(meg_idx))
     passed = np.flatnonzero(power > 1e-6)
-    for chunk in np.array_split(passed, max(1, len(passed) // _LINEAR_LIMIT_CHUNK)):  # bounded memory
+    for chunk in np.array_split(passed, max(1, len(passed) // _LINEAR_LIMIT_CHUNK)):
         pink = spectra["pink"][chunk][:, None, None]
         components = spectra["components"][chunk]  # (f, K, K) cross-spectra of the unit time courses
         # Known components leave only the Gaussian part (background + noise) to be estimated.
         unknown = 0.0 * components if components_known else components
         s_ee = pink * bg_ee + lead_e @ unknown @ lead_e.T + noise_e[chunk][:, :, None] * np.eye(len(eeg_idx))
-        s_ee = reference @ s_ee @ reference  # the reference acts on the noise too
-        s_me = (pink * bg_me + lead_m @ unknown @ lead_e.T) @ reference  # (f, n_meg, n_eeg)
-        s_mm_unknown = pink[:, :, 0] * bg_mm + np.einsum("mk,fkl,ml->fm", lead_m, unknown, lead_m).real + noise_m[chunk]
         s_mm = pink[:, :, 0] * bg_mm + np.einsum("mk,fkl,ml->fm", lead_m, components, lead_m).real + noise_m[chunk]
-        explained = np.einsum("fme,fme->fm", s_me @ np.linalg.pinv(s_ee, rcond=1e-10, hermitian=True), s_me.conj()).real
-        weight = (power[chunk] * spectra["weights"][chunk])[:, None]
-        total += (weight * s_mm).sum(axis=0)
-        residual += (weight * (s_mm_unknown - explained)).sum(axis=0)
-    return 1.0 - residual / total
+        yield {
+            "freqs_hz": truth.freqs_hz[chunk],
+            "weight": (power[chunk] * spectra["weights"][chunk])[:, None],
+            "s_ee": reference @ s_ee @ reference,  # the reference acts on the noise too
+            "s_me": (pink * bg_me + lead_m @ unknown @ lead_e.T) @ reference,
+            "s_mm": s_mm,
+            "s_mm_unknown": pink[:, :, 0] * bg_mm + np.einsum("mk,fkl,ml->fm", lead_m, unknown, lead_m).real + noise_m[chunk],
+        }
 
 
 #: Frequencies per batch of `linear_limit` (its spectra are (f, n_meg, n_eeg) complex arrays).

@@ -143,3 +143,19 @@ def test_informed_limit_bounds_every_predictor_from_above(long_sample):
     assert informed.mean() > linear.mean() + 1e-3
     silent = dataclasses.replace(truth, component_moments_am=0 * truth.component_moments_am)
     np.testing.assert_allclose(sim.informed_limit(silent, config), sim.linear_limit(silent, config), atol=1e-9)
+
+
+def test_causal_limit_on_lag_zero_is_the_instantaneous_oracle_and_grows_with_lags(long_sample):
+    """Lag 0 alone is the instantaneous map, computed here from the covariance functions rather
+    than from the covariance matrix; more lags never lose; no causal filter beats the non-causal
+    limit."""
+    _, truth = long_sample
+    config = config_for(truth, highpass_hz=1.0, lowpass_hz=40.0)
+    instantaneous = sim.causal_limit(truth, config, [0])
+    np.testing.assert_allclose(instantaneous, sim.oracle_map(truth, config).expected_r2, atol=2e-3)
+    few, more = sim.causal_limit(truth, config, range(0, 31, 2)), sim.causal_limit(truth, config, range(0, 31))
+    assert np.all(few >= instantaneous - 1e-6) and np.all(more >= few - 1e-6)
+    assert few.mean() > instantaneous.mean() + 0.005  # history is worth something here
+    assert np.all(more <= sim.linear_limit(truth, config) + 1e-6)
+    with pytest.raises(ValueError, match="lags"):
+        sim.causal_limit(truth, config, [-1, 0])
