@@ -6,8 +6,9 @@ known truth). Its last `--test-minutes` are the fixed held-out part; for each tr
 the model is trained (`--config`, default configs/train-sim.toml) on the first T minutes only,
 with scaling and the ridge-initialised skip path fitted there too, and scored on the held-out part
 next to the baselines fitted on the same T minutes, the simulator's oracle (the Wiener-optimal
-instantaneous linear map, computed from the true covariances, not fitted) and three limits from
-the truth: the linear limit (the best linear filter with unlimited history and future), the
+instantaneous linear map, computed from the true covariances, not fitted) and the limits from
+the truth: the causal limits (the best linear filter on lagged ridge's lags, and on the model's
+window, with unlimited data), the linear limit (the best linear filter with unlimited history and future), the
 informed limit (the best predictor of any kind, even one told every non-Gaussian component: what
 non-linear structure can add at most) and the noise ceiling (the noiseless MEG against the
 measured one: no method can reach more):
@@ -109,7 +110,13 @@ def _physical_limits(truth: Any, config: Any) -> dict[str, float]:
     unlimited history and future, the best predictor told every component, the noiseless MEG."""
     from brainformer import simulation
 
+    from brainformer.evaluation import lag_samples
+
     return {
+        # What lagged ridge (its own lags) and a linear filter of the whole window reach with
+        # unlimited data: the most a causal linear method can get here.
+        "causal_limit_lagged_ridge_r2": float(np.mean(simulation.causal_limit(truth, config, lag_samples(config.sfreq_hz)))),
+        "causal_limit_window_r2": float(np.mean(simulation.causal_limit(truth, config, range(0, config.window_samples, 4)))),
         "linear_limit_r2": float(np.mean(simulation.linear_limit(truth, config))),
         "informed_limit_r2": float(np.mean(simulation.informed_limit(truth, config))),
         "noise_ceiling_r2": float(np.mean(simulation.noise_ceiling(truth, config))),
@@ -259,7 +266,10 @@ COLUMNS = (
 
 
 #: The physical limits of each row (`_physical_limits`), as table columns and dashed plot lines.
-LIMITS = (("linear_limit_r2", "linear lim."), ("informed_limit_r2", "informed"), ("noise_ceiling_r2", "noise ceil."))
+LIMITS = (
+    ("causal_limit_lagged_ridge_r2", "causal 50ms"), ("causal_limit_window_r2", "causal win."),
+    ("linear_limit_r2", "linear lim."), ("informed_limit_r2", "informed"), ("noise_ceiling_r2", "noise ceil."),
+)
 
 
 def print_table(
@@ -293,8 +303,8 @@ def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     for key, title_ in COLUMNS:
         if all(key in row["r2"] for row in rows):
             axes.plot(minutes, [row["r2"][key] for row in rows], marker="o", label=title_)
-    for (key, title_), style in zip(LIMITS, (":", "-.", "--")):
-        axes.plot(minutes, [row[key] for row in rows], "k" + style, label=title_)
+    for (key, title_), style in zip(LIMITS, ((0, (1, 3)), (0, (3, 3)), ":", "-.", "--")):
+        axes.plot(minutes, [row[key] for row in rows], color="k", linestyle=style, label=title_)
     axes.set_xscale("log", base=2)
     axes.set_xticks(minutes, [f"{m:g}" for m in minutes])
     axes.set_xlabel("minutes of simulated training data")
