@@ -237,17 +237,20 @@ def _preprocessed_spectra(truth: SimulationTruth, config: Any, components_known:
     for chunk in np.array_split(passed, max(1, len(passed) // _LINEAR_LIMIT_CHUNK)):
         pink = spectra["pink"][chunk][:, None, None]
         components = spectra["components"][chunk]  # (f, K, K) cross-spectra of the unit time courses
-        # Known components leave only the Gaussian part (background + noise) to be estimated.
-        unknown = 0.0 * components if components_known else components
-        s_ee = pink * bg_ee + lead_e @ unknown @ lead_e.T + noise_e[chunk][:, :, None] * np.eye(len(eeg_idx))
-        s_mm = pink[:, :, 0] * bg_mm + np.einsum("mk,fkl,ml->fm", lead_m, components, lead_m).real + noise_m[chunk]
+        s_ee = pink * bg_ee + noise_e[chunk][:, :, None] * np.eye(len(eeg_idx))
+        s_me = pink * bg_me
+        gaussian_mm = pink[:, :, 0] * bg_mm + noise_m[chunk]
+        s_mm = gaussian_mm + np.einsum("mk,fkl,ml->fm", lead_m, components, lead_m).real
+        if not components_known:  # known components leave only the Gaussian part to be estimated
+            s_ee = s_ee + lead_e @ components @ lead_e.T
+            s_me = s_me + lead_m @ components @ lead_e.T
         yield {
             "freqs_hz": truth.freqs_hz[chunk],
             "weight": (power[chunk] * spectra["weights"][chunk])[:, None],
             "s_ee": reference @ s_ee @ reference,  # the reference acts on the noise too
-            "s_me": (pink * bg_me + lead_m @ unknown @ lead_e.T) @ reference,
+            "s_me": s_me @ reference,
             "s_mm": s_mm,
-            "s_mm_unknown": pink[:, :, 0] * bg_mm + np.einsum("mk,fkl,ml->fm", lead_m, unknown, lead_m).real + noise_m[chunk],
+            "s_mm_unknown": gaussian_mm if components_known else s_mm,
         }
 
 
