@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from brainformer.data import prepare_recordings  # noqa: E402
-from brainformer.evaluation import SplitRows, ablation_predictors, evaluate_arrays  # noqa: E402
+from brainformer.evaluation import SplitRows, ablation_predictors, evaluate_arrays, lag_samples  # noqa: E402
 from brainformer.settings import ExperimentSettings, load_settings  # noqa: E402
 from brainformer.training import train_model, training_data_from_prepared  # noqa: E402
 
@@ -106,11 +106,10 @@ def curve_point(
 
 
 def _physical_limits(truth: Any, config: Any) -> dict[str, float]:
-    """Mean expected R² of the limits no method passes, from the truth: the best linear filter of
-    unlimited history and future, the best predictor told every component, the noiseless MEG."""
+    """Mean expected R² of the limits no method passes, from the truth: the best causal linear
+    filter (on lagged ridge's lags; on the model's window), the best linear filter of unlimited
+    history and future, the best predictor told every component, the noiseless MEG."""
     from brainformer import simulation
-
-    from brainformer.evaluation import lag_samples
 
     return {
         # What lagged ridge (its own lags) and a linear filter of the whole window reach with
@@ -233,29 +232,21 @@ def run_curve(
     return rows, simulate_s
 
 
-def serving_forward_time(model: Any, iterations: int = 200, threads: int = 2) -> dict[str, float]:
-    """Median eager forward time of one window as the daemon runs it (batch 1, the newest two hops
-    predicted, `last_samples`), and the real-time factor: that time over one hop of signal."""
+def serving_forward_time(model: Any, calls: int = 200) -> dict[str, Any]:
+    """The model's eager engine as the daemon builds and runs it (one torch thread, one window per
+    call, the newest two hops, calls one hop apart; `benchmarks/bench_engines.py`): its median
+    forward per hop and real-time factor, with the rest of that benchmark's figures."""
     import torch
 
-    config = model.config
-    hop_ms = 1000.0 * config.hop_samples / config.sfreq_hz
-    window = torch.randn(1, config.window_samples, config.n_eeg_channels)
+    from benchmarks.bench_engines import one_engine
+
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     try:
-        with torch.inference_mode():
-            for _ in range(20):  # warm-up, not timed
-                model(window, last_samples=2 * config.hop_samples)
-            times = []
-            for _ in range(iterations):
-                start = time.perf_counter()
-                model(window, last_samples=2 * config.hop_samples)
-                times.append(time.perf_counter() - start)
+        result = one_engine(model.eval(), "eager", calls)
     finally:
         torch.set_num_threads(previous)
-    forward_ms = 1000.0 * float(np.median(times))
-    return {"forward_ms": forward_ms, "hop_ms": hop_ms, "rtf": forward_ms / hop_ms, "threads": threads}
+    return {"forward_ms": result["per_hop"]["median_ms"], "threads": 1, **result}
 
 
 #: Table and plot columns: (key in a row's "r2", header).
