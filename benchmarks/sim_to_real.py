@@ -85,10 +85,15 @@ def score(finetuned: Any, scratch: Any, data: Path, bootstrap: int) -> Any:
     return report
 
 
+def report_key(name: str) -> str:
+    """The report's name of a table row: the fine-tuned model is the report's `model`."""
+    return "model" if name == "finetuned" else name
+
+
 def paired(report: Any, a: str, b: str, subset: str | None) -> dict[str, float]:
     """R²(a) − R²(b) with its paired block-bootstrap SD (the replicates share their blocks)."""
     methods = report.methods if subset is None else report.subsets()[subset]
-    a, b = ("model" if a == "finetuned" else a), ("model" if b == "finetuned" else b)
+    a, b = report_key(a), report_key(b)
     delta = float(np.nanmean(methods[a].scores.r2) - np.nanmean(methods[b].scores.r2))
     replicates = methods[a].bootstrap_r2 - methods[b].bootstrap_r2
     sd = float(np.std(replicates[np.isfinite(replicates)], ddof=1))
@@ -100,7 +105,7 @@ def summary(report: Any) -> dict[str, Any]:
     scores = report.to_dict()
     out: dict[str, Any] = {}
     for name, _ in ROWS:
-        key = "model" if name == "finetuned" else name
+        key = report_key(name)
         entry = {}
         for subset in ("all", "clean"):
             scored = scores[key] if subset == "all" else scores[key].get(subset)
