@@ -148,7 +148,16 @@ def _serve(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, an
            resources: _Resources) -> None:
     """Prepare, then run the loops; a stop signal at any point ends it without an error."""
     try:
-        _prepare(settings, metrics, announce, resources)
+        try:
+            _prepare(settings, metrics, announce, resources)
+        except Exception as error:
+            if not stop.is_set():
+                raise
+            # The signal's Interrupted was raised inside code that re-wrapped it: a C extension's
+            # module initialisation turns it into ImportError("initialization failed"). The stop
+            # it stood for is what happened, not an error.
+            logger.debug("start-up ended by %s: %r", stop.signal_name, error)
+            raise Interrupted(stop.signal_name) from error
         stop.interrupt = False
         if stop.is_set():
             raise Interrupted(stop.signal_name or "stop")
