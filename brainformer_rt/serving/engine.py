@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import tempfile
 import time
 import warnings
@@ -46,7 +47,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 __all__ = ["ENGINE_KINDS", "EngineError", "Engine", "EagerEngine", "CompileEngine", "AotEngine", "CudaGraphEngine",
-           "make_engine", "resolve_device", "resolve_kind", "batch_buckets", "aot_cache_dir"]
+           "make_engine", "resolve_device", "resolve_kind", "batch_buckets", "aot_cache_dir", "aot_inductor_configs"]
 
 ENGINE_KINDS = ("auto", "eager", "compile", "aot", "cuda-graph")
 DEVICES = ("auto", "cpu", "cuda")
@@ -337,6 +338,27 @@ class CompileEngine(Engine):
         return {**super().describe(), "compile_mode": self.compile_mode}
 
 
+def aot_inductor_configs() -> Dict[str, object]:
+    """Inductor's settings for the ``aot`` packages.
+
+    Freezing makes the weights constants of the library. Autotuning times, for every matrix
+    product, inductor's C++ GEMM template (a kernel generated for that product's fixed shapes and
+    weights) against the oneDNN call it would otherwise make, and keeps the faster: the serving
+    forward's products are small, so a call's fixed cost weighs more than its arithmetic (figures
+    in the README). It makes a build several times longer; ``BRAINFORMER_AOT_AUTOTUNE=0`` builds
+    without it.
+    """
+    autotune = os.environ.get("BRAINFORMER_AOT_AUTOTUNE", "1")
+    if autotune not in ("0", "1"):
+        raise EngineError(f"BRAINFORMER_AOT_AUTOTUNE must be 0 or 1, got {autotune!r}")
+    configs: Dict[str, object] = {"freezing": True}
+    if autotune == "1":
+        # Without the report: a table per product on the build's output, nothing it decides.
+        configs.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN",
+                       max_autotune_report_choices_stats=False)
+    return configs
+
+
 def aot_cache_dir() -> Path:
     """Where ``aot`` keeps its compiled packages: ``$BRAINFORMER_CACHE/aot``, else
     ``$XDG_CACHE_HOME/brainformer/aot``, else ``~/.cache/brainformer/aot``."""
@@ -362,14 +384,15 @@ class AotEngine(Engine):
     """AOTInductor: each bucket's step is exported (``torch.export``) and compiled ahead of time
     into a shared library with frozen weights, which the engine calls directly.
 
-    The same C++ kernels as ``compile``, without what ``torch.compile`` runs around them on every
-    call (Python guards, the graph's Python wrapper), and the library releases Python's GIL while
-    it runs. Inside the daemon it is no faster than ``compile`` (figures in the README), so its
-    gain is start-up.
+    Inductor's fused C++ kernels, as ``compile``, without what ``torch.compile`` runs around them on
+    every call (Python guards, the graph's Python wrapper); the library releases Python's GIL while
+    it runs. Its matrix products are autotuned (:func:`aot_inductor_configs`), which makes it the
+    fastest CPU engine per hop; ``compile`` keeps the quick default build.
 
-    Compiling is slow (tens of seconds per bucket); the packages are cached on disk (:func:`aot_cache_dir`),
-    keyed by everything that shapes the library: the weights, the model config, the shapes, the
-    output span, the torch version and the number of torch threads (compiled into the kernels).
+    Compiling is slow (a minute per bucket for the default model); the packages are cached on disk
+    (:func:`aot_cache_dir`), keyed by everything that shapes the library: the weights, the model
+    config, the shapes, the output span, the torch version, the number of torch threads and the
+    CPU's vector instructions (both compiled into the kernels).
     A later start with the same key loads the package instead of compiling. The cache holds shared libraries
     that this process loads: keep it private (it is created with mode 0700).
     """
@@ -378,9 +401,11 @@ class AotEngine(Engine):
 
     def _cache_key(self, bucket: int) -> str:
         digest = hashlib.sha256()
-        facts = {"format": 1, "torch": torch.__version__, "bucket": bucket, "window_samples": self.window_samples,
+        facts = {"format": 2, "torch": torch.__version__, "bucket": bucket, "window_samples": self.window_samples,
                  "n_input_channels": self.n_input_channels, "last_samples": self._last_samples,
-                 "threads": torch.get_num_threads(), "model": type(self.model).__name__}
+                 "threads": torch.get_num_threads(), "model": type(self.model).__name__,
+                 "cpu": [platform.machine(), torch.backends.cpu.get_cpu_capability()],
+                 "inductor": aot_inductor_configs()}
         config = getattr(self.model, "config", None)
         if config is not None and hasattr(config, "to_json_string"):
             facts["config"] = config.to_json_string(use_diff=False)
@@ -409,7 +434,7 @@ class AotEngine(Engine):
             os.close(handle)
             try:
                 torch._inductor.aoti_compile_and_package(program, package_path=partial,
-                                                         inductor_configs={"freezing": True})
+                                                         inductor_configs=aot_inductor_configs())
                 os.replace(partial, path)
             finally:
                 if os.path.exists(partial):
@@ -424,8 +449,6 @@ class AotEngine(Engine):
         return path
 
     def _prepare(self) -> None:
-        import torch._inductor
-
         self._runners = {}
         for bucket in self.buckets:
             path = self._package(bucket)
@@ -459,7 +482,9 @@ def _load_aot_package(path: Path):
 
         loader = torch._C._aoti.AOTIModelPackageLoader
     except (ImportError, AttributeError):  # another torch: the public way, probe included
-        return torch._inductor.aoti_load_package(str(path))
+        from torch._inductor import aoti_load_package
+
+        return aoti_load_package(str(path))
     return AOTICompiledModel(loader(str(path), "model", False, 1, -1))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainformer_rt.serving.engine import EngineError, batch_buckets, make_engine, resolve_kind
+from brainformer_rt.serving.engine import EngineError, aot_inductor_configs, batch_buckets, make_engine, resolve_kind
 from tests.rt.conftest import small_model
 
 pytestmark = pytest.mark.timeout(120)
@@ -174,6 +174,18 @@ def test_aot_agrees_with_eager_and_reuses_its_cached_package(windows, tmp_path, 
     shorter = make_engine(model, "aot", "cpu", batch_size=2, window_samples=64, output_samples=8, buckets=[2])
     keys = {again._cache_key(2), other._cache_key(2), shorter._cache_key(2)}
     assert len(keys) == 3 and packages[0].stem == again._cache_key(2)
+    # So does the build's autotuning.
+    monkeypatch.setenv("BRAINFORMER_AOT_AUTOTUNE", "0")
+    assert again._cache_key(2) not in keys
+
+
+def test_aot_autotune_setting_is_checked(monkeypatch):
+    assert aot_inductor_configs()["max_autotune"] is True
+    monkeypatch.setenv("BRAINFORMER_AOT_AUTOTUNE", "0")
+    assert aot_inductor_configs() == {"freezing": True}
+    monkeypatch.setenv("BRAINFORMER_AOT_AUTOTUNE", "no")
+    with pytest.raises(EngineError, match="BRAINFORMER_AOT_AUTOTUNE must be 0 or 1, got 'no'"):
+        aot_inductor_configs()
 
 
 REPO = Path(__file__).resolve().parents[3]

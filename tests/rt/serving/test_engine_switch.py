@@ -28,10 +28,14 @@ SWITCH_TIMEOUT_S = 600.0
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, request):
-    """One cache for the module: what the first test compiles, the next ones find."""
+    """One cache for the module: what the first test compiles, the next ones find.
+
+    The packages are built without autotuning (a minute less per build): these tests are about
+    the switch; test_engine.py checks the autotuned package against eager."""
     path = tmp_path_factory.mktemp("aot-cache")
     patch = pytest.MonkeyPatch()
     patch.setenv("BRAINFORMER_CACHE", str(path))
+    patch.setenv("BRAINFORMER_AOT_AUTOTUNE", "0")
     request.addfinalizer(patch.undo)
     return path
 
