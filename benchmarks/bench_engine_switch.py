@@ -13,8 +13,9 @@ from the moment ``serve`` is started (wall clock of this process):
   the largest step between consecutive published timestamps (one output period when nothing
   was lost; a skipped window would show as a longer step).
 
-The first start uses an empty cache (``BRAINFORMER_CACHE`` pointed at a new folder: the compiled
-forward is built in the background); the second start finds what the first one cached.
+The first start uses empty caches (``BRAINFORMER_CACHE`` and inductor's ``TORCHINDUCTOR_CACHE_DIR``
+pointed at new folders, as on a machine that never compiled: the compiled forward is built in the
+background); the second start finds what the first one cached.
 Runs inside a loopback-only network namespace when it can (it re-executes itself there).
 """
 
@@ -89,7 +90,7 @@ def one_start(model: str, cache: Path, threads: int, after_switch_s: float, work
     model_rate = float(load_fields(model).sfreq_hz)
     name = f"switch-{uuid.uuid4().hex[:8]}"
     address = free_tcp_address()
-    env = {**os.environ, "BRAINFORMER_CACHE": str(cache)}
+    env = {**os.environ, "BRAINFORMER_CACHE": str(cache), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")}
     config = work / f"{name}.toml"
     config.write_text(f"torch_threads = {threads}\n")
     log_path, stats_path = work / f"{name}.log", work / f"{name}-stats.json"
