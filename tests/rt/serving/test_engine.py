@@ -142,6 +142,7 @@ def test_aot_agrees_with_eager_and_reuses_its_cached_package(windows, tmp_path, 
     """AOTInductor gives the eager numbers; a second engine for the same model loads the cached
     package instead of compiling; other weights get another package."""
     monkeypatch.setenv("BRAINFORMER_CACHE", str(tmp_path))
+    monkeypatch.delenv("BRAINFORMER_AOT_AUTOTUNE", raising=False)  # the package as it ships
     model = small_model(seed=2)
     # One static bucket of 2: a single window is padded up to it (one compilation in this test).
     engine = make_engine(model, "aot", "cpu", batch_size=2, window_samples=64, output_samples=16, buckets=[2])
@@ -180,6 +181,7 @@ def test_aot_agrees_with_eager_and_reuses_its_cached_package(windows, tmp_path, 
 
 
 def test_aot_autotune_setting_is_checked(monkeypatch):
+    monkeypatch.delenv("BRAINFORMER_AOT_AUTOTUNE", raising=False)
     assert aot_inductor_configs()["max_autotune"] is True
     monkeypatch.setenv("BRAINFORMER_AOT_AUTOTUNE", "0")
     assert aot_inductor_configs() == {"freezing": True}
