@@ -22,7 +22,7 @@ from typing import Any
 from brainformer.adaptation.channels import listing, normalize_label
 from brainformer.adaptation.errors import AdaptationError
 
-__all__ = ["Position", "channel_position", "load_montage", "montage_positions"]
+__all__ = ["Position", "channel_position", "load_montage", "montage_positions", "standard_montage"]
 
 Position = tuple[float, float, float]
 
@@ -79,14 +79,32 @@ def load_montage(montage: str | Path) -> Any:
         except Exception as err:  # noqa: BLE001 - MNE's reader errors vary by format: one line
             detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise AdaptationError(f"montage file {path}: cannot read: {detail}") from None
-    try:  # MNE also accepts deprecated aliases (``standard_1020``) that it no longer lists
-        return mne.channels.make_standard_montage(str(montage))
+    try:
+        return standard_montage(str(montage))
     except ValueError:
         builtin = mne.channels.get_builtin_montages()
         raise AdaptationError(
             f"unknown montage {str(montage)!r}: not a file, nor an MNE standard montage "
             f"({', '.join(builtin[:6])}, … {len(builtin)} in all)"
         ) from None
+
+
+#: Standard montages MNE renamed, old name → new name, with the same positions. MNE 1.13 warns
+#: on ``standard_1020`` and 1.14 drops it; older MNE versions have only that name.
+MONTAGE_RENAMES = {"standard_1020": "colin27_1020"}
+
+
+def standard_montage(name: str) -> Any:
+    """MNE's standard montage ``name``, by whichever of its names (:data:`MONTAGE_RENAMES`) this
+    MNE knows, so that both names work with every MNE version; ValueError when MNE has neither."""
+    import mne
+
+    builtin = set(mne.channels.get_builtin_montages())
+    if name not in builtin:
+        aliases = {**MONTAGE_RENAMES, **{new: old for old, new in MONTAGE_RENAMES.items()}}
+        if aliases.get(name) in builtin:
+            name = aliases[name]
+    return mne.channels.make_standard_montage(name)
 
 
 def montage_positions(montage: Any, labels: Sequence[str]) -> list[Position | None]:

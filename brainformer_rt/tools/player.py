@@ -406,13 +406,12 @@ def _check_source_options(path: Path, unit: str | None, rate_hz: float | None, c
 
 def _onto_cap(eeg: Any, cap: str) -> Any:
     """The EEG interpolated (MNE, spherical splines) onto the `CAP_32` electrodes of ``cap``."""
-    import warnings
-
     import mne
 
-    with mne.utils.use_log_level("error"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # MNE renames standard_1020 (an alias stays)
-        known = mne.channels.make_standard_montage(cap).get_positions()
+    from brainformer.adaptation.positions import standard_montage
+
+    with mne.utils.use_log_level("error"):
+        known = standard_montage(cap).get_positions()
         ch_pos = {name: pos for name, pos in known["ch_pos"].items() if name in CAP_32}
         montage = mne.channels.make_dig_montage(ch_pos=ch_pos, nasion=known["nasion"], lpa=known["lpa"],
                                                 rpa=known["rpa"], coord_frame="head")

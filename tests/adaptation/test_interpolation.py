@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from brainformer.adaptation import AdaptationOptions, Adapter, SourceDescription, plan_adaptation
+from brainformer.adaptation.positions import standard_montage
 
 MISSING = ["EEG 005", "EEG 013", "EEG 027", "EEG 044", "EEG 058"]
 CAP_32 = (
@@ -54,7 +55,7 @@ def test_bad_channels_replan_equals_interpolate_bads(eeg_raw, default_fields):
 
 
 def _cap_32(eeg_raw):
-    montage = mne.channels.make_standard_montage("standard_1020")
+    montage = standard_montage("standard_1020")
     montage = montage.copy()
     montage.ch_names  # noqa: B018 - the 94 names
     montage_32 = mne.channels.make_dig_montage(

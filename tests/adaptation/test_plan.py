@@ -146,3 +146,18 @@ def test_resampler_follows_the_models_low_pass_corner(default_fields):
     assert plan.resampler == "soxr QQ" and "resampled (soxr QQ," in plan.describe()
     assert Adapter(plan)._resampler.method == "soxr QQ"
     assert Adapter(at_500)._resampler.method == "linear"
+
+
+def test_a_renamed_standard_montage_loads_by_either_name_without_a_deprecation_warning():
+    """MNE 1.13 renamed standard_1020 to colin27_1020 and will drop the old name; users and
+    `simulate --cap` keep using the old one."""
+    import warnings
+
+    from brainformer.adaptation.positions import load_montage
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old, new = load_montage("standard_1020"), load_montage("colin27_1020")
+    assert len(old.ch_names) == 94 and old.ch_names == new.ch_names
+    old_pos, new_pos = old.get_positions()["ch_pos"], new.get_positions()["ch_pos"]
+    assert all(np.array_equal(old_pos[name], new_pos[name]) for name in old.ch_names)
