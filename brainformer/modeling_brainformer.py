@@ -89,7 +89,10 @@ class BrainformerDSWEmbedding(nn.Module):
         batch, _, channels = values.shape
         # (batch, segments, patch_len, channels) -> (batch, segments, channels, patch_len)
         segments = values.reshape(batch, self.n_segments, self.patch_len, channels).transpose(2, 3)
-        tokens = self.value_embedding(segments)  # (batch, segments, channels, d_model)
+        # Contiguous (eager copies it anyway): a linear layer on a transposed view is exported
+        # (torch.export) as a batched product with the weight broadcast, several times slower
+        # under AOTInductor than the one matrix product it is.
+        tokens = self.value_embedding(segments.contiguous())  # (batch, segments, channels, d_model)
         tokens = tokens + self.channel_embedding + self.position_embedding()[:, None, :]
         return self.dropout(tokens)
 
@@ -216,8 +219,9 @@ class BrainformerTwoStageAttention(nn.Module):
     def forward(self, x: torch.Tensor, last_segments: int | None = None) -> torch.Tensor:
         """`last_segments`: return only the newest segments `(batch, last_segments, channels, d_model)`;
         the time stage still reads every segment."""
-        # Time stage on the (batch, channels, segments, d_model) view.
-        attended = self.time_attention(self.time_norm(x).transpose(1, 2), is_causal=self.causal,
+        # Time stage on the (batch, channels, segments, d_model) view, made contiguous for the
+        # reason given in BrainformerDSWEmbedding.forward.
+        attended = self.time_attention(self.time_norm(x).transpose(1, 2).contiguous(), is_causal=self.causal,
                                        last_queries=last_segments)
         router = self.router
         if last_segments is not None:

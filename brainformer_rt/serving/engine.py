@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import tempfile
 import time
 import warnings
@@ -387,12 +388,12 @@ class AotEngine(Engine):
     Inductor's fused C++ kernels, as ``compile``, without what ``torch.compile`` runs around them on
     every call (Python guards, the graph's Python wrapper); the library releases Python's GIL while
     it runs. Its matrix products are autotuned (:func:`aot_inductor_configs`), which makes it the
-    fastest CPU engine per hop; ``compile`` keeps the quick default build.
+    fastest CPU engine per hop for the default model; ``compile`` keeps the quick default build.
 
-    Compiling is slow (a minute per bucket for the default model); the packages are cached on disk
-    (:func:`aot_cache_dir`), keyed by everything that shapes the library: the weights, the model
-    config, the shapes, the output span, the torch version, the number of torch threads and the
-    CPU's vector instructions (both compiled into the kernels).
+    Compiling is slow (up to a minute per bucket for the default model); the packages are cached on
+    disk (:func:`aot_cache_dir`), keyed by everything that shapes the library: the model's code,
+    weights and config, the shapes, the output span, the torch version, the build settings, the
+    number of torch threads and the CPU's vector instructions (both compiled into the kernels).
     A later start with the same key loads the package instead of compiling. The cache holds shared libraries
     that this process loads: keep it private (it is created with mode 0700).
     """
@@ -410,6 +411,10 @@ class AotEngine(Engine):
         if config is not None and hasattr(config, "to_json_string"):
             facts["config"] = config.to_json_string(use_diff=False)
         digest.update(json.dumps(facts, sort_keys=True).encode())
+        # The model's code: a package of an older forward is never loaded for a newer one.
+        source = getattr(sys.modules.get(type(self.model).__module__), "__file__", None)
+        if source is not None:
+            digest.update(Path(source).read_bytes())
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())

@@ -217,3 +217,23 @@ def test_gpu_check_cpu_smoke_run_writes_the_table_and_json(tmp_path):
     assert [(row["batch"], row["engine"]) for row in results["rows"]] == [(2, "eager")]
     assert all(row["median_ms"] > 0 for row in results["rows"])
     assert results["machine"]["device"] == "cpu"
+
+
+def test_aot_cache_key_covers_the_models_code(tmp_path, monkeypatch):
+    """A package compiled from an older forward is never loaded for a newer one."""
+    import importlib
+    import sys
+
+    source = tmp_path / "changing_model.py"
+    source.write_text("import torch\n\nclass Doubling(torch.nn.Module):\n"
+                      "    def forward(self, x):\n        return 2.0 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("changing_model")
+    try:
+        engine = make_engine(module.Doubling(), "aot", "cpu", window_samples=10, n_input_channels=3)
+        before = engine._cache_key(1)
+        assert engine._cache_key(1) == before
+        source.write_text(source.read_text() + "# changed\n")
+        assert engine._cache_key(1) != before
+    finally:
+        sys.modules.pop("changing_model", None)
