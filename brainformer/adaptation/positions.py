@@ -92,6 +92,8 @@ def load_montage(montage: str | Path) -> Any:
 #: Standard montages MNE renamed, old name → new name, with the same positions. MNE 1.13 warns
 #: on ``standard_1020`` and 1.14 drops it; older MNE versions have only that name.
 MONTAGE_RENAMES = {"standard_1020": "colin27_1020"}
+#: Each name of a renamed montage → its other name.
+_OTHER_NAME = {**MONTAGE_RENAMES, **{new: old for old, new in MONTAGE_RENAMES.items()}}
 
 
 def standard_montage(name: str) -> Any:
@@ -100,10 +102,8 @@ def standard_montage(name: str) -> Any:
     import mne
 
     builtin = set(mne.channels.get_builtin_montages())
-    if name not in builtin:
-        aliases = {**MONTAGE_RENAMES, **{new: old for old, new in MONTAGE_RENAMES.items()}}
-        if aliases.get(name) in builtin:
-            name = aliases[name]
+    if name not in builtin and _OTHER_NAME.get(name) in builtin:
+        name = _OTHER_NAME[name]
     return mne.channels.make_standard_montage(name)
 
 
