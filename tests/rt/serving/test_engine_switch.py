@@ -137,6 +137,18 @@ def test_a_model_the_compiling_process_cannot_load_keeps_eager_and_says_why(cach
         engine.close()
 
 
+def test_a_bad_autotune_setting_keeps_eager_and_names_the_variable(cache, monkeypatch):
+    monkeypatch.setenv("BRAINFORMER_AOT_AUTOTUNE", "yes")
+    model = small_model(seed=4)
+    engine = serving_engine(model, "auto", "cpu", 1, WINDOW, output_samples=OUTPUT_SAMPLES).setup()
+    try:
+        served = serve_until_settled(engine, model, np.random.default_rng(4))
+        assert engine.switch.state == "failed" and "BRAINFORMER_AOT_AUTOTUNE must be 0 or 1" in engine.switch.reason
+        assert set(served) == {"eager"}
+    finally:
+        engine.close()
+
+
 @pytest.mark.timeout(SWITCH_TIMEOUT_S + 60)
 def test_the_daemon_switches_without_a_gap_and_reports_it(cache, tmp_path, model_dir, serves):
     """`serve --engine auto` on a real stream: predictions from the first window on, the switch
