@@ -32,6 +32,7 @@ __all__ = [
     "DerivedFields",
     "FIELD_NAMES",
     "MODEL_TYPE",
+    "SIGNAL_FIELD_NAMES",
     "check_model_type",
     "check_no_unknown_arguments",
     "validate_fields",
@@ -73,6 +74,7 @@ _POSITION_EMBEDDINGS = ("learned", "sinusoidal")
 _HEADS = ("regression", "tokens")
 _LOSSES = ("mse", "huber")
 _EEG_REFERENCES = ("average", "none")
+_TARGET_PHASES = ("causal", "zero_phase")
 
 # Keys a config.json holds besides the fields: written by transformers (and by
 # `BrainformerFields.to_json_file`) for bookkeeping; read back and ignored.
@@ -280,11 +282,31 @@ def _preprocessing(v: Mapping[str, Any], sfreq_hz: float, n_eeg: int, n_meg: int
         "filter_order": _int("filter_order", v["filter_order"], 1),
         "notch_hz": [_cutoff(f"notch_hz[{i}]", f, nyquist_hz) for i, f in enumerate(notch_hz)],
         "notch_quality": _float("notch_quality", v["notch_quality"], minimum=0.0),
+        **_target(v, nyquist_hz),
         "eeg_reference": _choice("eeg_reference", v["eeg_reference"], _EEG_REFERENCES),
         "eeg_mean": _stats("eeg_mean", v["eeg_mean"], n_eeg, is_std=False),
         "eeg_std": _stats("eeg_std", v["eeg_std"], n_eeg, is_std=True),
         "meg_mean": _stats("meg_mean", v["meg_mean"], n_meg, is_std=False),
         "meg_std": _stats("meg_std", v["meg_std"], n_meg, is_std=True),
+    }
+
+
+def _target(v: Mapping[str, Any], nyquist_hz: float) -> dict[str, Any]:
+    """What the model is trained to predict: the MEG through a band (the input filters' band by
+    default), causally or with zero phase."""
+    band = v["target_band_hz"]
+    if band is not None:
+        band = _as_list(band)
+        if isinstance(band, (str, bytes)) or not isinstance(band, Sequence) or len(band) != 2:
+            _fail("target_band_hz", band, "None or [high-pass Hz, low-pass Hz] (either may be None)")
+        band = [_cutoff(f"target_band_hz[{i}]", f, nyquist_hz) for i, f in enumerate(band)]
+        if band[0] is not None and band[1] is not None and band[0] >= band[1]:
+            _fail("target_band_hz", band, "a high-pass cut-off below the low-pass cut-off")
+    order = v["target_filter_order"]
+    return {
+        "target_phase": _choice("target_phase", v["target_phase"], _TARGET_PHASES),
+        "target_band_hz": band,
+        "target_filter_order": None if order is None else _int("target_filter_order", order, 1),
     }
 
 
@@ -388,6 +410,9 @@ class BrainformerFields(DerivedFields):
     filter_order: int = 4
     notch_hz: tuple[float, ...] | None = (60.0,)
     notch_quality: float = 30.0
+    target_phase: str = "causal"
+    target_band_hz: tuple[float | None, float | None] | None = None
+    target_filter_order: int | None = None
     eeg_reference: str = "average"
     eeg_mean: tuple[float, ...] | None = None
     eeg_std: tuple[float, ...] | None = None
@@ -458,3 +483,11 @@ def _as_tuples(value: Any) -> Any:
 
 #: Names of the config's fields, in the order of the `BrainformerConfig` docstring.
 FIELD_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(BrainformerFields))
+
+#: Fields that decide what the model's EEG input and MEG target are, before scaling: a prepared
+#: dataset fixes them, and models scored side by side must agree on them.
+SIGNAL_FIELD_NAMES: tuple[str, ...] = (
+    "eeg_channel_names", "meg_channel_names", "meg_channel_types", "sfreq_hz", "highpass_hz", "lowpass_hz",
+    "filter_order", "notch_hz", "notch_quality", "target_phase", "target_band_hz", "target_filter_order",
+    "eeg_reference",
+)

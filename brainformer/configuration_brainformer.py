@@ -147,6 +147,19 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
         filter_order (`int`, defaults to 4): Order of the Butterworth filters (SOS form).
         notch_hz (`list[float]`, defaults to `[60.0]`): Line-noise notch frequencies.
         notch_quality (`float`, defaults to 30.0): Quality factor of each notch.
+        target_phase (`str`, defaults to `"causal"`):
+            How the MEG the model learns to predict is filtered. `"causal"`: through causal
+            filters, as the EEG is, so the prediction lags the brain by their group delay (tens
+            of ms in band; `brainformer.preprocessing.design_delay` gives it). `"zero_phase"`:
+            forward and backward through the target band, offline, so the model learns to
+            predict the band-limited MEG as it is now and must forecast through the input
+            filters' delay.
+        target_band_hz (`list` of two `float` or `None`, or `None`, defaults to `None`):
+            `[high-pass, low-pass]` Butterworth cut-offs of the target (either may be `None`);
+            `None` uses the input filters (`highpass_hz`, `lowpass_hz`).
+        target_filter_order (`int` or `None`, defaults to `None`):
+            Order of the target's Butterworth filters; `None` uses `filter_order`. A zero-phase
+            target passes them twice: its magnitude response is their square.
         eeg_reference (`str`, defaults to `"average"`): `"average"` or `"none"`.
         eeg_mean (`list[float]` or `None`, defaults to `None`):
             Per-EEG-channel mean subtracted before scaling (fitted on the training split).
@@ -198,6 +211,9 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
         filter_order: int = _DEFAULTS.filter_order,
         notch_hz: Sequence[float] | None = _DEFAULTS.notch_hz,
         notch_quality: float = _DEFAULTS.notch_quality,
+        target_phase: str = _DEFAULTS.target_phase,
+        target_band_hz: Sequence[float | None] | None = _DEFAULTS.target_band_hz,
+        target_filter_order: int | None = _DEFAULTS.target_filter_order,
         eeg_reference: str = _DEFAULTS.eeg_reference,
         eeg_mean: Sequence[float] | None = _DEFAULTS.eeg_mean,
         eeg_std: Sequence[float] | None = _DEFAULTS.eeg_std,

@@ -38,6 +38,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from brainformer.config_fields import SIGNAL_FIELD_NAMES
 from brainformer.evaluation import (
     DEFAULT_RELATIVE_ALPHAS,
     DEFAULT_VALIDATION_FRACTION,
@@ -140,10 +141,7 @@ class TrainingData:
 
 
 # Model fields that change what the data are: a prepared dataset fixes them.
-_DATA_FIELDS = (
-    "eeg_channel_names", "meg_channel_names", "meg_channel_types", "sfreq_hz", "window_samples", "highpass_hz",
-    "lowpass_hz", "filter_order", "notch_hz", "notch_quality", "eeg_reference",
-)
+_DATA_FIELDS = (*SIGNAL_FIELD_NAMES, "window_samples")
 
 
 def _eval_hop(settings: ExperimentSettings, window_samples: int) -> int:

@@ -24,7 +24,10 @@ from brainformer.preprocessing import (
     ChannelStats,
     check_raw_compatible,
     decimation_factor_for_raw,
+    finish_meg_target,
+    is_zero_phase_target,
     iter_preprocessed_chunks,
+    preprocess_recording,
 )
 from brainformer.settings import DataSettings, ExperimentSettings
 
@@ -145,6 +148,10 @@ def _fit_statistics_worker(path: str, fields: BrainformerFields, data: DataSetti
     n_out = _n_rows_at_model_rate(raw, decimation)
     start, stop = split_parts(n_out, float(raw.info["sfreq"]) / decimation, data)["train"]
     eeg_stats, meg_stats = ChannelStats(fields.n_eeg_channels), ChannelStats(fields.n_meg_channels)
+    if is_zero_phase_target(plain):
+        # Every sample of a zero-phase target depends on the whole recording: preprocess it all.
+        recording = preprocess_recording(raw, plain)
+        return eeg_stats.update(recording.eeg[start:stop]), meg_stats.update(recording.meg[start:stop])
     row = 0
     for eeg, meg, _ in iter_preprocessed_chunks(raw, plain):
         lo, hi = max(start - row, 0), min(stop - row, eeg.shape[0])
@@ -184,6 +191,7 @@ def _preprocess_worker(
         for kind, values in zip(_ARRAY_KINDS, chunk):
             arrays[kind][row : row + m] = values
         row += m
+    finish_meg_target(arrays["meg"], fields)
     if arrays_dir is not None:
         for array in arrays.values():
             array.flush()

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from brainformer.config_fields import SIGNAL_FIELD_NAMES
 from brainformer.evaluation.artefacts import ArtefactMask, detect_artefacts
 from brainformer.evaluation.baselines import (
     DEFAULT_LAG_STEP_SAMPLES,
@@ -559,10 +560,7 @@ def evaluate_recording(
 
 
 #: Config fields that decide what a model's scaled EEG and MEG are.
-_PREPROCESSING_FIELDS = (
-    "eeg_channel_names", "meg_channel_names", "sfreq_hz", "highpass_hz", "lowpass_hz", "filter_order", "notch_hz",
-    "notch_quality", "eeg_reference", "eeg_mean", "eeg_std", "meg_mean", "meg_std",
-)
+_PREPROCESSING_FIELDS = (*SIGNAL_FIELD_NAMES, "eeg_mean", "eeg_std", "meg_mean", "meg_std")
 
 
 def _check_same_preprocessing(name: str, other: Any, config: Any) -> None:

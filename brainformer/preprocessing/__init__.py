@@ -2,15 +2,21 @@
 
 ```
 raw EEG (n, n_eeg) ─ average reference ─ SOS high-pass ─ SOS low-pass ─ SOS notch ─ decimate ─ scale ─► model
-raw MEG (n, n_meg) ─ SSP projections (offline) ─ same filters ─ decimate ─ scale ─► labels
+raw MEG (n, n_meg) ─ SSP projections (offline) ─ target band (causal: forward only;
+                     zero phase: forward, then backward over the whole recording) ─ decimate ─ scale ─► labels
 ```
 
 Everything that changes the signal is described by a frozen `PreprocessingSpec`, built once from a
 model config and the input sampling rate; a `StreamingPreprocessor` runs a spec over chunks of any
 size and carries the filter state and the decimation phase between them, so a recording processed
 offline in large chunks gives bit-for-bit the samples the daemon computes online from 16-sample
-chunks. Zero-phase filtering (`filtfilt`) would look slightly better offline but the daemon cannot
-do it, so it is never used here.
+chunks. The EEG is never filtered with zero phase: the daemon cannot do it live.
+
+The MEG is what the model learns to predict, and exists offline only. By default it goes
+through the EEG's causal filters, so the model learns the MEG as those filters delay it (by
+their group delay: tens of ms in band, see `delay`). A config with ``target_phase =
+"zero_phase"`` asks for the band-limited MEG as it is now: its target is filtered forward and
+backward (`zero_phase_backward_pass`), and the model must forecast through the EEG filters' delay.
 
 Scaling: ``scaled = (x - mean) / std`` per channel, with statistics fitted on the training split
 (`fit_scaling`) and stored in the model config. A channel whose standard deviation is 0, or below
@@ -21,7 +27,9 @@ The modules, in reading order:
 
 - `errors`: `PreprocessingError`, `NonFiniteInputError`;
 - `scaling`: `ChannelScaling`, the MEG scale/unscale helpers, `ChannelStats` and `fit_scaling`;
-- `filters`: filter design, `PreprocessingSpec`, `StreamingPreprocessor` and its two factories;
+- `filters`: filter design, `PreprocessingSpec`, `StreamingPreprocessor` and its two factories,
+  the zero-phase target's backward pass;
+- `delay`: what the filters delay the brain signal by, per frequency (`design_delay`);
 - `recording`: whole MNE recordings offline through the same streaming path.
 
 This package is model-free: it never imports torch or transformers.
@@ -41,17 +49,31 @@ from brainformer.preprocessing.filters import (
     ANTI_ALIAS_ORDER,
     ANTI_ALIAS_RIPPLE_DB,
     RATE_RELATIVE_TOLERANCE,
+    FilterBand,
     PreprocessingSpec,
     StreamingPreprocessor,
     decimation_factor,
+    design_band,
     eeg_preprocessor,
+    input_band,
+    is_zero_phase_target,
     meg_preprocessor,
+    target_band,
+    zero_phase_backward_pass,
+)
+from brainformer.preprocessing.delay import (
+    BANDS_HZ,
+    DelayAt,
+    SignalDelay,
+    design_delay,
+    filter_delay,
 )
 from brainformer.preprocessing.recording import (
     DEFAULT_CHUNK_SAMPLES,
     PreprocessedRecording,
     check_raw_compatible,
     decimation_factor_for_raw,
+    finish_meg_target,
     iter_preprocessed_chunks,
     needs_resampling,
     preprocess_recording,
@@ -75,8 +97,12 @@ __all__ = [
     "DEFAULT_CHUNK_SAMPLES",
     "FLAT_CHANNEL_RELATIVE_STD",
     "RATE_RELATIVE_TOLERANCE",
+    "BANDS_HZ",
     "ChannelScaling",
     "ChannelStats",
+    "DelayAt",
+    "FilterBand",
+    "SignalDelay",
     "NonFiniteInputError",
     "PreprocessedRecording",
     "PreprocessingError",
@@ -85,8 +111,14 @@ __all__ = [
     "check_raw_compatible",
     "decimation_factor",
     "decimation_factor_for_raw",
+    "design_band",
+    "design_delay",
     "eeg_preprocessor",
+    "filter_delay",
+    "finish_meg_target",
     "fit_scaling",
+    "input_band",
+    "is_zero_phase_target",
     "iter_preprocessed_chunks",
     "meg_preprocessor",
     "meg_scaling",
@@ -94,6 +126,8 @@ __all__ = [
     "preprocess_recording",
     "raw_source_name",
     "scale_meg",
+    "target_band",
     "unscale_meg",
     "without_scaling",
+    "zero_phase_backward_pass",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,12 @@ from brainformer.preprocessing.scaling import ChannelScaling, _scaling_from_conf
 
 __all__ = [
     "ANTI_ALIAS_FRACTION",
+    "FilterBand",
+    "design_band",
+    "input_band",
+    "is_zero_phase_target",
+    "target_band",
+    "zero_phase_backward_pass",
     "ANTI_ALIAS_ORDER",
     "ANTI_ALIAS_RIPPLE_DB",
     "RATE_RELATIVE_TOLERANCE",
@@ -108,19 +114,64 @@ def decimation_factor(input_sfreq_hz: float, model_sfreq_hz: float) -> int:
     )
 
 
-def _design_filters(config: Any, filter_sfreq_hz: float, decimation: int) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Cascade of all filters as SOS `(sections, 6)` float64, and a description of each stage."""
+@dataclass(frozen=True)
+class FilterBand:
+    """The Butterworth band and notches of one signal path, as the config sets them.
+
+    Attributes:
+        highpass_hz, lowpass_hz: cut-offs (None: no such filter).
+        order: Butterworth order of each of the two filters.
+        notch_hz, notch_quality: line-noise notches and their quality factor.
+        source: the config fields these came from, for error messages (e.g. ``"highpass_hz"``).
+    """
+
+    highpass_hz: float | None
+    lowpass_hz: float | None
+    order: int
+    notch_hz: tuple[float, ...]
+    notch_quality: float
+    source: tuple[str, str] = ("highpass_hz", "lowpass_hz")
+
+
+def input_band(config: Any) -> FilterBand:
+    """The EEG's filters (and a causal target's, unless `target_band_hz` sets another band)."""
+    return FilterBand(config.highpass_hz, config.lowpass_hz, int(config.filter_order), tuple(config.notch_hz or ()),
+                      float(config.notch_quality))
+
+
+def target_band(config: Any) -> FilterBand:
+    """The filters of the MEG the model learns to predict: `target_band_hz` and
+    `target_filter_order` where set, else the input's."""
+    band = getattr(config, "target_band_hz", None)
+    order = getattr(config, "target_filter_order", None)
+    if band is None and order is None:
+        return input_band(config)
+    highpass_hz, lowpass_hz = (config.highpass_hz, config.lowpass_hz) if band is None else band
+    source = ("highpass_hz", "lowpass_hz") if band is None else ("target_band_hz[0]", "target_band_hz[1]")
+    return FilterBand(highpass_hz, lowpass_hz, int(config.filter_order if order is None else order),
+                      tuple(config.notch_hz or ()), float(config.notch_quality), source)
+
+
+def is_zero_phase_target(config: Any) -> bool:
+    """True when the model learns the MEG filtered forward and backward (no delay)."""
+    return getattr(config, "target_phase", "causal") == "zero_phase"
+
+
+def design_band(band: FilterBand, filter_sfreq_hz: float, decimation: int = 1) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Cascade of all filters of `band` at `filter_sfreq_hz` as SOS `(sections, 6)` float64, and a
+    description of each stage; with `decimation` > 1, an anti-alias low-pass where the band's own
+    low-pass does not protect the decimated rate."""
     nyquist_hz = filter_sfreq_hz / 2.0
     output_nyquist_hz = nyquist_hz / decimation
-    order = int(config.filter_order)
-    highpass_hz = config.highpass_hz
-    lowpass_hz = config.lowpass_hz
+    order = int(band.order)
+    highpass_hz = band.highpass_hz
+    lowpass_hz = band.lowpass_hz
     stages: list[np.ndarray] = []
     names: list[str] = []
     if highpass_hz is not None:
         if not 0 < highpass_hz < nyquist_hz:
             raise PreprocessingError(
-                f"config.highpass_hz={highpass_hz} must lie between 0 and the Nyquist frequency {nyquist_hz:g} Hz"
+                f"config.{band.source[0]}={highpass_hz} must lie between 0 and the Nyquist frequency {nyquist_hz:g} Hz"
             )
         stages.append(scipy.signal.butter(order, highpass_hz, btype="highpass", fs=filter_sfreq_hz, output="sos"))
         names.append(f"high-pass {highpass_hz:g} Hz (order {order})")
@@ -128,7 +179,7 @@ def _design_filters(config: Any, filter_sfreq_hz: float, decimation: int) -> tup
         limit_hz = output_nyquist_hz if decimation == 1 else nyquist_hz
         if not 0 < lowpass_hz < limit_hz:
             raise PreprocessingError(
-                f"config.lowpass_hz={lowpass_hz} must lie between 0 and the Nyquist frequency {limit_hz:g} Hz"
+                f"config.{band.source[1]}={lowpass_hz} must lie between 0 and the Nyquist frequency {limit_hz:g} Hz"
             )
         stages.append(scipy.signal.butter(order, lowpass_hz, btype="lowpass", fs=filter_sfreq_hz, output="sos"))
         names.append(f"low-pass {lowpass_hz:g} Hz (order {order})")
@@ -141,13 +192,13 @@ def _design_filters(config: Any, filter_sfreq_hz: float, decimation: int) -> tup
                 )
             )
             names.append(f"anti-alias low-pass {anti_alias_hz:g} Hz (Chebyshev I, order {ANTI_ALIAS_ORDER})")
-    for notch_hz in config.notch_hz or ():
+    for notch_hz in band.notch_hz:
         if not 0 < notch_hz < nyquist_hz:
             logger.info("notch at %g Hz skipped: not below the Nyquist frequency %g Hz", notch_hz, nyquist_hz)
             continue
-        b, a = scipy.signal.iirnotch(notch_hz, float(config.notch_quality), fs=filter_sfreq_hz)
+        b, a = scipy.signal.iirnotch(notch_hz, float(band.notch_quality), fs=filter_sfreq_hz)
         stages.append(scipy.signal.tf2sos(b, a))
-        names.append(f"notch {notch_hz:g} Hz (Q {config.notch_quality:g})")
+        names.append(f"notch {notch_hz:g} Hz (Q {band.notch_quality:g})")
     if not stages:
         return np.zeros((0, 6)), ()
     sos = np.ascontiguousarray(np.vstack(stages), dtype=np.float64)
@@ -170,6 +221,11 @@ class PreprocessingSpec:
             coefficients.
         stages: human-readable description of the filter stages, in order.
         scaling: per-channel scaling, or None (identity) when the config has no statistics.
+        zero_phase: a zero-phase MEG target (offline only): the streaming pass filters forward
+            and does not scale; `zero_phase_backward_pass` then runs `backward_sos` backward over
+            the whole recording and scales.
+        backward_sos: `(sections, 6)` the target band designed at the output rate (zero-phase
+            targets), else empty.
     """
 
     modality: str
@@ -181,6 +237,8 @@ class PreprocessingSpec:
     sos: np.ndarray
     stages: tuple[str, ...]
     scaling: ChannelScaling | None
+    zero_phase: bool = False
+    backward_sos: np.ndarray = field(default_factory=lambda: np.zeros((0, 6)))
 
     @property
     def n_channels(self) -> int:
@@ -192,21 +250,32 @@ class PreprocessingSpec:
         reference = getattr(config, "eeg_reference", "none")
         if reference not in ("average", "none"):
             raise PreprocessingError(f"config.eeg_reference={reference!r}: allowed values are 'average' and 'none'")
-        return cls._build(config, "eeg", list(config.eeg_channel_names), input_sfreq_hz, reference == "average")
+        return cls._build(config, "eeg", list(config.eeg_channel_names), input_sfreq_hz, reference == "average",
+                          input_band(config))
 
     @classmethod
     def for_meg(cls, config: Any, input_sfreq_hz: float) -> "PreprocessingSpec":
-        """MEG: no reference, the same filters and decimation as EEG, ``meg_*`` scaling."""
-        return cls._build(config, "meg", list(config.meg_channel_names), input_sfreq_hz, False)
+        """MEG, the model's target: no reference, the target band (`target_band`; the EEG's
+        filters by default) with the EEG's decimation, ``meg_*`` scaling; zero phase when the
+        config's `target_phase` says so."""
+        return cls._build(config, "meg", list(config.meg_channel_names), input_sfreq_hz, False, target_band(config),
+                          zero_phase=is_zero_phase_target(config))
 
     @classmethod
-    def _build(cls, config: Any, modality: str, names: list[str], input_sfreq_hz: float, average_reference: bool):
+    def _build(cls, config: Any, modality: str, names: list[str], input_sfreq_hz: float, average_reference: bool,
+               band: FilterBand, zero_phase: bool = False):
         model_sfreq_hz = float(config.sfreq_hz)
         decimation = decimation_factor(float(input_sfreq_hz), model_sfreq_hz)
         # Design at the nominal model rate so a stream announcing 600.615 Hz and a file at
         # 600.614990234375 Hz get the very same coefficients (no train/serve skew).
-        sos, stages = _design_filters(config, model_sfreq_hz * decimation, decimation)
+        sos, stages = design_band(band, model_sfreq_hz * decimation, decimation)
         sos.setflags(write=False)
+        backward_sos = np.zeros((0, 6))
+        if zero_phase:
+            # The backward pass runs after decimation, at the model rate: the band alone.
+            backward_sos, backward_stages = design_band(band, model_sfreq_hz)
+            backward_sos.setflags(write=False)
+            stages = stages + tuple(f"{stage}, backward" for stage in backward_stages)
         return cls(
             modality=modality,
             channel_names=tuple(names),
@@ -217,6 +286,8 @@ class PreprocessingSpec:
             sos=sos,
             stages=stages,
             scaling=_scaling_from_config(config, modality, len(names)),
+            zero_phase=zero_phase,
+            backward_sos=backward_sos,
         )
 
 
@@ -248,7 +319,8 @@ class StreamingPreprocessor:
         # Flat float64 work buffers, grown on demand and reused: (channels, n) and (n, channels).
         self._work = np.empty(0)
         self._work_rows = np.empty(0)
-        if spec.scaling is not None:
+        # A zero-phase target is scaled after its backward pass (`zero_phase_backward_pass`).
+        if spec.scaling is not None and not spec.zero_phase:
             self._mean = spec.scaling.mean[:, None]
             self._scale = spec.scaling.scale[:, None]
         else:
@@ -317,6 +389,39 @@ class StreamingPreprocessor:
         if timestamps is not None:
             out_timestamps = np.array(timestamps[first::factor] if factor > 1 else timestamps, dtype=np.float64)
         return out, out_timestamps
+
+
+def zero_phase_backward_pass(spec: PreprocessingSpec, forward: np.ndarray, chunk_samples: int = 16384) -> None:
+    """Finish a zero-phase target in place: `forward (n, channels)` (a whole recording's MEG
+    after the streaming, forward pass of `spec`) is filtered backward in time through
+    `spec.backward_sos`, then scaled.
+
+    Chunk by chunk from the end, with the filter state carried between chunks and started at the
+    steady state of the last sample (as the forward pass starts at the first), so a memory-mapped
+    recording of any length needs one chunk of memory. Forward then backward through the same
+    Butterworth band cancels the phase: the result lags the MEG by nothing at any frequency.
+    """
+    if not spec.zero_phase:
+        raise PreprocessingError(f"{spec.modality}: zero_phase_backward_pass needs a zero-phase spec")
+    n, n_channels = forward.shape
+    if n_channels != spec.n_channels:
+        raise PreprocessingError(f"{spec.modality}: expected (n, {spec.n_channels}), got {forward.shape}")
+    sos = np.array(spec.backward_sos)  # writable: the compiled kernel needs it
+    n_sections = sos.shape[0]
+    zi = np.zeros((n_channels, n_sections, 2))
+    zi_unit = scipy.signal.sosfilt_zi(sos) if n_sections else np.zeros((0, 2))
+    started = False
+    for stop in range(n, 0, -chunk_samples):
+        start = max(stop - chunk_samples, 0)
+        x = np.ascontiguousarray(forward[start:stop][::-1].T, dtype=np.float64)  # (channels, m), time reversed
+        if not started:
+            zi[...] = zi_unit[None, :, :] * x[:, 0, None, None]
+            started = True
+        if n_sections:
+            _sosfilt_inplace(sos, x, zi)
+        if spec.scaling is not None:
+            x = (x - spec.scaling.mean[:, None]) * spec.scaling.scale[:, None]
+        forward[start:stop] = x.T[::-1]
 
 
 def eeg_preprocessor(config: Any, input_sfreq_hz: float) -> StreamingPreprocessor:

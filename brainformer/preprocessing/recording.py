@@ -16,13 +16,21 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from brainformer.preprocessing.errors import PreprocessingError
-from brainformer.preprocessing.filters import decimation_factor, eeg_preprocessor, meg_preprocessor
+from brainformer.preprocessing.filters import (
+    PreprocessingSpec,
+    decimation_factor,
+    eeg_preprocessor,
+    is_zero_phase_target,
+    meg_preprocessor,
+    zero_phase_backward_pass,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_SAMPLES",
     "PreprocessedRecording",
     "check_raw_compatible",
     "decimation_factor_for_raw",
+    "finish_meg_target",
     "iter_preprocessed_chunks",
     "needs_resampling",
     "preprocess_recording",
@@ -220,6 +228,7 @@ def preprocess_recording(
         meg[row : row + m] = meg_chunk
         times[row : row + m] = time_chunk
         row += m
+    finish_meg_target(meg[:row], config)
     if resample:
         eeg, meg, times = eeg[:row], meg[:row], times[:row]
         sfreq_hz = float(config.sfreq_hz)
@@ -227,6 +236,13 @@ def preprocess_recording(
         assert row == n_out, (row, n_out)  # decimation keeps samples 0, f, 2f, …
         sfreq_hz = float(raw.info["sfreq"]) / decimation
     return PreprocessedRecording(eeg=eeg, meg=meg, times=times, sfreq_hz=sfreq_hz, source=raw_source_name(raw))
+
+
+def finish_meg_target(meg: np.ndarray, config: Any) -> None:
+    """Finish a whole recording's MEG `(n, n_meg)` from `iter_preprocessed_chunks` in place: for a
+    zero-phase target, its backward pass and scaling; nothing for a causal one."""
+    if is_zero_phase_target(config):
+        zero_phase_backward_pass(PreprocessingSpec.for_meg(config, float(config.sfreq_hz)), meg)
 
 
 def decimation_factor_for_raw(raw: Any, config: Any) -> int:
