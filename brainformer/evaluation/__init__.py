@@ -10,6 +10,8 @@ artefacts.py  heartbeats and blinks of the raw recording; the scored rows they  
 scoring.py    the model predicted as served; every method scored on the same    (torch only inside
               test samples (`score_methods`); the report, from arrays or from     `predict_as_served`)
               a recording; JSON
+delay.py      the effective delay: the lag at which a prediction best matches    (numpy, scipy)
+              the zero-phase truth, overall and per band
 ablation.py   the model's skip path alone and its transformer alone, as served    (torch inside)
 plots.py      PNG plots of a report                                              (matplotlib inside)
 ```
@@ -54,6 +56,13 @@ from brainformer.evaluation.metrics import (
     r_squared,
     score_channels,
 )
+from brainformer.evaluation.delay import (
+    EffectiveDelay,
+    band_effective_delays,
+    effective_delay,
+    lag_correlation,
+    zero_phase_band,
+)
 from brainformer.evaluation.ablation import SKIP_ALONE, TRANSFORMER_ALONE, ablation_predictors, model_path_alone
 from brainformer.evaluation.plots import write_plots
 from brainformer.evaluation.scoring import (
@@ -71,6 +80,11 @@ from brainformer.evaluation.scoring import (
 )
 
 __all__ = [
+    "EffectiveDelay",
+    "band_effective_delays",
+    "effective_delay",
+    "lag_correlation",
+    "zero_phase_band",
     "BLINK_WINDOW_S",
     "HEARTBEAT_WINDOW_S",
     "ArtefactEvents",
