@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from brainformer.evaluation import EvaluationReport
 
-__all__ = ["format_artefacts", "format_comparisons", "format_table", "wide_console"]
+__all__ = ["format_artefacts", "format_comparisons", "format_effective_delays", "format_table", "wide_console"]
 
 #: How the table names each sample set.
 _SUBSET_LABELS = {"all": "all", "clean": "clean", "cardiac": "cardiac"}
@@ -95,6 +95,37 @@ def format_artefacts(report: EvaluationReport) -> list[str]:
     ]
     lines += [f"note: {note}" for note in art["notes"]]  # why something is not in the rule
     return lines
+
+
+def format_effective_delays(report: EvaluationReport) -> list[Any]:
+    """Two rich tables of each method against the zero-phase truth (the brain as it is now): mean
+    r at zero lag, and the lag of the peak r with that r; overall and per band (the band's
+    signal lag follows its cycles, its envelope lag its power)."""
+    from rich import box
+    from rich.table import Table
+
+    rows = []  # (label, {band: EffectiveDelay})
+    for fitted_to, methods in report.effective_delays.items():
+        for method, delays in methods.items():
+            if method == "model" and fitted_to != report.truth_name:
+                continue  # the model has one target: its own
+            rows.append((method.replace("_", " ") + ("" if method == "model" else f" → {fitted_to}"), delays))
+    if not rows:
+        return []
+    bands = list(rows[0][1])
+    tables = []
+    for title, cell in (
+        ("mean r against the zero-phase truth at zero lag (as served)", lambda d: f"{d.r_at_zero:.3f}"),
+        ("lag of the peak r against the zero-phase truth, ms: peak r", lambda d: f"{d.lag_ms:+.0f}: {d.r_at_lag:.2f}"),
+    ):
+        table = Table(title=title, box=box.SIMPLE_HEAD)
+        table.add_column("method → truth its fit", no_wrap=True)
+        for band in bands:
+            table.add_column(band.replace("envelope", "env."), justify="right", no_wrap=True)
+        for label, delays in rows:
+            table.add_row(label, *(cell(delays[band]) for band in bands))
+        tables.append(table)
+    return tables
 
 
 def wide_console(stderr: bool = False) -> Any:

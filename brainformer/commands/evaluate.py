@@ -20,7 +20,13 @@ def evaluate(
     """Score the model and the ridge / lagged-ridge baselines on the held-out part, in one run:
     on all held-out samples, on the clean ones (heartbeats and blinks left out) and inside
     heartbeat windows."""
-    from brainformer.commands._tables import format_artefacts, format_comparisons, format_table, wide_console
+    from brainformer.commands._tables import (
+        format_artefacts,
+        format_comparisons,
+        format_effective_delays,
+        format_table,
+        wide_console,
+    )
     from brainformer.evaluation import DEFAULT_SETTLE_S, evaluate_recording, write_json, write_plots
     from brainformer.model_dir import load_model
     from brainformer.paths import SAMPLE_RECORDING
@@ -39,15 +45,17 @@ def evaluate(
             write_json(report, json_path)
     except (ValueError, OSError) as err:  # EvaluationError, ModelDirError, DataError are ValueErrors
         fail(err)
-    console.print(
-        format_table(
-            report,
-            f"{data_path.name}: held-out {report.setup['n_test_samples'] / report.sfreq_hz:.1f} s "
-            f"(split {split:g}, first {DEFAULT_SETTLE_S:g} s of each part dropped)",
-        )
-    )
-    for line in format_artefacts(report) + format_comparisons(report):
+    held_out = (f"{data_path.name}: held-out {report.setup['n_test_samples'] / report.sfreq_hz:.1f} s "
+                f"(split {split:g}, first {DEFAULT_SETTLE_S:g} s of each part dropped)")
+    for line in format_artefacts(report):
         console.print(line, highlight=False, soft_wrap=True)
+    for name, scored in report.all_truths().items():
+        own = " (the model's target)" if scored is report else ""
+        console.print(format_table(scored, f"{held_out}; truth: {name} MEG{own}, baselines fitted to it"))
+        for line in format_comparisons(scored):
+            console.print(line, highlight=False, soft_wrap=True)
+    for table in format_effective_delays(report):
+        console.print(table)
     if json_path is not None:
         console.print(f"metrics → {json_path}")
     for path in written:

@@ -67,11 +67,13 @@ from brainformer.evaluation.ablation import SKIP_ALONE, TRANSFORMER_ALONE, ablat
 from brainformer.evaluation.plots import write_plots
 from brainformer.evaluation.scoring import (
     DEFAULT_SETTLE_S,
+    TRUTH_NAMES,
     EvaluationReport,
     MethodResult,
     Predictor,
     SplitRows,
     evaluate_arrays,
+    effective_delays,
     evaluate_recording,
     predict_as_served,
     score_methods,
@@ -81,6 +83,8 @@ from brainformer.evaluation.scoring import (
 
 __all__ = [
     "EffectiveDelay",
+    "TRUTH_NAMES",
+    "effective_delays",
     "band_effective_delays",
     "effective_delay",
     "lag_correlation",

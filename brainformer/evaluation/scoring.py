@@ -18,6 +18,11 @@ samples  0 ──settle── train_start ─────────── fit 
 - From a recording, every method is scored three times with the same blocks: on all test
   samples, on the clean ones (heartbeat and blink windows left out) and on the cardiac ones
   (inside heartbeat windows); the windows come from `brainformer.evaluation.artefacts`.
+- Two truths, both named: the MEG the model learned (its target: causal or zero phase, see
+  `BrainformerConfig.target_phase`) and the other one, the same band with the other phase. The
+  zero-phase truth is the brain as it is now, what a closed loop feels; against it every method
+  is also given its effective delay (`brainformer.evaluation.delay`). The baselines are fitted
+  anew for each truth, so each is scored next to ridge maps fitted to that very target.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 
 from brainformer.config_fields import SIGNAL_FIELD_NAMES
 from brainformer.evaluation.artefacts import ArtefactMask, detect_artefacts
+from brainformer.evaluation.delay import EffectiveDelay, band_effective_delays
 from brainformer.evaluation.baselines import (
     DEFAULT_LAG_STEP_SAMPLES,
     DEFAULT_MAX_LAG_S,
@@ -56,6 +62,9 @@ logger = logging.getLogger(__name__)
 
 #: Samples dropped at the start of the train part and of the test part (filter transients, context).
 DEFAULT_SETTLE_S = 1.0
+
+#: The two truths a model is scored against, by `target_phase`.
+TRUTH_NAMES = {"causal": "causal", "zero_phase": "zero-phase"}
 
 #: A method other than the baselines and the model: `f(start, stop) -> (stop − start, n_meg)`.
 Predictor = Callable[[int, int], np.ndarray]
@@ -214,6 +223,11 @@ class EvaluationReport:
     `methods` holds the scores on all test samples. When the recording's artefacts were looked
     for (`artefacts`), `clean` holds every method scored on the artefact-free test samples and
     `cardiac` on those inside heartbeat windows (None where fewer than 2 such samples exist).
+
+    `truth_name` says which MEG `truth` is (``"causal"``, ``"zero-phase"``, or ``"target"`` when
+    unknown); `other_truths` holds the same methods scored against the other truth (baselines
+    fitted to it); `effective_delays` maps a truth's name to each method's effective delay against
+    the zero-phase truth (`band_effective_delays`: overall and per band).
     """
 
     methods: dict[str, MethodResult]
@@ -226,6 +240,13 @@ class EvaluationReport:
     artefacts: ArtefactMask | None = None
     clean: dict[str, MethodResult] | None = None
     cardiac: dict[str, MethodResult] | None = None
+    truth_name: str = "target"
+    other_truths: dict[str, "EvaluationReport"] = field(default_factory=dict)
+    effective_delays: dict[str, dict[str, dict[str, EffectiveDelay]]] = field(default_factory=dict)
+
+    def all_truths(self) -> dict[str, "EvaluationReport"]:
+        """This report and the other truths' by truth name, this one first."""
+        return {self.truth_name: self} | self.other_truths
 
     def subsets(self) -> dict[str, dict[str, MethodResult]]:
         """`{"clean": …, "cardiac": …}`, the sample subsets that were scored."""
@@ -259,6 +280,19 @@ class EvaluationReport:
             out["artefacts"] = self.artefacts.to_dict()
         out["channels"] = {"names": list(self.channel_names), "types": list(self.channel_types)}
         out["setup"] = dict(self.setup)
+        out["truth"] = self.truth_name
+        if self.other_truths:
+            out["other_truths"] = {}
+            for name, other in self.other_truths.items():
+                entry = other.to_dict()
+                for key in ("channels", "setup", "artefacts"):
+                    entry.pop(key, None)
+                out["other_truths"][name] = entry
+        if self.effective_delays:
+            out["effective_delay"] = {
+                fitted_to: {method: {band: d.to_dict() for band, d in bands.items()} for method, bands in methods.items()}
+                for fitted_to, methods in self.effective_delays.items()
+            }
         return out
 
 
@@ -524,7 +558,13 @@ def evaluate_recording(
         channels (for topomaps).
     """
     from brainformer.data import read_raw
-    from brainformer.preprocessing import PreprocessingError, decimation_factor_for_raw, preprocess_recording
+    from brainformer.config_fields import BrainformerFields
+    from brainformer.preprocessing import (
+        PreprocessingError,
+        decimation_factor_for_raw,
+        is_zero_phase_target,
+        preprocess_recording,
+    )
 
     raw = read_raw(Path(data))  # DataError naming the file when it is no MNE-readable EEG + MEG recording
     config = model.config
@@ -548,15 +588,38 @@ def evaluate_recording(
     for name, other in (other_models or {}).items():
         _check_same_preprocessing(name, other.config, config)
         predictors[name] = lambda a, b, other=other: predict_as_served(other, recording.eeg, a, b)
-    report = evaluate_arrays(
-        recording.eeg, recording.meg, recording.sfreq_hz, rows, config.meg_channel_types, config.meg_channel_names,
-        model=model, extra_predictors=predictors, bootstrap_replicates=bootstrap_replicates, seed=seed,
-        setup={"data": str(data), "split": split, "settle_s": settle_s}, artefacts=artefacts,
-    )
+    setup = {"data": str(data), "split": split, "settle_s": settle_s}
+
+    def evaluate_against(meg: np.ndarray, truth_name: str) -> EvaluationReport:
+        scored = evaluate_arrays(
+            recording.eeg, meg, recording.sfreq_hz, rows, config.meg_channel_types, config.meg_channel_names,
+            model=model, extra_predictors=predictors, bootstrap_replicates=bootstrap_replicates, seed=seed,
+            setup=setup, artefacts=artefacts,
+        )
+        scored.truth_name = truth_name
+        return scored
+
+    own_phase = "zero_phase" if is_zero_phase_target(config) else "causal"
+    other_phase = "causal" if own_phase == "zero_phase" else "zero_phase"
+    # The other truth: the same band and scaling, the other phase; the EEG is the same.
+    other_meg = preprocess_recording(raw, BrainformerFields.from_config(config).replace(target_phase=other_phase)).meg
+    report = evaluate_against(recording.meg, TRUTH_NAMES[own_phase])
+    report.other_truths = {TRUTH_NAMES[other_phase]: evaluate_against(other_meg, TRUTH_NAMES[other_phase])}
+    report.effective_delays = effective_delays(report.all_truths()[TRUTH_NAMES["zero_phase"]], report.all_truths())
     import mne
 
     info = mne.pick_info(raw.info, [raw.info["ch_names"].index(n) for n in config.meg_channel_names if n in raw.info["ch_names"]])
     return report, info
+
+
+def effective_delays(zero_phase: EvaluationReport, reports: Mapping[str, EvaluationReport]) -> dict[str, dict[str, dict[str, EffectiveDelay]]]:
+    """Every method of every report (`{truth name: report}`: the methods fitted to that truth) given
+    its effective delay against the zero-phase truth of `zero_phase`, overall and per band."""
+    return {
+        fitted_to: {name: band_effective_delays(zero_phase.truth, result.predictions, zero_phase.sfreq_hz)
+                    for name, result in report.methods.items()}
+        for fitted_to, report in reports.items()
+    }
 
 
 #: Config fields that decide what a model's scaled EEG and MEG are.
