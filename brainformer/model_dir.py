@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brainformer.config_fields import FIELD_NAMES, MODEL_TYPE, BrainformerFields
-from brainformer.paths import DEFAULT_MODEL_DIR
+from brainformer.paths import BUNDLED_MODELS, DEFAULT_MODEL_DIR
 
 if TYPE_CHECKING:  # torch and transformers are imported by the functions that build a model
     import torch
@@ -37,9 +37,10 @@ class ModelDirError(ValueError):
 
 
 def resolve_model_dir(path_or_default: str | Path) -> Path:
-    """`"default"` → the bundled `DEFAULT_MODEL_DIR`; anything else → that path (`~` expanded)."""
-    if isinstance(path_or_default, str) and path_or_default == "default":
-        return DEFAULT_MODEL_DIR
+    """`"default"` and `"default-lowdelay"` → the bundled models (`BUNDLED_MODELS`); anything
+    else → that path (`~` expanded)."""
+    if isinstance(path_or_default, str) and path_or_default in BUNDLED_MODELS:
+        return BUNDLED_MODELS[path_or_default]
     return Path(path_or_default).expanduser()
 
 

@@ -22,7 +22,8 @@ batch_size = 16
 ```
 
 Channel names, MEG channel types and the sampling rate come from the recording unless the
-`[model]` section sets them; scaling statistics (`eeg_mean` …) are always fitted on the training
+`[model]` section sets them; TOML has no null, so ``"none"`` stands for None there (e.g.
+``lowpass_hz = "none"``: no low-pass; ``target_band_hz = [4.0, "none"]``); scaling statistics (`eeg_mean` …) are always fitted on the training
 split and may not be set here. Every error names the file and the `section.key` at fault.
 
 The serve daemon's settings (`configs/serve.toml`: flat ``key = value`` pairs, CLI flags on top)
@@ -298,11 +299,21 @@ def _check_model_section(model: Any) -> dict[str, Any]:
         )
     from brainformer.config_fields import BrainformerFields
 
+    model = {key: _none_for_null(value) for key, value in model.items()}
     try:
         BrainformerFields.from_dict(model)  # validates names, types and ranges of every model key, torch-free
     except (TypeError, ValueError) as err:
         raise SettingsError(f"[model] {err}") from None
-    return dict(model)
+    return model
+
+
+def _none_for_null(value: Any) -> Any:
+    """TOML's stand-in for a null: the string "none" (any case), also inside a list."""
+    if isinstance(value, str) and value.lower() == "none":
+        return None
+    if isinstance(value, list):
+        return [_none_for_null(v) for v in value]
+    return value
 
 
 def settings_from_dict(values: dict[str, Any], source: Path | None = None) -> ExperimentSettings:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Protocol
 
 from brainformer.errors import EXIT_FAILURE, EXIT_USAGE
-from brainformer.paths import DEFAULT_MODEL_DIR, SAMPLE_RECORDING
+from brainformer.paths import BUNDLED_MODELS, SAMPLE_RECORDING
 from brainformer_rt.serving.signals import Interrupted, StopRequest
 from brainformer_rt.tools._proc import ChildProcess, free_tcp_address, rt_cli, stop_all
 from brainformer_rt.tools.demo.files import read_json, write_json
@@ -57,7 +57,7 @@ class DemoOptions:
 
     @property
     def model_label(self) -> str:
-        return "bundled default model" if self.model == "default" else f"model {self.model}"
+        return f"bundled model {self.model!r}" if self.model in BUNDLED_MODELS else f"model {self.model}"
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,9 @@ def check_options(duration: float, plot: Optional[Path], model: str) -> DemoOpti
         raise DemoError(f"--plot must name a .png file, got {plot_path}", EXIT_USAGE)
     if not plot_path.parent.is_dir():
         raise DemoError(f"--plot: directory {plot_path.parent} does not exist", EXIT_USAGE)
-    model_dir = DEFAULT_MODEL_DIR if model == "default" else Path(model).expanduser().resolve()
-    hint = " (the bundled default model is not installed; pass --model DIR)" if model == "default" else ""
+    bundled = model in BUNDLED_MODELS
+    model_dir = BUNDLED_MODELS[model] if bundled else Path(model).expanduser().resolve()
+    hint = f" (the bundled model {model!r} is not installed; pass --model DIR)" if bundled else ""
     if not model_dir.is_dir():
         raise DemoError(f"{model_dir}: model directory does not exist{hint}", EXIT_USAGE)
     for name in ("config.json", "model.safetensors"):
@@ -207,7 +208,7 @@ class _DemoRun:
         serve_config = self.tmp_dir / "serve.toml"
         serve_config.write_text(f"torch_threads = {_torch_threads()}\n")
         child_duration = f"{self.options.duration_s + CHILD_MARGIN_S:g}"
-        model = "default" if self.options.model == "default" else str(self.options.model_dir)
+        model = self.options.model if self.options.model in BUNDLED_MODELS else str(self.options.model_dir)
         serve = rt_cli("serve", "--stream", plan.stream_name, "--model", model, "--zmq", plan.zmq_address,
                        "--lsl-name", plan.meg_stream_name, "--config", str(serve_config),
                        "--duration", child_duration, "--wait", f"{STARTUP_TIMEOUT_S:g}",
