@@ -24,13 +24,13 @@ from brainformer_rt.serving.adapt import IncompatibleStreamError, SourceAdapter,
 from brainformer_rt.serving.preprocess import EEGPreprocessStage
 from tests.rt.conftest import run_cli
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 #: How long a test waits for the adapter's worker (a re-plan, the amplitude check): a hang
 #: timeout only, far above what the work takes on a busy machine.
-IDLE_WAIT_S = 60.0
+IDLE_WAIT_S = 120.0
 #: ``--wait`` of the commands run against a stream this process already made visible.
-STREAM_WAIT_S = "60"
+STREAM_WAIT_S = "120"
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ from brainformer_rt.serving.publishers.zmq import ZMQPublisher, decode_message
 from brainformer_rt.tools._proc import free_tcp_address
 from tests.rt.conftest import HOP, WINDOW, Player, Serve, json_events, run_cli
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(360)
 
 #: The hop ``serve --hop`` is given: not the model's.
 SERVED_HOP = 8
@@ -57,7 +57,7 @@ FLAT_CHANNEL, NAN_CHANNEL = "EEG 021", "EEG 005"
 #: ``nan`` plays this much of the recording in a loop, with NaN in NAN_CHANNEL over NAN_SPAN_S.
 NAN_LOOP_S, NAN_SPAN_S = 3.0, (1.5, 1.55)
 #: Hang timeout of every wait: far above what anything takes on a busy machine.
-HANG_S = 120.0
+HANG_S = 150.0
 #: Labels of ``mapped``: the model's ``EEG 001`` … ``EEG 060`` are ``amp01`` … ``amp60`` there.
 MAPPED_LABEL = "amp{:02d}"
 
@@ -218,7 +218,7 @@ def daemon(tmp_path_factory, sample_fif):
     names = {kind: f"test-{kind}-{tag}" for kind in ("mapped", "loud", "nan")}
     extra = {"mapped": (), "loud": ("--flat", f"{FLAT_CHANNEL}@0"), "nan": ()}  # flat throughout
     config = tmp / "serve.toml"
-    config.write_text("torch_threads = 1\nwait_s = 90.0\nmax_input_age_s = inf\nstats_interval_s = 0.5\n")
+    config.write_text(f"torch_threads = 1\nwait_s = {HANG_S}\nmax_input_age_s = inf\nstats_interval_s = 0.5\n")
     zmq_address, stats_path = free_tcp_address(), tmp / "stats.json"
     drainer = Drainer(zmq_address)
     slow = zmq.Context.instance().socket(zmq.SUB)
@@ -428,7 +428,7 @@ def test_a_failing_stream_leaves_the_others_served_and_every_stream_failing_exit
     first, second = names = [f"test-fail-{i}-{tag}" for i in (1, 2)]
     players = {name: Player(name, f"test-{uuid.uuid4()}", "--chunk", str(HOP)) for name in names}
     config = tmp_path / "serve.toml"
-    config.write_text("wait_s = 90.0\nmax_input_age_s = inf\nstats_interval_s = 0.1\n")
+    config.write_text(f"wait_s = {HANG_S}\nmax_input_age_s = inf\nstats_interval_s = 0.1\n")
     zmq_address = free_tcp_address()
     records = Records()
     outcome: dict = {}

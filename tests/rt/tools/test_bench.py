@@ -15,9 +15,9 @@ import pytest
 from tests.rt.conftest import HOP, WINDOW, rt_cli, run_cli, save_model
 
 
-#: A hang timeout for one bench run: the run with a compiled daemon takes ~150 s on a busy 2-core
-#: machine (most of it compiling), and must never fail for being slower.
-BENCH_TIMEOUT_S = 420.0
+#: A hang timeout for one bench run: the run with a compiled daemon took 110-300 s on a 2-core
+#: machine under heavy load (most of it compiling), and must never fail for being slower.
+BENCH_TIMEOUT_S = 600.0
 
 
 def run_bench(*args: str, timeout_s: float = BENCH_TIMEOUT_S) -> subprocess.CompletedProcess:

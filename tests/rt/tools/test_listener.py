@@ -14,7 +14,7 @@ from brainformer_rt.tools.listener import ListenStats, Received, ZMQSubscriber
 from brainformer_rt.serving.publishers.lsl import LSLPublisher
 from brainformer_rt.serving.publishers.zmq import ZMQPublisher
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 NAMES = ["MEG 0111", "MEG 0112", "MEG 0113"]
 TYPES = ["grad", "grad", "mag"]
@@ -23,7 +23,7 @@ HOP = 4
 #: Messages a listener waits for (a count, never a time).
 MESSAGES = 20
 #: Hang timeouts: far above what the waits take on a busy machine.
-HANG_S = 60.0
+HANG_S = 120.0
 
 
 class PublishingThread:

@@ -12,10 +12,10 @@ from brainformer_rt.serving.inlet import EEGInlet, find_stream
 from brainformer_rt.tools.player import Player, RecordingSource
 from tests.rt.conftest import rt_cli, stop_process
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 #: Hang timeouts: far above what the waits take on a busy machine.
-HANG_S = 60.0
+HANG_S = 120.0
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,10 @@ from brainformer_rt.serving.publishers.zmq import decode_message
 from brainformer_rt.tools._proc import free_tcp_address
 from tests.rt.conftest import json_events, rt_cli, run_cli, stop_process
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(360)
+
+#: Hang timeout of every wait (a player or the daemon starting on a busy machine takes a minute).
+HANG_S = 150.0
 
 DROPPED = ["EEG 005", "EEG 017", "EEG 023", "EEG 034", "EEG 046", "EEG 058"]
 #: The channel that goes flat, and when (seconds into the recording; it is flat from the start of
@@ -94,12 +97,14 @@ def played_data(kind: str, files: dict) -> tuple[np.ndarray, float, list]:
     return source.data, source.sfreq_hz, source.channel_names
 
 
-def recording_start(name: str, played: np.ndarray, labels: list, timeout_s: float = 30.0) -> float:
+def recording_start(name: str, played: np.ndarray, labels: list, timeout_s: float = HANG_S) -> float:
     """The timestamp the stream ``name`` gives (would give) the first sample of ``played``: the
     first pulled sample found in ``played`` (by label)."""
-    inlet = pylsl.StreamInlet(pylsl.resolve_byprop("name", name, 1, timeout_s)[0])
+    found = pylsl.resolve_byprop("name", name, 1, timeout_s)
+    assert found, f"LSL stream {name!r} did not appear"
+    inlet = pylsl.StreamInlet(found[0])
     try:
-        info = inlet.info(10.0)
+        info = inlet.info(timeout_s)
         stream_labels, channel = [], info.desc().child("channels").child("channel")
         while not channel.empty():
             stream_labels.append(channel.child_value("label"))
@@ -160,7 +165,7 @@ def served(tmp_path_factory):
     tag = uuid.uuid4().hex[:6]
     names = {kind: f"test-src-{kind}-{tag}" for kind in KINDS}
     config = tmp / "serve.toml"
-    config.write_text("torch_threads = 1\nmax_input_age_s = inf\nwait_s = 60.0\nwarmup_s = 1.0\n")
+    config.write_text(f"torch_threads = 1\nmax_input_age_s = inf\nwait_s = {HANG_S}\nwarmup_s = 1.0\n")
     zmq_address = free_tcp_address()
     stats_path = tmp / "stats.json"
     err_path = tmp / "serve.err"
@@ -197,7 +202,7 @@ def served(tmp_path_factory):
         # takes longer).
         firsts: dict = {}
         settled = {kind: 0 for kind in KINDS}
-        deadline = time.monotonic() + 150.0  # a hang
+        deadline = time.monotonic() + HANG_S  # a hang
 
         replanned_at: list = []  # messages of the flat stream received when its re-plan was logged
 
@@ -390,10 +395,11 @@ def test_check_exit_0_and_2_on_a_live_stream(stream_name, start_player):
     """``check`` against a playing source: 0 with the plan (6 electrodes interpolated), 2 when
     more are missing than ``--max-missing`` allows."""
     start_player(stream_name, "--chunk", "16", "--loop", "--drop", ",".join(DROPPED))
-    ok = run_cli("check", "--stream", stream_name, "--model", "default", "--wait", "30")
+    ok = run_cli("check", "--stream", stream_name, "--model", "default", "--wait", str(HANG_S))
     assert ok.exit_code == 0, ok.output
     assert "interpolated (6, missing or bad" in ok.stdout and "can be served" in ok.stdout
-    refused = run_cli("check", "--stream", stream_name, "--model", "default", "--max-missing", "0.05")
+    refused = run_cli("check", "--stream", stream_name, "--model", "default", "--max-missing", "0.05",
+                      "--wait", str(HANG_S))
     assert refused.exit_code == 2, refused.output
     errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "6 of the model's 60 EEG channels are missing" in errors[0]
