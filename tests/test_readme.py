@@ -361,8 +361,8 @@ def test_the_zeromq_subscriber_snippet_reads_a_live_daemon(tmp_path):
                 topic, header, payload = sub.recv_multipart()
                 header = json.loads(header)
                 assert topic == b"meg"  # one input stream
-                assert set(header) - {"channels", "channel_types"} == readme_header_keys()
-                assert ("channels" in header) == (header["seq"] % 100 == 0)
+                assert set(header) - {"channels", "channel_types", "delay"} == readme_header_keys()
+                assert ("channels" in header) == ("delay" in header) == (header["seq"] % 100 == 0)
                 assert header["dtype"] == "float32"
                 assert len(payload) == 4 * header["n_samples"] * header["n_channels"]
     finally:

@@ -2,8 +2,9 @@
 
 Resolves the stream, reads its full meta-data and prints the adaptation plan that ``serve``
 would use — unit factors, channel mapping, ignored channels, interpolated electrodes with their
-distances, resampling ratio and delay — without serving. Exit code 0 when it would serve, 2 with
-the reason when it would not (1 when the stream never appeared).
+distances, resampling ratio and delay — without serving, then the delay the model's filters put
+on the brain signal (what ``serve`` publishes with its outputs). Exit code 0 when it would serve,
+2 with the reason when it would not (1 when the stream never appeared).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def check(
     from brainformer.model_dir import load_fields
     from brainformer.preprocessing import PreprocessingError, eeg_preprocessor
     from brainformer_rt.serving.adapt import adaptation_options
+    from brainformer_rt.serving.delay import describe_delay, published_delay
 
     try:
         fields = load_fields(model)
@@ -65,10 +67,12 @@ def check(
     try:
         plan = plan_adaptation(fields, source_from_lsl_xml(xml), options)
         eeg_preprocessor(fields, plan.output_sfreq_hz)  # the filters must be buildable at that rate
+        delay = published_delay(fields)
     except (AdaptationError, PreprocessingError) as error:
         fail(error)
     from rich.console import Console
 
     console = Console(highlight=False, markup=False)
     console.print(plan.describe(), soft_wrap=True)
+    console.print(describe_delay(delay, int(fields.hop_samples), float(fields.sfreq_hz)), soft_wrap=True)
     console.print(f"ok: {stream!r} can be served by model {model!r}", soft_wrap=True)

@@ -210,15 +210,16 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, announce: Announce,
     resolvers, resolve_started = _start_resolvers(settings, announce, resources)
     options = _adaptation_options(settings)
     config, window, hop = _load_engine(settings, resources)
+    delay = _signal_delay(config, hop, announce)
     infos = _wait_for_streams(settings, resolvers, resolve_started)
     stages = _open_streams(settings, config, infos, resources, options)
     for key in settings.streams:
         _log_plan(key, stages[key], announce)
-    _record_info(settings, metrics, resources, config, stages, window, hop)
+    _record_info(settings, metrics, resources, config, stages, window, hop, delay)
     outputs = _output_names(settings)
     engine = resources.engine
     for key in settings.streams:
-        publishers = _make_publishers(settings, config, key, outputs[key], resources)
+        publishers = _make_publishers(settings, config, key, outputs[key], resources, delay)
         resources.pipelines.append(StreamPipeline(key, resources.inlets[key], stages[key], window, hop,
                                                   settings.gap_threshold_s, metrics.streams[key], publishers,
                                                   engine.n_output_channels, gauges=metrics.gauges[key],
@@ -298,6 +299,28 @@ def _load_engine(settings: ServeSettings, resources: _Resources) -> Tuple[Any, i
     log_event(logger, logging.INFO, "engine_ready", "engine ready after %.2f s", time.monotonic() - started,
               engine=engine.kind, setup_s=time.monotonic() - started)
     return config, window, hop
+
+
+def _signal_delay(config: Any, hop: int, announce: Announce) -> Optional[Dict[str, Any]]:
+    """The delay the model's filters put on the brain signal, published with every output;
+    announced and logged once (None, with a warning, for filters that cannot be designed)."""
+    from brainformer_rt.serving.delay import delay_budget, describe_delay, published_delay
+
+    try:
+        delay = published_delay(config)
+    except ValueError as error:  # PreprocessingError too
+        log_event(logger, logging.WARNING, "signal_delay_unknown", "the filters' delay could not be designed: %s",
+                  error, error=str(error))
+        return None
+    budget = delay_budget(delay, hop, float(config.sfreq_hz), None)
+    announce(describe_delay(delay, hop, float(config.sfreq_hz)))
+    log_event(logger, logging.INFO, "signal_delay", "%s; mean hop wait %.1f ms", delay["summary"],
+              budget.hop_wait_ms, target_phase=delay["target_phase"], band_hz=delay["band_hz"],
+              filter_group_delay_ms=budget.filter_ms, band_centre_hz=budget.frequency_hz,
+              hop_wait_ms=budget.hop_wait_ms,
+              group_delay_ms={point["label"]: point["group_delay_ms"] for point in delay["points"]},
+              phase_delay_ms={point["label"]: point["phase_delay_ms"] for point in delay["points"]})
+    return delay
 
 
 def _wait_for_streams(settings: ServeSettings, resolvers: Dict[str, Any], started: float) -> Dict[str, Any]:
@@ -386,8 +409,8 @@ def _open_streams(settings: ServeSettings, config: Any, infos: Dict[str, Any], r
 
 
 def _record_info(settings: ServeSettings, metrics: ServeMetrics, resources: _Resources, config: Any,
-                 stages: Dict[str, Any], window: int, hop: int) -> None:
-    """What is served, for the stats JSON and the Prometheus info metric."""
+                 stages: Dict[str, Any], window: int, hop: int, delay: Optional[Dict[str, Any]]) -> None:
+    """What is served, for the stats JSON and the Prometheus info metric (and its delay gauges)."""
     inlets = resources.inlets
     metrics.info.update({
         "model": str(settings.model), "engine": resources.engine.describe(), "hop_samples": hop,
@@ -398,6 +421,7 @@ def _record_info(settings: ServeSettings, metrics: ServeMetrics, resources: _Res
                         "adaptation": _plan_info(stages[k])}
                     for k in settings.streams},
         "hostname": socket.gethostname(),
+        "delay": delay,
     })
     metrics.describe_engine = resources.engine.describe
 
@@ -484,8 +508,9 @@ def _raise_connect_error(key: str, outcome: Any) -> None:
 
 
 def _make_publishers(settings: ServeSettings, config: Any, key: str, output: Tuple[str, bytes],
-                     resources: _Resources) -> List[Any]:
-    """The LSL outlet and ZeroMQ topic of one stream (registered in ``resources`` as made)."""
+                     resources: _Resources, delay: Optional[Dict[str, Any]]) -> List[Any]:
+    """The LSL outlet and ZeroMQ topic of one stream (registered in ``resources`` as made), each
+    carrying the ``delay`` in its meta-data."""
     lsl_name, topic = output
     names = list(config.meg_channel_names)
     types = list(config.meg_channel_types)
@@ -496,7 +521,7 @@ def _make_publishers(settings: ServeSettings, config: Any, key: str, output: Tup
             from brainformer_rt.serving.publishers.lsl import LSLPublisher
 
             made.append(LSLPublisher(lsl_name, f"brainformer:{lsl_name}@{socket.gethostname()}", names, types,
-                                     float(config.sfreq_hz), model_name))
+                                     float(config.sfreq_hz), model_name, delay=delay))
             resources.publishers.append(made[-1])
         if settings.zmq:
             from brainformer_rt.serving.publishers.zmq import ZMQPublisher
@@ -504,7 +529,7 @@ def _make_publishers(settings: ServeSettings, config: Any, key: str, output: Tup
             if resources.zmq_publisher is None:  # one socket; with several streams one topic each
                 resources.zmq_publisher = ZMQPublisher(
                     settings.zmq, topic, channel_names=names, channel_types=types, sfreq_hz=float(config.sfreq_hz),
-                    model_name=model_name, stream_name=key, curve_keys_dir=settings.zmq_curve_keys)
+                    model_name=model_name, stream_name=key, curve_keys_dir=settings.zmq_curve_keys, delay=delay)
                 log_event(logger, logging.INFO, "zmq_bound", "ZeroMQ publisher on %s%s",
                           resources.zmq_publisher.address, " (CURVE)" if resources.zmq_publisher.curve else "",
                           address=resources.zmq_publisher.address, curve=resources.zmq_publisher.curve)

@@ -18,7 +18,7 @@ import math
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import pylsl
@@ -211,6 +211,7 @@ class Player:
         self._last_overrun_log_s = -1e9
         self._started = False
         self.t_start = 0.0  # local_clock() due time of sample 0, set by the first step()
+        self.start_position: Optional[int] = None  # the source's position at sample 0 (recordings)
         # Counters.
         self.samples_pushed = 0
         self.chunks_pushed = 0
@@ -251,11 +252,13 @@ class Player:
             n = min(n, self.max_samples - self.samples_pushed)
         if n <= 0 or self._stop.is_set():
             return False
+        position = getattr(self.source, "position", None)  # a recording's next sample
         chunk = self.source.read(n)  # (n, channels), prepared before the wait
         n = len(chunk)
         if n == 0:
             return False
         if not self._started:
+            self.start_position = position
             # The clock starts with the first chunk, not at open(): whatever the caller did in
             # between (waiting for consumers) must not turn into a catch-up burst.
             self.t_start = pylsl.local_clock()
@@ -298,14 +301,27 @@ class Player:
         if close_source is not None:
             close_source()
 
-    def run(self) -> None:
-        """open(), step() until finished or stopped, close()."""
+    def run(self, on_started: Optional[Callable[["Player"], None]] = None) -> None:
+        """open(), step() until finished or stopped, close(); ``on_started(player)`` once the
+        first chunk is out (its clock known: `playback_clock`)."""
         self.open()
         try:
+            if self.step() and on_started is not None:
+                on_started(self)
             while self.step():
                 pass
         finally:
             self.close()
+
+    def playback_clock(self) -> dict:
+        """After the first step: how stream sample ``k`` maps to time and to the source, in the
+        fields of `brainformer_rt.tools.demo.scoring.PlaybackClock`: ``t_start`` (the due time
+        of sample 0), ``sfreq_hz`` (the rate samples come at) and, for a recording, its
+        ``start_sample`` and ``n_samples`` (None for an endless source)."""
+        data = getattr(self.source, "data", None)
+        n_samples = None if data is None else len(data)
+        start = None if n_samples is None else self.start_position
+        return {"t_start": self.t_start, "start_sample": start, "n_samples": n_samples, "sfreq_hz": self.true_rate_hz}
 
     def summary(self) -> dict:
         return {
