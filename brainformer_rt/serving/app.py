@@ -175,13 +175,25 @@ def _serve(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, an
                  "stop with Ctrl-C")
         log_event(logger, logging.INFO, "serving", "serving %s", names, streams=list(settings.streams),
                   engine=engine.kind, device=str(engine.device), hop_samples=hop)
-        scheduler.run()
+        try:
+            scheduler.run()
+        finally:
+            _record_feedback_counts(metrics, pipelines)
     except Interrupted:
         pass
     finally:
         stop.interrupt = False
         if stop.signal_name:
             log_event(logger, logging.INFO, "stopping", "stopping on %s", stop.signal_name, signal=stop.signal_name)
+
+
+def _record_feedback_counts(metrics: ServeMetrics, pipelines: List[StreamPipeline]) -> None:
+    """Each feedback stage's counters, for the stats JSON: samples published, resets, holes bridged."""
+    counts = {p.key: {"published": p.feedback.published, "resets": p.feedback.resets,
+                      "holes_bridged": p.feedback.holes_bridged, "samples_bridged": p.feedback.samples_bridged}
+              for p in pipelines if p.feedback is not None}
+    if counts:
+        metrics.info["feedback_counts"] = counts
 
 
 def _unscaling(config: Any) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
