@@ -327,7 +327,7 @@ class ZMQTopic:
 FEEDBACK_TOPIC = b"feedback"
 
 
-class ZMQFeedbackTopic:
+class ZMQFeedbackTopic(ZMQTopic):
     """Feedback signals (``brainformer.feedback``) on a topic of a :class:`ZMQPublisher`'s socket.
 
     Messages are those of the MEG topics (``[topic, header, payload]``; payload float32
@@ -341,8 +341,7 @@ class ZMQFeedbackTopic:
     def __init__(self, publisher: ZMQPublisher, topic: bytes | str, plan, sfreq_hz: float, stream_name: str = ""):
         if not sfreq_hz > 0:
             raise ValueError(f"sfreq_hz must be positive, got {sfreq_hz!r}")
-        self.publisher = publisher
-        self._state = _TopicState(topic.encode() if isinstance(topic, str) else topic, stream_name)
+        super().__init__(publisher, _TopicState(topic.encode() if isinstance(topic, str) else topic, stream_name))
         self.n_channels = len(plan.signals)
         self.sfreq_hz = float(sfreq_hz)
         self._channels = {
@@ -352,22 +351,6 @@ class ZMQFeedbackTopic:
             "bands_hz": [list(signal.band_hz) for signal in plan.signals],
             "delays_ms": [round(delay.delay_ms, 1) for delay in plan.delays],
         }
-
-    @property
-    def topic(self) -> bytes:
-        return self._state.topic
-
-    @property
-    def seq(self) -> int:
-        return self._state.seq
-
-    @property
-    def messages_sent(self) -> int:
-        return self._state.messages_sent
-
-    @property
-    def messages_dropped(self) -> int:
-        return self._state.messages_dropped
 
     def publish(self, data: np.ndarray, timestamps: np.ndarray) -> bool:
         """Send ``data (n, n_signals)`` float32 whose samples carry ``timestamps (n,)``; never
@@ -393,9 +376,6 @@ class ZMQFeedbackTopic:
             return False
         state.messages_sent += 1
         return True
-
-    def close(self) -> None:
-        pass
 
 
 CURVE_SERVER_KEY = "server.key_secret"
