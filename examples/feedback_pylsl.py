@@ -89,16 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     interactive = sys.stdout.isatty()
     deadline = pylsl.local_clock() + args.duration
     while pylsl.local_clock() < deadline and (args.samples is None or len(delays["transport"]) < args.samples):
-        # Everything waiting, keep the newest: a consumer that falls behind must not act on old values.
-        chunk, stamps = inlet.pull_chunk(timeout=0.2)
-        if not stamps:
+        # Wait for a sample, then take everything waiting and keep the newest: a consumer that
+        # falls behind must not act on old values. (pull_chunk with a timeout would wait for a
+        # full chunk: pull_sample wakes at the first sample.)
+        newest, stamp = inlet.pull_sample(timeout=0.2)
+        if stamp is None:
             continue
-        while True:
-            more, more_stamps = inlet.pull_chunk(timeout=0.0)
-            if not more_stamps:
-                break
-            chunk, stamps = more, more_stamps
-        newest, stamp = chunk[-1], stamps[-1]
+        chunk, stamps = inlet.pull_chunk(timeout=0.0)
+        if stamps:
+            newest, stamp = chunk[-1], stamps[-1]
         read_s = pylsl.local_clock()
         delays["transport"].append(read_s - stamp)
         value = newest[envelope["index"]]
