@@ -422,6 +422,18 @@ class MEGOutputs:
     def headers(self) -> list[dict]:
         return [header for header, _ in self.messages]
 
+    def stamps_by_message(self) -> list[np.ndarray]:
+        """The timestamp of every sample of each ZeroMQ message, from LSL (ZeroMQ names only the
+        first and the last: a window may hold a hole too short to count as a gap). Checks that
+        both outputs carry the same samples, in the same order."""
+        counts = [header["n_samples"] for header in self.headers]
+        stamps = self.lsl_stamps
+        assert len(stamps) == sum(counts), (len(stamps), sum(counts))
+        pieces = np.split(stamps, np.cumsum(counts)[:-1]) if counts else []
+        for header, piece in zip(self.headers, pieces):
+            assert (piece[0], piece[-1]) == (header["t0"], header["t_last"]), (piece, header)
+        return pieces
+
     def newest_t_last(self) -> float:
         """The newest published timestamp both outputs have delivered (-inf before any)."""
         self.drain()

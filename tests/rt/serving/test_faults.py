@@ -145,20 +145,13 @@ def push_real_time(outlet: pylsl.StreamOutlet, data: np.ndarray, timestamps: np.
         outlet.push_chunk(data[i:i + chunk], timestamps[i:i + chunk])
 
 
-def message_stamps(header: dict) -> np.ndarray:
-    """The timestamp of every sample of one ZeroMQ message (``t0 + i / sfreq``, ``t_last`` last)."""
-    stamps = header["t0"] + np.arange(header["n_samples"]) / header["sfreq"]
-    stamps[-1] = header["t_last"]
-    return stamps
-
-
-def windows_of(headers: list[dict], input_times: np.ndarray) -> list[tuple[int, int]]:
+def windows_of(outputs: MEGOutputs, input_times: np.ndarray) -> list[tuple[int, int]]:
     """(first, last) position in ``input_times (n,)`` (in the order sent) of the model window
-    behind every published ZeroMQ message."""
+    behind every published message."""
     sorter = np.argsort(input_times, kind="stable")
     spans = []
-    for header in headers:
-        sorted_index, distance = nearest(input_times[sorter], message_stamps(header))
+    for stamps in outputs.stamps_by_message():
+        sorted_index, distance = nearest(input_times[sorter], stamps)
         index = sorter[sorted_index]
         assert distance.max() < TIMESTAMP_TOLERANCE_S, "a published timestamp is not an input timestamp"
         assert np.all(np.diff(index) == 1)
@@ -167,11 +160,9 @@ def windows_of(headers: list[dict], input_times: np.ndarray) -> list[tuple[int, 
 
 
 def assert_both_outputs_agree(outputs: MEGOutputs) -> None:
-    """The LSL inlet and the ZeroMQ SUB received the same samples, with the same timestamps."""
+    """The LSL inlet and the ZeroMQ SUB received the same samples (values and timestamps)."""
+    outputs.stamps_by_message()  # the same samples, first and last timestamp of each message
     zmq_data = np.concatenate([payload for _, payload in outputs.messages]) if outputs.messages else np.zeros((0, 306))
-    zmq_stamps = np.concatenate([message_stamps(h) for h in outputs.headers]) if outputs.messages else np.zeros(0)
-    assert len(outputs.lsl_stamps) == len(zmq_stamps)
-    np.testing.assert_allclose(outputs.lsl_stamps, zmq_stamps, rtol=0, atol=TIMESTAMP_TOLERANCE_S)
     np.testing.assert_array_equal(outputs.lsl_data, zmq_data)
 
 
@@ -311,7 +302,7 @@ def test_nan_inf_and_flat_channels_are_skipped_counted_and_never_published(model
     outputs = served.outputs
     assert_both_outputs_agree(outputs)  # through the real LSL outlet and ZeroMQ socket
     assert np.isfinite(outputs.lsl_data).all()
-    spans = windows_of(outputs.headers, times)
+    spans = windows_of(outputs, times)
     # No window holds a dropped sample; the first one after the NaN input is a fresh full window.
     assert all(end < nan_start or start >= nan_stop for start, end in spans)
     first_after = min(end for start, end in spans if start >= nan_stop)
@@ -403,7 +394,7 @@ def test_timestamp_jumps_and_out_of_order_chunks_reset_the_stream(model_dir, rec
     assert counters.windows_stale == 0
     assert_both_outputs_agree(outputs)
     sent_times = times[order]
-    spans = windows_of(outputs.headers, sent_times)
+    spans = windows_of(outputs, sent_times)
     boundaries = [segment, 2 * segment, swap + 8]  # sent positions where a new segment starts
     for window_start, end in spans:
         assert not any(window_start < b <= end for b in boundaries), (window_start, end)
