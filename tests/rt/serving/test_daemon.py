@@ -52,6 +52,9 @@ REPO = Path(__file__).resolve().parents[3]
 # which on one host is a few tens of µs (noise, the true offset is 0). A quarter of a sample
 # period still identifies every sample uniquely.
 TIMESTAMP_TOLERANCE_S = 0.25 / 600.614990234375
+#: For daemons run in this process: the same on a CUDA machine, and no engine compiled in the
+#: background (``auto`` would start one; its own tests are in test_engine_switch.py).
+CPU_EAGER = ("--device", "cpu", "--engine", "eager")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,11 +405,9 @@ def test_gap_and_nan_reset_the_stream_and_no_window_spans_them(model_dir, eeg_na
     assert counters.gap_samples == round(0.5 / period)
     assert counters.nan_chunks == 1
     outputs = served.outputs
-    index, distance = nearest(pushed, outputs.lsl_stamps)
-    assert distance.max() < TIMESTAMP_TOLERANCE_S and np.isfinite(outputs.lsl_data).all()
+    assert np.isfinite(outputs.lsl_data).all()
     ends = []
-    for header, payload in outputs.messages:
-        stamps = header["t0"] + np.arange(header["n_samples"]) / header["sfreq"]
+    for stamps, (_, payload) in zip(outputs.stamps_by_message(), outputs.messages):  # the same samples on both
         index, distance = nearest(pushed, stamps)
         assert distance.max() < TIMESTAMP_TOLERANCE_S
         assert np.all(np.diff(index) == 1) and np.all(np.isfinite(payload))
@@ -418,8 +419,6 @@ def test_gap_and_nan_reset_the_stream_and_no_window_spans_them(model_dir, eeg_na
     assert min(ends) < 200 and any(200 <= e < 400 for e in ends) and max(ends) >= 408 + WINDOW - 1
     first_after_gap = min(e for e in ends if e >= 200)
     assert first_after_gap >= 200 + WINDOW - 1  # a fresh full window after the gap
-    # Both outputs carry the same samples.
-    assert len(outputs.lsl_stamps) == sum(h["n_samples"] for h in outputs.headers)
     np.testing.assert_array_equal(outputs.lsl_data, np.concatenate([payload for _, payload in outputs.messages]))
 
 
@@ -430,7 +429,7 @@ def test_channel_mismatch_exits_2_naming_the_channels(player, eeg_names, serve_c
     names = eeg_names[:-1] + ["EEG 999"]
     model = save_model(tmp_path / "mismatch-model", names)
     result = run_cli("serve", "--stream", player, "--model", str(model), "--no-zmq", "--lsl-name",
-                     f"meg-{uuid.uuid4().hex[:8]}", "--config", str(serve_config))
+                     f"meg-{uuid.uuid4().hex[:8]}", "--config", str(serve_config), *CPU_EAGER)
     assert result.exit_code == 2, result.output
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, result.stderr
@@ -441,7 +440,7 @@ def test_channel_mismatch_exits_2_naming_the_channels(player, eeg_names, serve_c
 def test_a_stream_that_never_appears_fails_after_wait(model_dir, serve_config):
     missing = f"absent-{uuid.uuid4().hex[:8]}"
     result = run_cli("serve", "--stream", missing, "--model", str(model_dir), "--no-zmq", "--config",
-                     str(serve_config), "--wait", "1")
+                     str(serve_config), "--wait", "1", *CPU_EAGER)
     assert result.exit_code == 1, result.output
     assert f"waiting for LSL stream {missing!r}" in result.stdout
     assert f"no LSL stream with name or type {missing!r}" in result.stderr
