@@ -1,6 +1,8 @@
 """Fixtures and helpers for the daemon tests: unique LSL stream names, real player and ``serve``
 subprocesses, a real (tiny) model directory with the bundled recording's channels, the JSON log
-of a daemon, and LSL inlets on its outputs.
+of a daemon, and LSL inlets on its outputs; EEG sources the test feeds at its own pace
+(``PacedSource``), and the serve loop run in this process through the real LSL and ZeroMQ
+publishers, read back by real consumers (``InProcessDaemon``, ``MEGOutputs``).
 
 Everything here runs inside the loopback-only namespace (enforced by tests/conftest.py), and
 every subprocess inherits the loopback liblsl configuration through ``LSLAPICFG``.
