@@ -149,7 +149,7 @@ def _serve(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, an
     """Prepare, then run the loops; a stop signal at any point ends it without an error."""
     try:
         try:
-            _prepare(settings, metrics, announce, resources)
+            _prepare(settings, metrics, announce, resources, stop)
         except Exception as error:
             if not stop.is_set():
                 raise
@@ -200,7 +200,8 @@ def _write_stats(settings: ServeSettings, metrics: ServeMetrics) -> None:
 # ----------------------------------------------------------------------------------------------
 # Preparation: everything before the loops, in the order it happens
 # ----------------------------------------------------------------------------------------------
-def _prepare(settings: ServeSettings, metrics: ServeMetrics, announce: Announce, resources: _Resources) -> None:
+def _prepare(settings: ServeSettings, metrics: ServeMetrics, announce: Announce, resources: _Resources,
+             stop: StopRequest) -> None:
     """Streams resolved (in the background) ∥ model and engine; then the streams are opened,
     validated, and the outputs made — all into ``resources``.
     Raises UsageError / ServeFailure / Interrupted."""
@@ -209,7 +210,7 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, announce: Announce,
     # opened only afterwards, so that no backlog piles up in them meanwhile.
     resolvers, resolve_started = _start_resolvers(settings, announce, resources)
     options = _adaptation_options(settings)
-    config, window, hop = _load_engine(settings, resources)
+    config, window, hop = _load_engine(settings, resources, stop)
     delay = _signal_delay(config, hop, announce)
     infos = _wait_for_streams(settings, resolvers, resolve_started)
     stages = _open_streams(settings, config, infos, resources, options)
@@ -271,17 +272,18 @@ def _start_resolvers(settings: ServeSettings, announce: Announce, resources: _Re
     return resolvers, time.monotonic()
 
 
-def _load_engine(settings: ServeSettings, resources: _Resources) -> Tuple[Any, int, int]:
+def _load_engine(settings: ServeSettings, resources: _Resources, stop: StopRequest) -> Tuple[Any, int, int]:
     """Model loaded, engine made and warmed up (into ``resources``); ``(config, window, hop)``."""
-    import torch  # the slow imports come after the resolvers were started
+    with stop.deferred():  # a stop signal never lands inside a C extension's initialisation
+        import torch  # the slow imports come after the resolvers were started
 
-    from brainformer_rt.serving.engine import EngineError
-    from brainformer_rt.serving.engine_switch import serving_engine
+        from brainformer_rt.serving.engine import EngineError
+        from brainformer_rt.serving.engine_switch import serving_engine
 
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
-    log_event(logger, logging.INFO, "model_loading", "loading model %s", settings.model, model=str(settings.model))
-    model, config = _load(settings)
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)
+        log_event(logger, logging.INFO, "model_loading", "loading model %s", settings.model, model=str(settings.model))
+        model, config = _load(settings)
     hop = settings.hop_samples if settings.hop_samples is not None else int(config.hop_samples)
     window = int(config.window_samples)
     if not 1 <= hop <= window:
