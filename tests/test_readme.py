@@ -55,10 +55,14 @@ PROGRAMS = {"brainformer": "brainformer.cli", "brainformer-rt": "brainformer_rt.
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: Top-level folders of the repository: a README path starting with one of them must exist.
 REPO_DIRS = ("brainformer", "brainformer_rt", "configs", "scripts", "docs", "benchmarks", "tests")
-#: Harness settings for the daemons started here: one torch thread (the cores are shared with the
-#: player and the subscriber) and no stale-window dropping (a loaded test machine must not turn
-#: into zero windows served).
-SERVE_TOML = "torch_threads = 1\nmax_input_age_s = inf\n"
+#: Harness settings for the daemons started here: the CPU (the README's commands name no device,
+#: and on a GPU machine `auto` would serve with another engine than the one meant here), one torch
+#: thread (the cores are shared with the player and the subscriber) and no stale-window dropping
+#: (a loaded test machine must not turn into zero windows served).
+SERVE_TOML = 'device = "cpu"\ntorch_threads = 1\nmax_input_age_s = inf\n'
+#: The environment of every program started here: no GPU visible, so the README's training
+#: command (which names no device either) trains on the CPU on every machine.
+CPU_ONLY_ENV = {"CUDA_VISIBLE_DEVICES": ""}
 #: Seconds of the bundled recording in the tiny BIDS root (75 % train, 25 % held out).
 BIDS_SECONDS = 12.0
 
@@ -154,7 +158,7 @@ def cli(program: str, *args: str) -> list[str]:
 def start_logged(command: list[str], log_stem: Path, cwd: Path | None = None) -> subprocess.Popen:
     """A subprocess whose stdout/stderr go to ``<log_stem>.out`` / ``.err`` (no pipe to fill)."""
     with log_stem.with_suffix(".out").open("w") as out, log_stem.with_suffix(".err").open("w") as err:
-        return subprocess.Popen(command, stdout=out, stderr=err, cwd=cwd, env=dict(os.environ))
+        return subprocess.Popen(command, stdout=out, stderr=err, cwd=cwd, env=dict(os.environ, **CPU_ONLY_ENV))
 
 
 def logs(log_stem: Path) -> str:
@@ -421,7 +425,8 @@ def training_commands(bids_root: Path, stream: str, zmq_address: str, serve_conf
 
 
 def run_step(command: list[str], cwd: Path, timeout_s: float = 150) -> None:
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
+                            env=dict(os.environ, **CPU_ONLY_ENV))
     assert result.returncode == 0, (
         f"{' '.join(command[2:])} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     )
