@@ -24,6 +24,7 @@ import os
 import re
 import runpy
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -401,9 +402,9 @@ def training_commands(bids_root: Path, stream: str, zmq_address: str, serve_conf
 
     - ``/data/ds000117`` → the tiny BIDS root; ``configs/`` → this repository's configs;
     - train: ``--epochs 1`` added (speed);
-    - serve: ``--stream EEG`` → the test's player (a unique name), and for a bounded, isolated
-      run ``--duration 3 --wait 30 --stats-json stats.json``, a free ZeroMQ port, a unique LSL
-      output name and the harness serve settings (`SERVE_TOML`).
+    - serve: ``--stream EEG`` → the test's player (a unique name), and for an isolated run
+      ``--wait 30 --stats-json stats.json``, a free ZeroMQ port, a unique LSL output name and the
+      harness serve settings (`SERVE_TOML`); it is stopped by SIGTERM once it has published.
     """
     [block] = fenced_blocks(section("Training on your own data"), "bash")
     lines = bash_lines(block)
@@ -418,7 +419,7 @@ def training_commands(bids_root: Path, stream: str, zmq_address: str, serve_conf
             args += ["--epochs", "1"]
         if command == "serve":
             assert args[:2] == ["--stream", "EEG"], args
-            args = ["--stream", stream, *args[2:], "--duration", "3", "--wait", "30", "--stats-json", "stats.json",
+            args = ["--stream", stream, *args[2:], "--wait", "30", "--stats-json", "stats.json",
                     "--zmq", zmq_address, "--lsl-name", f"{stream}-meg", "--config", str(serve_config)]
         commands.append(cli(program, command, *args))
     return commands
@@ -463,7 +464,18 @@ def test_training_on_your_own_data(bids_root, tmp_path):
         plots = sorted((tmp_path / "eval-plots").glob("*.png"))
         assert plots and all(p.read_bytes()[:8] == PNG_MAGIC for p in plots)
 
-        run_step(serve, tmp_path, timeout_s=90)
+        # Served until its first prediction is published (an event, not a duration), then stopped.
+        daemon = start_logged(serve, tmp_path / "serve", cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 120
+            while "event=first_prediction" not in (tmp_path / "serve.err").read_text():
+                assert daemon.poll() is None, f"serve exited with {daemon.returncode}:\n{logs(tmp_path / 'serve')}"
+                assert time.monotonic() < deadline, f"serve published nothing:\n{logs(tmp_path / 'serve')}"
+                time.sleep(0.1)
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(60) == 0, logs(tmp_path / "serve")
+        finally:
+            stop_process(daemon)
         stats = json.loads((tmp_path / "stats.json").read_text())
         assert stats["streams"][stream]["windows_served"] > 0
     finally:
