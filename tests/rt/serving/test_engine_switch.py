@@ -31,11 +31,14 @@ def cache(tmp_path_factory, request):
     """One cache for the module: what the first test compiles, the next ones find.
 
     The packages are built without autotuning (a minute less per build): these tests are about
-    the switch; test_engine.py checks the autotuned package against eager."""
+    the switch; test_engine.py checks the autotuned package against eager. The build runs at the
+    server's priority, not the lowest: on a machine whose cores other work keeps busy, a build
+    at niceness 19 gets next to no time and the switch would wait on the machine's load."""
     path = tmp_path_factory.mktemp("aot-cache")
     patch = pytest.MonkeyPatch()
     patch.setenv("BRAINFORMER_CACHE", str(path))
     patch.setenv("BRAINFORMER_AOT_AUTOTUNE", "0")
+    patch.setenv("BRAINFORMER_AOT_BUILD_NICE", "0")
     request.addfinalizer(patch.undo)
     return path
 
@@ -144,6 +147,19 @@ def test_a_bad_autotune_setting_keeps_eager_and_names_the_variable(cache, monkey
     try:
         served = serve_until_settled(engine, model, np.random.default_rng(4))
         assert engine.switch.state == "failed" and "BRAINFORMER_AOT_AUTOTUNE must be 0 or 1" in engine.switch.reason
+        assert set(served) == {"eager"}
+    finally:
+        engine.close()
+
+
+def test_a_bad_build_niceness_keeps_eager_and_names_the_variable(cache, monkeypatch):
+    monkeypatch.setenv("BRAINFORMER_AOT_BUILD_NICE", "-5")
+    model = small_model(seed=5)
+    engine = serving_engine(model, "auto", "cpu", 1, WINDOW, output_samples=OUTPUT_SAMPLES).setup()
+    try:
+        served = serve_until_settled(engine, model, np.random.default_rng(5))
+        assert engine.switch.state == "failed"
+        assert "BRAINFORMER_AOT_BUILD_NICE must be an integer from 0 to 19, got '-5'" in engine.switch.reason
         assert set(served) == {"eager"}
     finally:
         engine.close()
