@@ -47,6 +47,9 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
 
+#: Values of `training.device`.
+TRAINING_DEVICES = ("auto", "cpu", "cuda")
+
 # Fitted on the training split by `brainformer.preprocessing.fit_scaling`, never set by hand.
 FITTED_MODEL_FIELDS = ("eeg_mean", "eeg_std", "meg_mean", "meg_std")
 
@@ -189,6 +192,8 @@ class TrainingSettings:
             Meant for GPUs with bfloat16 (Ampere and newer); on CPU it runs under CPU autocast.
         torch_compile: compile the model with `torch.compile` before training (the first steps
             are slower while it compiles).
+        device: where training runs: ``auto`` (a GPU when there is one, else the CPU), ``cpu``
+            (the CPU even where a GPU exists), ``cuda`` (a GPU; an error without one).
     """
 
     epochs: int = 40
@@ -208,6 +213,7 @@ class TrainingSettings:
     num_workers: int = 0
     bf16: bool = False
     torch_compile: bool = False
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         _check_types(self, "training")
@@ -242,6 +248,7 @@ class TrainingSettings:
         )
         _require(self.loss_last_samples >= 0, "training.loss_last_samples", self.loss_last_samples, "an integer >= 0")
         _require(self.num_workers >= 0, "training.num_workers", self.num_workers, "an integer >= 0")
+        _require(self.device in TRAINING_DEVICES, "training.device", self.device, " or ".join(TRAINING_DEVICES))
 
 
 @dataclass(frozen=True)

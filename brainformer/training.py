@@ -400,6 +400,9 @@ def _training_arguments(settings: ExperimentSettings, output_dir: Path, report_t
     from transformers import TrainingArguments
 
     training = settings.training
+    if training.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("training.device = 'cuda', but CUDA is not available on this machine; use 'auto' or 'cpu'")
+    on_cpu = training.device == "cpu" or not torch.cuda.is_available()
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         num_train_epochs=training.epochs,
@@ -426,10 +429,10 @@ def _training_arguments(settings: ExperimentSettings, output_dir: Path, report_t
         dataloader_num_workers=training.num_workers,
         disable_tqdm=not progress,
         optim="adamw_torch",
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=not on_cpu,
         # Without a GPU, several processes mean DDP over gloo on the CPU (without `use_cpu` the
         # Trainer would leave each process training alone), and bf16 means CPU autocast.
-        use_cpu=not torch.cuda.is_available() and (_launched_world_size() > 1 or training.bf16),
+        use_cpu=training.device == "cpu" or (on_cpu and (_launched_world_size() > 1 or training.bf16)),
         bf16=training.bf16,
         torch_compile=training.torch_compile,
         # Every parameter gets a gradient each step (a frozen skip path is frozen before the DDP

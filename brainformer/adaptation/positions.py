@@ -62,8 +62,17 @@ def channel_position(metadata: Mapping[str, Any]) -> Position | None:
     return None
 
 
+#: Montage files whose positions carry their unit (ASA ``.elc``: ``UnitPosition mm``). MNE scales
+#: every other kind to its standard head (median radius 95 mm), since their units are unknown.
+_MEASURED_UNITS_SUFFIXES = (".elc",)
+
+
 def load_montage(montage: str | Path) -> Any:
     """An MNE ``DigMontage`` from a standard montage name or a montage file.
+
+    A ``.elc`` file's positions are kept as they are (converted to metres); those of other
+    files without units (``.sfp``, ``.loc``, ``.bvef``, …) are scaled to MNE's standard head size,
+    as ``mne.channels.read_custom_montage`` does by default.
 
     Raises:
         AdaptationError: an unknown name (the built-in names are listed) or an unreadable file.
@@ -75,6 +84,9 @@ def load_montage(montage: str | Path) -> Any:
         try:
             if path.name.lower().endswith((".fif", ".fif.gz")):
                 return mne.channels.read_dig_fif(path, verbose="error")
+            if path.suffix.lower() in _MEASURED_UNITS_SUFFIXES:
+                # Positions with their unit (a digitised cap): kept as measured, not scaled.
+                return mne.channels.read_custom_montage(path, head_size=None, verbose="error")
             return mne.channels.read_custom_montage(path, verbose="error")
         except Exception as err:  # noqa: BLE001 - MNE's reader errors vary by format: one line
             detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
