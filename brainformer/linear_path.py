@@ -3,10 +3,11 @@
 A model with a lagged-linear skip path (``skip_lags > 0``) has it fitted as a lagged ridge on its
 training data (`training.init_skip_from_ridge`). The ridge needs its data only through second
 moments: the Gram matrix of the lagged (preprocessed, scaled) EEG and its cross-products with the
-MEG, on the fitting rows and on the validation rows that chose the penalty. Those are the
-*sufficient statistics* of the linear path; the model directory carries them next to its weights
-(:data:`STATISTICS_FILENAME`, safetensors; written by ``brainformer train`` and, for an existing
-model, by ``brainformer statistics``).
+MEG. Those are the *sufficient statistics* of the linear path; the model directory carries them
+next to its weights (:data:`STATISTICS_FILENAME`, safetensors; written by ``brainformer train``
+and, for an existing model, by ``brainformer statistics``), accumulated over `N_FOLDS` stretches
+of the train part in time: the validation rows that chose the penalty (its last 20 %) and the
+fitting rows before them in `N_FOLDS` − 1 equal stretches.
 
 A stream whose electrodes are not the model's (some missing, another cap) gives the model
 ``x' = C x + c`` instead of the EEG ``x`` it was trained on: the served EEG is the model's
@@ -14,8 +15,8 @@ electrodes interpolated from the stream's, and the stream's from the model's, so
 between them is one linear operator `C` (`brainformer.adaptation.resolve`). The best lagged ridge
 for those inputs follows from the same statistics pushed through `C`
 (`GramAccumulator.transformed`), with its penalty chosen again on the validation rows, and so
-does what it will give: the r and R² of that map, fitted on the fitting rows, on the validation
-rows, i.e. on data it never saw::
+does what it will give: the r and R² of that map on each stretch when fitted on the others
+(cross-validation over the whole train part: data each fit never saw), averaged::
 
     statistics = load_statistics(model_dir)        # None for a model without them
     full = statistics.solve()                      # the model's own skip path (C = I)
@@ -41,7 +42,7 @@ from brainformer.evaluation.baselines import (
     GramAccumulator,
     RowBlock,
     continuous_blocks,
-    lagged_grams,
+    lagged_rows,
     refit_ridge,
     validation_mse,
 )
@@ -63,8 +64,9 @@ __all__ = [
 STATISTICS_FILENAME = "linear_path_statistics.safetensors"
 #: Written into the file's metadata; a file of another format is refused.
 STATISTICS_FORMAT = "brainformer-linear-path-1"
-_PARTS = ("fitting", "validation")
-_SUMS = ("gram", "cross", "sum_x", "sum_y", "sum_y_sq")
+#: Stretches of the train part the statistics are kept for (the last one: the validation rows).
+N_FOLDS = 4
+_SUMS = ("cross", "sum_x", "sum_y", "sum_y_sq")
 
 
 class StatisticsError(ValueError):
@@ -74,7 +76,8 @@ class StatisticsError(ValueError):
 @dataclass(frozen=True)
 class ExpectedQuality:
     """What a linear map gives on held-out rows: mean over the MEG channels of the per-channel
-    Pearson r and R² on the validation rows, of the map fitted on the fitting rows."""
+    Pearson r and R² on each stretch of the train part when fitted on the others, averaged over
+    the stretches."""
 
     r: float
     r2: float
@@ -129,10 +132,10 @@ class LinearPathStatistics:
 
     Attributes:
         lags: lags of the ridge, in samples.
-        fitting, validation: `GramAccumulator` of the lagged model inputs (preprocessed and
-            scaled EEG, lag-major blocks of `n_eeg` columns, not standardised) and the scaled MEG,
-            on the fitting rows and on the validation rows (the last 20 % of each recording's
-            train part, in time).
+        folds: `GramAccumulator` per stretch of the train part, in time, of the lagged model
+            inputs (preprocessed and scaled EEG, lag-major blocks of `n_eeg` columns, not
+            standardised) and the scaled MEG: `N_FOLDS` − 1 equal stretches of the fitting rows,
+            then the validation rows (the last 20 % of each recording's train part).
         relative_alphas: the penalty grid (relative to the mean eigenvalue of the standardised
             Gram matrix).
         eeg_channel_names: the model's EEG channels, in input order.
@@ -141,8 +144,7 @@ class LinearPathStatistics:
     """
 
     lags: tuple[int, ...]
-    fitting: GramAccumulator
-    validation: GramAccumulator
+    folds: tuple[GramAccumulator, ...]
     relative_alphas: np.ndarray
     eeg_channel_names: tuple[str, ...]
     n_meg: int
@@ -152,28 +154,38 @@ class LinearPathStatistics:
     def n_eeg(self) -> int:
         return len(self.eeg_channel_names)
 
+    @property
+    def fitting(self) -> GramAccumulator:
+        """The fitting rows: every stretch but the last."""
+        return _merged(self.folds[:-1])
+
+    @property
+    def validation(self) -> GramAccumulator:
+        """The validation rows that choose the penalty: the last stretch."""
+        return self.folds[-1]
+
     # -- solving ------------------------------------------------------------------------------
     def solve(self, matrix: np.ndarray | None = None, offset: np.ndarray | None = None) -> LinearPathSolution:
         """The lagged ridge for inputs ``x' = matrix @ x + offset`` (`(n_eeg, n_eeg)`, `(n_eeg,)`;
         None: the model's own inputs), as `fit_ridge_blocks` would fit it on those inputs: each
         input standardised over all train rows, the penalty chosen on the validation rows, the map
-        refitted on all of them; with its held-out quality."""
+        refitted on all of them; with its held-out quality (cross-validated over the stretches
+        with that penalty)."""
         n, n_lags = self.n_eeg, len(self.lags)
-        fitting, validation = self.fitting, self.validation
+        folds = self.folds
         if matrix is not None:
             matrix = np.asarray(matrix, dtype=np.float64)
             if matrix.shape != (n, n):
                 raise ValueError(f"solve: matrix has shape {matrix.shape}; expected ({n}, {n})")
             blocks = np.kron(np.eye(n_lags), matrix)
             shift = np.tile(np.zeros(n) if offset is None else np.asarray(offset, dtype=np.float64), n_lags)
-            fitting, validation = fitting.transformed(blocks, shift), validation.transformed(blocks, shift)
-        every = fitting.merged(validation)
-        mean, scale = _standardisation(every, n, n_lags)
-        fitting_s, validation_s, every_s = (_standardised(a, mean, scale) for a in (fitting, validation, every))
-        grid = validation_mse(fitting_s, validation_s, self.relative_alphas)
+            folds = tuple(fold.transformed(blocks, shift) for fold in folds)
+        mean, scale = _standardisation(_merged(folds), n, n_lags)
+        folds = tuple(_standardised(fold, mean, scale) for fold in folds)
+        grid = validation_mse(_merged(folds[:-1]), folds[-1], self.relative_alphas)
         relative = float(self.relative_alphas[int(np.argmin(grid))])
-        expected = _held_out_quality(fitting_s, validation_s, relative)
-        weight, bias, _ = refit_ridge(every_s, relative)  # on standardised inputs
+        expected = _cross_validated_quality(folds, relative)
+        weight, bias, _ = refit_ridge(_merged(folds), relative)  # on standardised inputs
         return LinearPathSolution(
             lags=self.lags,
             weight=(weight * scale[:, None]).reshape(n_lags, n, -1),
@@ -190,15 +202,15 @@ class LinearPathStatistics:
 
         path = Path(model_dir) / STATISTICS_FILENAME
         tensors = {"relative_alphas": np.asarray(self.relative_alphas, dtype=np.float64)}
-        for part in _PARTS:
-            accumulator = getattr(self, part)
+        upper = np.triu_indices(len(self.lags) * self.n_eeg)
+        for k, fold in enumerate(self.folds):
+            tensors[f"fold{k}.gram_upper"] = np.ascontiguousarray(fold.gram[upper], dtype=np.float64)  # symmetric
             for name in _SUMS:
-                tensors[f"{part}.{name}"] = np.ascontiguousarray(getattr(accumulator, name), dtype=np.float64)
+                tensors[f"fold{k}.{name}"] = np.ascontiguousarray(getattr(fold, name), dtype=np.float64)
         metadata = {
             "format": STATISTICS_FORMAT,
             "lags": json.dumps(list(self.lags)),
-            "fitting_count": str(self.fitting.count),
-            "validation_count": str(self.validation.count),
+            "fold_counts": json.dumps([fold.count for fold in self.folds]),
             "eeg_channel_names": json.dumps(list(self.eeg_channel_names)),
             "n_meg": str(self.n_meg),
             "sources": json.dumps(list(self.sources)),
@@ -229,27 +241,32 @@ class LinearPathStatistics:
             lags = tuple(int(v) for v in json.loads(metadata["lags"]))
             names = tuple(str(v) for v in json.loads(metadata["eeg_channel_names"]))
             n_meg = int(metadata["n_meg"])
-            counts = {part: int(metadata[f"{part}_count"]) for part in _PARTS}
-            parts = {
-                part: GramAccumulator(*(np.asarray(tensors[f"{part}.{name}"], dtype=np.float64) for name in _SUMS),
-                                      count=counts[part])
-                for part in _PARTS
-            }
+            counts = [int(v) for v in json.loads(metadata["fold_counts"])]
             alphas = np.asarray(tensors["relative_alphas"], dtype=np.float64)
             sources = tuple(json.loads(metadata.get("sources", "[]")))
-        except (KeyError, ValueError, TypeError) as err:
-            raise StatisticsError(f"{path}: incomplete statistics ({type(err).__name__}: {err})") from None
-        n_features = len(lags) * len(names)
-        for part, accumulator in parts.items():
-            expected = {"gram": (n_features, n_features), "cross": (n_features, n_meg), "sum_x": (n_features,),
+            n_features = len(lags) * len(names)
+            upper = np.triu_indices(n_features)
+            expected = {"gram_upper": (len(upper[0]),), "cross": (n_features, n_meg), "sum_x": (n_features,),
                         "sum_y": (n_meg,), "sum_y_sq": (n_meg,)}
-            for name, shape in expected.items():
-                if getattr(accumulator, name).shape != shape:
-                    raise StatisticsError(f"{path}: {part}.{name} has shape {getattr(accumulator, name).shape}; "
-                                          f"expected {shape}")
-            if accumulator.count < 2:
-                raise StatisticsError(f"{path}: {accumulator.count} {part} rows")
-        return cls(lags, parts["fitting"], parts["validation"], alphas, names, n_meg, sources)
+            folds = []
+            for k, count in enumerate(counts):
+                sums = {name: np.asarray(tensors[f"fold{k}.{name}"], dtype=np.float64) for name in expected}
+                for name, shape in expected.items():
+                    if sums[name].shape != shape:
+                        raise StatisticsError(f"{path}: fold{k}.{name} has shape {sums[name].shape}; expected {shape}")
+                if count < 2:
+                    raise StatisticsError(f"{path}: {count} rows in fold {k}")
+                gram = np.zeros((n_features, n_features))
+                gram[upper] = sums.pop("gram_upper")
+                gram = gram + np.triu(gram, 1).T
+                folds.append(GramAccumulator(gram, sums["cross"], sums["sum_x"], sums["sum_y"], sums["sum_y_sq"], count))
+        except (KeyError, ValueError, TypeError) as err:
+            if isinstance(err, StatisticsError):
+                raise
+            raise StatisticsError(f"{path}: incomplete statistics ({type(err).__name__}: {err})") from None
+        if len(folds) < 2:
+            raise StatisticsError(f"{path}: {len(folds)} folds; at least 2 needed")
+        return cls(lags, tuple(folds), alphas, names, n_meg, sources)
 
     def check_model(self, fields: Any, path: str | Path = STATISTICS_FILENAME) -> None:
         """`StatisticsError` when these statistics are not of the model of `fields` (its EEG
@@ -304,13 +321,32 @@ def statistics_from_prepared(
     prepared: Any, lags: Sequence[int], relative_alphas: Sequence[float] = DEFAULT_RELATIVE_ALPHAS
 ) -> LinearPathStatistics:
     """The statistics of the skip path's ridge on `prepared` (`brainformer.data.PreparedData`):
-    the same rows, lags and penalty grid as `training.init_skip_from_ridge`."""
+    the same rows, lags and penalty grid as `training.init_skip_from_ridge`, in `N_FOLDS`
+    stretches (see the class)."""
     lags = tuple(int(lag) for lag in lags)
     blocks, boundaries = ridge_blocks(prepared, max(lags))
-    fitting, validation = lagged_grams(blocks, boundaries, lags)
+    starts = {r.name: r.parts["train"][0] for r in prepared.recordings}
+    edges = {  # per recording: where each stretch starts, and the end of the train part
+        name: [*np.linspace(starts[name], boundary, N_FOLDS).astype(np.int64)[:-1], boundary]
+        for name, boundary in boundaries.items()
+    }
+    folds: list[GramAccumulator] | None = None
+    for block in blocks():
+        features = lagged_rows(np.asarray(block.eeg, dtype=np.float64), lags, block.history, block.eeg.shape[0])
+        targets = np.asarray(block.meg, dtype=np.float64)
+        if folds is None:
+            folds = [GramAccumulator.empty(features.shape[1], targets.shape[1]) for _ in range(N_FOLDS)]
+        rows = block.first_row + np.arange(targets.shape[0])
+        which = np.searchsorted(edges[block.group], rows, side="right") - 1  # stretch of each row
+        for k in range(N_FOLDS):
+            mask = which == k
+            if mask.any():
+                folds[k].add(features[mask], targets[mask])
+    if folds is None or any(fold.count < 2 for fold in folds):
+        raise StatisticsError(f"too few train rows for {N_FOLDS} stretches of statistics")
     fields = prepared.fields
     return LinearPathStatistics(
-        lags=lags, fitting=fitting, validation=validation,
+        lags=lags, folds=tuple(folds),
         relative_alphas=np.asarray(relative_alphas, dtype=np.float64),
         eeg_channel_names=tuple(fields.eeg_channel_names), n_meg=len(fields.meg_channel_names),
         sources=tuple(r.source for r in prepared.recordings),
@@ -373,6 +409,20 @@ def _standardised(accumulator: GramAccumulator, mean: np.ndarray, scale: np.ndar
     cross = accumulator.cross - np.outer(mean, accumulator.sum_y)
     return GramAccumulator(scale[:, None] * gram * scale[None, :], scale[:, None] * cross, sum_x,
                            accumulator.sum_y.copy(), accumulator.sum_y_sq.copy(), accumulator.count)
+
+
+def _merged(accumulators: Sequence[GramAccumulator]) -> GramAccumulator:
+    merged = accumulators[0]
+    for accumulator in accumulators[1:]:
+        merged = merged.merged(accumulator)
+    return merged
+
+
+def _cross_validated_quality(folds: Sequence[GramAccumulator], relative_alpha: float) -> ExpectedQuality:
+    """`_held_out_quality` of each stretch, fitted on the others; the mean over the stretches."""
+    scores = [_held_out_quality(_merged([f for j, f in enumerate(folds) if j != k]), fold, relative_alpha)
+              for k, fold in enumerate(folds)]
+    return ExpectedQuality(r=float(np.mean([q.r for q in scores])), r2=float(np.mean([q.r2 for q in scores])))
 
 
 def _held_out_quality(fitting: GramAccumulator, validation: GramAccumulator, relative_alpha: float) -> ExpectedQuality:

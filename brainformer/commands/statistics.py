@@ -35,6 +35,7 @@ def statistics(
     except (ValueError, OSError) as err:  # StatisticsError, SettingsError, DataError are ValueErrors
         fail(err)
     console.print(f"written {path} ({path.stat().st_size / 1e6:.2f} MB): lags {list(statistics.lags)} samples, "
-                  f"{statistics.fitting.count} fitting + {statistics.validation.count} validation rows", soft_wrap=True)
+                  f"{statistics.fitting.count} fitting + {statistics.validation.count} validation rows in {len(statistics.folds)} "
+                  "stretches", soft_wrap=True)
     console.print(f"the skip path they give differs from the model's by at most {difference:.2g}; "
                   f"held-out r {full.expected.r:.3f}, R² {full.expected.r2:.3f} with every electrode", soft_wrap=True)

@@ -245,18 +245,6 @@ def fit_ridge_blocks(
     )
 
 
-def lagged_grams(
-    blocks: BlockSource, validation_start: Mapping[str, int], lags: Sequence[int]
-) -> tuple[GramAccumulator, GramAccumulator]:
-    """Gram matrices of the lagged inputs as they are (not standardised), of the fitting rows and
-    of the validation rows (see `fit_ridge_blocks`): the sufficient statistics of a lagged ridge,
-    from which `fit_ridge_blocks`'s map follows for any linear transform of the inputs
-    (`GramAccumulator.transformed`)."""
-    lags, _ = _checked_grid(lags, (1.0,))
-    n_inputs = next(iter(blocks())).eeg.shape[1]
-    return _fitting_and_validation_grams(blocks, validation_start, lags, np.zeros(n_inputs), np.ones(n_inputs))
-
-
 def _checked_grid(lags: Sequence[int], relative_alphas: Sequence[float]) -> tuple[tuple[int, ...], np.ndarray]:
     lags = tuple(int(lag) for lag in lags)
     if not lags or min(lags) < 0:
