@@ -2,7 +2,8 @@
 
 Meta-data follow the XDF conventions: ``desc/channels/channel/{label,type,unit}`` per sensor
 (units ``T`` for magnetometers, ``T/m`` for gradiometers) and ``desc/acquisition`` naming the
-model that produced the stream. Every sample is pushed with its own timestamp: the timestamp of
+model that produced the stream; ``desc/expected_quality`` says what the input's cap is expected
+to give (``r``, ``r2``, ``full_r``, ``full_r2``, ``share``, ``n_electrodes``), when known. Every sample is pushed with its own timestamp: the timestamp of
 the EEG sample it was predicted for.
 """
 
@@ -27,6 +28,7 @@ class LSLPublisher:
         sfreq_hz: the model's rate (nominal rate of the stream).
         model_name: written to ``desc/acquisition/model``.
         max_buffered_s: seconds liblsl keeps for slow consumers.
+        expected_quality: written to ``desc/expected_quality`` (name → number), or None.
 
     Life cycle: construct (the outlet is visible at once) → ``publish()`` ... → ``close()``.
     """
@@ -40,6 +42,7 @@ class LSLPublisher:
         sfreq_hz: float,
         model_name: str,
         max_buffered_s: int = 30,
+        expected_quality: dict | None = None,
     ):
         validate_meg_channels(channel_names, channel_types)
         if not sfreq_hz > 0:
@@ -58,6 +61,10 @@ class LSLPublisher:
         acquisition.append_child_value("manufacturer", "brainformer")
         acquisition.append_child_value("model", model_name)
         acquisition.append_child_value("description", "MEG predicted from live EEG")
+        if expected_quality is not None:
+            quality = info.desc().append_child("expected_quality")
+            for key, value in expected_quality.items():
+                quality.append_child_value(key, f"{value:.6g}")
         self._outlet: pylsl.StreamOutlet | None = pylsl.StreamOutlet(info, 0, max_buffered_s)
         self.samples_out = 0
         self.chunks_out = 0

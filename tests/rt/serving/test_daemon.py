@@ -340,7 +340,7 @@ def test_gap_and_nan_reset_the_stream_and_no_window_spans_them(model_dir, eeg_na
     from brainformer_rt.serving.engine import make_engine
     from brainformer_rt.serving.inlet import EEGInlet
     from brainformer_rt.serving.metrics import ServeMetrics
-    from brainformer_rt.serving.preprocess import EEGPreprocessStage
+    from brainformer_rt.serving.pipeline import open_stages
 
     model = load_model(model_dir)
     config = model.config
@@ -358,7 +358,7 @@ def test_gap_and_nan_reset_the_stream_and_no_window_spans_them(model_dir, eeg_na
     settings = ServeSettings(streams=[name], max_input_age_s=float("inf"), pull_timeout_s=0.05).validate()
     metrics = ServeMetrics([name])
     engine = make_engine(model, "eager", "cpu", 1, WINDOW).setup()
-    pipeline = StreamPipeline(name, inlet, EEGPreprocessStage(config, inlet.description), WINDOW, HOP,
+    pipeline = StreamPipeline(name, inlet, open_stages(config, inlet.description), WINDOW, HOP,
                               settings.gap_threshold_s, metrics.streams[name], [sink], engine.n_output_channels)
     stop = StopRequest()
     daemon = Scheduler([pipeline], engine, np.asarray(config.meg_mean), np.asarray(config.meg_std), settings, metrics, stop)

@@ -36,7 +36,7 @@ from brainformer_rt.serving.signals import StopRequest
 from brainformer_rt.serving.engine import make_engine
 from brainformer_rt.serving.inlet import EEGInlet
 from brainformer_rt.serving.metrics import ServeMetrics
-from brainformer_rt.serving.preprocess import EEGPreprocessStage
+from brainformer_rt.serving.pipeline import open_stages
 from brainformer_rt.serving.publishers.zmq import decode_message
 from tests.rt.conftest import (
     HOP,
@@ -127,7 +127,7 @@ class InProcessDaemon:
         self.sink = ListPublisher()
         self.metrics = ServeMetrics([outlet_name])
         engine = make_engine(model, "eager", "cpu", 1, WINDOW).setup()
-        self.pipeline = StreamPipeline(outlet_name, self.inlet, EEGPreprocessStage(self.config, self.inlet.description),
+        self.pipeline = StreamPipeline(outlet_name, self.inlet, open_stages(self.config, self.inlet.description),
                                        WINDOW, HOP, settings.gap_threshold_s, self.metrics.streams[outlet_name],
                                        [self.sink], engine.n_output_channels,
                                        gauges=self.metrics.gauges[outlet_name], silence_s=settings.silence_s)
