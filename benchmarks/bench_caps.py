@@ -26,19 +26,24 @@ daemon states before serving (`CapQuality`, from the statistics' validation rows
 "Your cap at its best"): live r within 0.01 of the direct ridge for the subsets; a 32-electrode
 template cap ≥ 0.9× the offline r, a 19-electrode one ≥ 0.8×; expected vs live r within 0.03.
 Also the plan-time cost (co-registration, re-solve) and the per-window cost of the correction
-on the hot path. Timings depend on the machine and its load (try OPENBLAS_NUM_THREADS=1 on small
-shared machines: multi-threaded BLAS on small matrices is slow there).
+on the hot path. Timings depend on the machine and its load; like the daemon, the benchmark runs
+numpy's BLAS on one thread (``OPENBLAS_NUM_THREADS``, unless set): on a loaded machine a
+multi-threaded BLAS made the re-solve take seconds and the per-window correction tens of ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 import warnings
 
-import numpy as np
+# As the daemon (brainformer_rt/cli.py): one BLAS thread, set before numpy loads its BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 SUBSET_SIZES = (45, 32, 19, 10, 6)
 TEMPLATE_CAPS = ("standard_1020:32", "standard_1020:19")
