@@ -9,7 +9,8 @@ a frozen description of everything the `Adapter` does per chunk:
 - interpolation: model electrodes the stream lacks (or that went bad) computed by spherical
   splines from the electrodes it has, on the model's electrode positions (``eeg_positions_m``);
   a stream from another cap (electrodes with positions from its meta-data or from a montage,
-  labels not the model's) is mapped onto the model's electrodes the same way;
+  labels not the model's) is first placed on the model's head (`coregistration`), then mapped
+  onto the model's electrodes the same way;
 - rate: resampled to the model rate, by linear interpolation where the model's band allows it,
   else soxr QQ (`resampling.resampler_method`); an integer multiple is left to the
   preprocessing's decimation.

@@ -120,7 +120,7 @@ def load_montage(montage: str | Path) -> Any:
 
 #: Standard montages MNE renamed, old name → new name, with the same positions. MNE 1.13 warns
 #: on ``standard_1020`` and 1.14 drops it; older MNE versions have only that name.
-MONTAGE_RENAMES = {"standard_1020": "colin27_1020"}
+MONTAGE_RENAMES = {"standard_1020": "colin27_1020", "standard_1005": "colin27_1005"}
 #: Each name of a renamed montage → its other name.
 _OTHER_NAME = {**MONTAGE_RENAMES, **{new: old for old, new in MONTAGE_RENAMES.items()}}
 
