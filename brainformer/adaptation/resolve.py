@@ -96,7 +96,7 @@ class ResolvedLinearPath:
 
 def cap_operator(plan: AdaptationPlan, fields: Any) -> tuple[np.ndarray, np.ndarray]:
     """`(C (n_eeg, n_eeg), c (n_eeg,))` of the module docstring for this plan and model."""
-    from brainformer.preprocessing.scaling import _scaling_from_config
+    from brainformer.preprocessing import eeg_scaling
 
     n = plan.n_model_channels
     model_positions = None if plan.model.positions_m is None else np.asarray(plan.model.positions_m)
@@ -112,7 +112,7 @@ def cap_operator(plan: AdaptationPlan, fields: Any) -> tuple[np.ndarray, np.ndar
     through = plan.spatial @ sensing  # A · P: model electrodes in → model electrodes out (volts)
     if getattr(fields, "eeg_reference", "average") == "average":
         through = through - through.mean(axis=0, keepdims=True)
-    scaling = _scaling_from_config(fields, "eeg", n)
+    scaling = eeg_scaling(fields)
     if scaling is None:
         return through, np.zeros(n)
     inverse = np.where(scaling.scale > 0, scaling.std, 0.0)  # x of a flat channel is always 0

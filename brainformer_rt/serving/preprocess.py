@@ -14,15 +14,12 @@ stream's pipe, ``pipeline.py``). This module holds:
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from brainformer.preprocessing import eeg_preprocessor
 from brainformer_rt.serving.timestamps import timestamp_jumps
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["EEGPreprocessStage", "GapDetector"]
 
