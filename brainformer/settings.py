@@ -408,7 +408,12 @@ class ServeSettings:
         montage: electrode positions of the stream's channels: an MNE standard montage name
             (``standard_1020``) or a montage file; default: positions from the meta-data.
         max_missing_fraction: largest fraction of the model's electrodes that may be missing or
-            bad and interpolated from the others, in [0, 1] (CLI ``--max-missing``).
+            bad and interpolated from the others, in [0, 1] (CLI ``--max-missing``); default: no
+            limit for a model with linear path statistics (``min_expected_share`` decides), 0.25
+            for one without.
+        min_expected_share: refuse a stream whose cap's expected r (the linear path re-solved
+            for its electrodes, from the model's statistics) is below this share of the model's
+            full-cap r, in [0, 1] (CLI ``--min-expected-share``; 0: never refuse).
     """
 
     streams: List[str] = field(default_factory=list)
@@ -439,7 +444,8 @@ class ServeSettings:
     input_unit: Optional[str] = None
     channel_map: Optional[str] = None
     montage: Optional[str] = None
-    max_missing_fraction: float = 0.25
+    max_missing_fraction: Optional[float] = None
+    min_expected_share: float = 0.5
 
     def validate(self, source: str = "settings") -> "ServeSettings":
         """Check every value; raises :class:`SettingsError` naming the key (after ``source``). Returns self."""
@@ -495,7 +501,9 @@ class ServeSettings:
                 "an existing TOML file of \"stream label\" = \"model label\" pairs")
         require(self.montage is None or bool(self.montage.strip()), "montage",
                 "an MNE standard montage name (standard_1020) or a montage file")
-        require(0.0 <= self.max_missing_fraction <= 1.0, "max_missing_fraction", "a fraction in [0, 1]")
+        require(self.max_missing_fraction is None or 0.0 <= self.max_missing_fraction <= 1.0, "max_missing_fraction",
+                "a fraction in [0, 1]")
+        require(0.0 <= self.min_expected_share <= 1.0, "min_expected_share", "a fraction in [0, 1]")
         return self
 
 
@@ -515,14 +523,14 @@ def read_serve_config(path: Optional[Path]) -> dict[str, Any]:
 
 #: ``serve`` option names that differ from their TOML key.
 _SERVE_OPTION_KEYS = {"stream": "streams", "hop": "hop_samples", "duration": "duration_s", "wait": "wait_s",
-                      "max_missing": "max_missing_fraction"}
+                      "max_missing": "max_missing_fraction", "min_expected_share": "min_expected_share"}
 
 
 def build_serve_settings(config_file: Optional[Path] = None, **options: Any) -> ServeSettings:
     """Defaults ← TOML file ← CLI flags (those not None). Option names are the ``serve`` options:
     ``stream, model, zmq, no_zmq, lsl_name, hop, device, engine, duration, wait, metrics_port,
     metrics_host, log_format, zmq_curve_keys, stats_json, torch_threads, busy_poll, input_unit, channel_map,
-    montage, max_missing``."""
+    montage, max_missing, min_expected_share``."""
     values = read_serve_config(config_file)
     known = {f.name for f in dataclasses.fields(ServeSettings)}
     for name, value in options.items():

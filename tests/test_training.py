@@ -264,7 +264,8 @@ def test_train_command_writes_a_loadable_model_dir(short_fif, short_data, tiny_s
     out = tmp_path / "model"
     result = CliRunner().invoke(app, ["train", "--data", str(short_fif), "--out", str(out), "--config", str(config_path), "--seed", "3"])
     assert result.exit_code == 0, result.output
-    assert read_model_dir_files(out) == ["config.json", "model.safetensors"]  # checkpoints removed
+    # checkpoints removed; the skip path's statistics next to the weights
+    assert read_model_dir_files(out) == ["config.json", "linear_path_statistics.safetensors", "model.safetensors"]
     assert "validation part" in result.output and "test part" in result.output and "lagged ridge" in result.output
     model = load_model(out)
     config = json.loads((out / "config.json").read_text())
@@ -280,7 +281,7 @@ def test_train_from_a_prepared_dataset(short_fif, tiny_settings, tmp_path):
     out = tmp_path / "model"
     result = CliRunner().invoke(app, ["train", "--data", str(dataset_dir), "--out", str(out), "--config", str(config_path)])
     assert result.exit_code == 0, result.output
-    assert read_model_dir_files(out) == ["config.json", "model.safetensors"]
+    assert read_model_dir_files(out) == ["config.json", "linear_path_statistics.safetensors", "model.safetensors"]
     # The source recording still exists, so the scores next to the baselines are printed.
     assert "test part" in result.output
     assert_trained_from_the_ridge_start(load_model(out), load_training_data([dataset_dir], settings), settings, result.output)
@@ -476,7 +477,8 @@ def test_bundled_default_model_matches_the_committed_training_config():
 
     repo = Path(__file__).resolve().parents[1]
     settings = load_settings(repo / "configs" / "train-sample.toml")
-    assert sorted(p.name for p in DEFAULT_MODEL_DIR.iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in DEFAULT_MODEL_DIR.iterdir()) == [
+        "MODEL_CARD.md", "config.json", "linear_path_statistics.safetensors", "model.safetensors"]
     model = load_model("default")
     for key, value in settings.model.items():
         assert getattr(model.config, key) == (list(value) if isinstance(value, tuple) else value), key

@@ -484,8 +484,7 @@ class InProcessDaemon:
         from brainformer_rt.serving.engine import make_engine
         from brainformer_rt.serving.inlet import EEGInlet
         from brainformer_rt.serving.metrics import ServeMetrics
-        from brainformer_rt.serving.pipeline import StreamPipeline
-        from brainformer_rt.serving.preprocess import EEGPreprocessStage
+        from brainformer_rt.serving.pipeline import StreamPipeline, open_stages
         from brainformer_rt.serving.publishers.lsl import LSLPublisher
         from brainformer_rt.serving.publishers.zmq import ZMQPublisher
         from brainformer_rt.serving.scheduler import Scheduler
@@ -505,7 +504,7 @@ class InProcessDaemon:
         self.outputs = MEGOutputs(self.zmq_publisher, self.lsl_publisher)
         self.metrics = ServeMetrics([stream_name])
         engine = make_engine(model, "eager", "cpu", 1, WINDOW).setup()
-        self.pipeline = StreamPipeline(stream_name, self.inlet, EEGPreprocessStage(config, self.inlet.description),
+        self.pipeline = StreamPipeline(stream_name, self.inlet, open_stages(config, self.inlet.description),
                                        WINDOW, HOP, settings.gap_threshold_s, self.metrics.streams[stream_name],
                                        [self.lsl_publisher, self.zmq_publisher], engine.n_output_channels,
                                        gauges=self.metrics.gauges[stream_name], silence_s=settings.silence_s)

@@ -2,8 +2,9 @@
 
 Meta-data follow the XDF conventions: ``desc/channels/channel/{label,type,unit}`` per sensor
 (units ``T`` for magnetometers, ``T/m`` for gradiometers) and ``desc/acquisition`` naming the
-model that produced the stream. Every sample is pushed with its own timestamp: the timestamp of
-the EEG sample it was predicted for.
+model that produced the stream; ``desc/expected_quality`` says what the input's cap is expected
+to give (``r``, ``r2``, ``full_r``, ``full_r2``, ``share``, ``n_electrodes``), when known. Every
+sample is pushed with its own timestamp: the timestamp of the EEG sample it was predicted for.
 
 What the timestamps do not show, the delay the filters put on the brain signal, is in the
 meta-data too (``serving/delay.py`` makes it, docs/latency.md explains it)::
@@ -39,6 +40,7 @@ class LSLPublisher:
         max_buffered_s: seconds liblsl keeps for slow consumers.
         delay: `brainformer_rt.serving.delay.published_delay` of the model, written to
             ``desc/filters`` and ``desc/delay`` (None: neither is written).
+        expected_quality: written to ``desc/expected_quality`` (name → number), or None.
 
     Life cycle: construct (the outlet is visible at once) → ``publish()`` ... → ``close()``.
     """
@@ -53,6 +55,7 @@ class LSLPublisher:
         model_name: str,
         max_buffered_s: int = 30,
         delay: Optional[Mapping[str, Any]] = None,
+        expected_quality: dict | None = None,
     ):
         validate_meg_channels(channel_names, channel_types)
         if not sfreq_hz > 0:
@@ -73,6 +76,10 @@ class LSLPublisher:
         acquisition.append_child_value("description", "MEG predicted from live EEG")
         if delay is not None:
             _describe_delay(info.desc(), delay)
+        if expected_quality is not None:
+            quality = info.desc().append_child("expected_quality")
+            for key, value in expected_quality.items():
+                quality.append_child_value(key, f"{value:.6g}")
         self._outlet: pylsl.StreamOutlet | None = pylsl.StreamOutlet(info, 0, max_buffered_s)
         self.samples_out = 0
         self.chunks_out = 0
