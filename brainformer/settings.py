@@ -23,7 +23,7 @@ batch_size = 16
 
 Channel names, MEG channel types and the sampling rate come from the recording unless the
 `[model]` section sets them; TOML has no null, so ``"none"`` stands for None there (e.g.
-``lowpass_hz = "none"``: no low-pass; ``target_band_hz = [4.0, "none"]``); scaling statistics (`eeg_mean` …) are always fitted on the training
+``lowpass_hz = "none"``: no low-pass; ``target_band_hz = [4.0, "none"]``; ``eeg_reference = "none"`` keeps its own meaning); scaling statistics (`eeg_mean` …) are always fitted on the training
 split and may not be set here. Every error names the file and the `section.key` at fault.
 
 The serve daemon's settings (`configs/serve.toml`: flat ``key = value`` pairs, CLI flags on top)
@@ -306,12 +306,16 @@ def _check_model_section(model: Any) -> dict[str, Any]:
         )
     from brainformer.config_fields import BrainformerFields
 
-    model = {key: _none_for_null(value) for key, value in model.items()}
+    # "none" is a value of its own for a choice such as eeg_reference; elsewhere it stands for None
+    model = {key: value if key in _NONE_IS_A_CHOICE else _none_for_null(value) for key, value in model.items()}
     try:
         BrainformerFields.from_dict(model)  # validates names, types and ranges of every model key, torch-free
     except (TypeError, ValueError) as err:
         raise SettingsError(f"[model] {err}") from None
     return model
+
+
+_NONE_IS_A_CHOICE = frozenset({"eeg_reference"})
 
 
 def _none_for_null(value: Any) -> Any:

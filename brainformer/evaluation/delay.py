@@ -117,12 +117,15 @@ def lag_correlation(truth: np.ndarray, predicted: np.ndarray, sfreq_hz: float,
 
 def effective_delay(truth: np.ndarray, predicted: np.ndarray, sfreq_hz: float,
                     max_lag_s: float = DEFAULT_MAX_LAG_S) -> EffectiveDelay:
-    """The lag (ms) at which `predicted (n, channels)` best matches `truth (n, channels)`."""
+    """The lag (ms) at which `predicted (n, channels)` best matches `truth (n, channels)`; NaN
+    lag and r where no channel varies in both (a silent prediction, e.g. a path that is off, has
+    no delay to find, and a report of several methods must not fail on it)."""
     lags, mean_r = lag_correlation(truth, predicted, sfreq_hz, max_lag_s)
-    if not np.any(np.isfinite(mean_r)):
-        raise EvaluationError("no channel varies in both the truth and the prediction")
-    best = int(np.nanargmax(mean_r))
     lags_ms = 1e3 * lags / sfreq_hz
+    if not np.any(np.isfinite(mean_r)):
+        return EffectiveDelay(lag_ms=float("nan"), r_at_lag=float("nan"), r_at_zero=float("nan"),
+                              lags_ms=lags_ms, mean_r=mean_r)
+    best = int(np.nanargmax(mean_r))
     return EffectiveDelay(lag_ms=float(lags_ms[best]), r_at_lag=float(mean_r[best]),
                           r_at_zero=float(mean_r[lags.size // 2]), lags_ms=lags_ms, mean_r=mean_r)
 
