@@ -74,3 +74,12 @@ def test_phase_locking_finds_a_constant_phase_error_and_the_lag_of_a_delayed_pha
     lags, locking = lag_phase_locking(phase, delayed, sfreq_hz, max_lag_s=0.05)
     assert lags[int(np.argmax(locking.real))] == 12
     assert abs(locking[int(np.argmax(locking.real))]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_silent_prediction_has_no_delay_and_does_not_fail_the_others():
+    # A path that is off (e.g. a model's skip path alone when it has none) predicts zeros: its
+    # delay is NaN, every band included, so a report of several methods still completes.
+    truth = noise(3000)
+    delays = band_effective_delays(truth, np.zeros_like(truth), SFREQ_HZ)
+    assert all(np.isnan(d.lag_ms) and np.isnan(d.r_at_lag) and np.isnan(d.r_at_zero) for d in delays.values())
+    assert not np.isnan(effective_delay(truth, truth, SFREQ_HZ).lag_ms)
