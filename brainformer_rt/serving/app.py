@@ -175,13 +175,25 @@ def _serve(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, an
                  "stop with Ctrl-C")
         log_event(logger, logging.INFO, "serving", "serving %s", names, streams=list(settings.streams),
                   engine=engine.kind, device=str(engine.device), hop_samples=hop)
-        scheduler.run()
+        try:
+            scheduler.run()
+        finally:
+            _record_feedback_counts(metrics, pipelines)
     except Interrupted:
         pass
     finally:
         stop.interrupt = False
         if stop.signal_name:
             log_event(logger, logging.INFO, "stopping", "stopping on %s", stop.signal_name, signal=stop.signal_name)
+
+
+def _record_feedback_counts(metrics: ServeMetrics, pipelines: List[StreamPipeline]) -> None:
+    """Each feedback stage's counters, for the stats JSON: samples published, resets, holes bridged."""
+    counts = {p.key: {"published": p.feedback.published, "resets": p.feedback.resets,
+                      "holes_bridged": p.feedback.holes_bridged, "samples_bridged": p.feedback.samples_bridged}
+              for p in pipelines if p.feedback is not None}
+    if counts:
+        metrics.info["feedback_counts"] = counts
 
 
 def _unscaling(config: Any) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
@@ -206,11 +218,14 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, announce: Announce,
     validated, and the outputs made — all into ``resources``.
     Raises UsageError / ServeFailure / Interrupted."""
     _check_early(settings, metrics, resources)
+    feedback_plan = _plan_feedback(settings, metrics, announce)
     # Resolving runs in background threads while the model loads and warms up. The inlets are
     # opened only afterwards, so that no backlog piles up in them meanwhile.
     resolvers, resolve_started = _start_resolvers(settings, announce, resources)
     options = _adaptation_options(settings)
     config, window, hop = _load_engine(settings, resources, stop)
+    if settings.feedback and feedback_plan is None:
+        feedback_plan = _plan_feedback(settings, metrics, announce, config)
     delay = _signal_delay(config, hop, announce)
     linear_path = _linear_path(settings, config, announce)
     infos = _wait_for_streams(settings, resolvers, resolve_started)
@@ -228,6 +243,10 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, announce: Announce,
                                                   silence_s=settings.silence_s, max_publish=engine.output_samples,
                                                   metrics=metrics))
         resources.publishers = []  # owned by the pipeline now
+        if feedback_plan is not None:
+            pipeline = resources.pipelines[-1]
+            pipeline.feedback = _make_feedback(settings, config, key, outputs[key], resources, feedback_plan, hop,
+                                               engine.output_samples, pipeline.continuity)
 
 
 def _check_early(settings: ServeSettings, metrics: ServeMetrics, resources: _Resources) -> None:
@@ -247,6 +266,68 @@ def _check_early(settings: ServeSettings, metrics: ServeMetrics, resources: _Res
             resources.exporter = start_exporter(metrics, settings.metrics_host, settings.metrics_port)
         except ExporterError as error:
             raise UsageError(str(error)) from None
+
+
+def _plan_feedback(settings: ServeSettings, metrics: ServeMetrics, announce: Announce, config: Any = None) -> Any:
+    """The feedback signals planned against the model's channels and band, or None without
+    signals. Called before the model loads (``config`` None: the model's fields, read without
+    torch), so that a signal the model cannot serve fails at once (UsageError naming its key);
+    a model whose fields cannot be read is left to the model loader, which says why, and
+    planned again with its config (``config``)."""
+    if not settings.feedback:
+        return None
+    from brainformer.feedback import FeedbackError, plan_feedback
+    from brainformer.model_dir import load_fields
+    from brainformer_rt.serving.metrics import TimingRing
+
+    fields = config
+    if fields is None:
+        try:
+            fields = load_fields(settings.model)
+        except (ValueError, OSError):
+            return None
+    try:
+        plan = plan_feedback(settings.feedback, fields, str(settings.model))
+    except FeedbackError as error:
+        raise UsageError(str(error)) from None
+    for line in plan.describe():
+        announce(f"feedback signal {line}")
+    log_event(logger, logging.INFO, "feedback_plan", "feedback: %s", " | ".join(plan.describe()),
+              signals=[s.name for s in plan.signals], delays_ms=[round(d.delay_ms, 1) for d in plan.delays])
+    metrics.stages.setdefault("feedback", TimingRing())
+    metrics.info["feedback"] = {s.name: {"measure": s.measure, "band_hz": list(s.band_hz), "unit": s.unit,
+                                         "sensors": list(s.sensor_names), "delay_ms": round(d.delay_ms, 1)}
+                                for s, d in zip(plan.signals, plan.delays)}
+    return plan
+
+
+def _make_feedback(settings: ServeSettings, config: Any, key: str, output: Tuple[str, bytes], resources: _Resources,
+                   plan: Any, hop: int, max_samples: int, continuity: Any) -> Any:
+    """The feedback stage of one stream with its LSL outlet ``<MEG outlet>-feedback`` and ZeroMQ
+    topic ``feedback`` (several streams: ``feedback/<stream>``)."""
+    from brainformer_rt.serving.feedback import FeedbackStage
+
+    lsl_name, _ = output
+    rate_hz = float(config.sfreq_hz) / hop  # one sample per served window
+    made: List[Any] = []
+    try:
+        if settings.lsl_name:
+            from brainformer_rt.serving.publishers.lsl import LSLFeedbackPublisher
+
+            name = f"{lsl_name}-feedback"
+            made.append(LSLFeedbackPublisher(name, f"brainformer:{name}@{socket.gethostname()}", plan, rate_hz,
+                                             str(settings.model), meg_stream=lsl_name))
+            resources.publishers.append(made[-1])
+        if settings.zmq:
+            from brainformer_rt.serving.publishers.zmq import FEEDBACK_TOPIC, ZMQFeedbackTopic
+
+            topic = FEEDBACK_TOPIC if len(settings.streams) == 1 else FEEDBACK_TOPIC + b"/" + key.encode()
+            made.append(ZMQFeedbackTopic(resources.zmq_publisher, topic, plan, rate_hz, stream_name=key))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    stage = FeedbackStage(plan, made, max_samples, continuity=continuity)
+    resources.publishers = []  # owned by the stage now
+    return stage
 
 
 def _wait_limit(settings: ServeSettings) -> Optional[float]:

@@ -177,6 +177,8 @@ class StreamPipeline:
         self.pending_timestamps = np.empty(window_samples, dtype=np.float64)
         self.throttle = EventThrottle(LOG_REPEAT_INTERVAL_S)
         self.metrics = metrics
+        #: The feedback stage fed with every published hop (``serving/feedback.py``), or None.
+        self.feedback: Optional[Any] = None
         #: Input samples per model-rate sample (decimation or resampling ratio).
         self.input_per_output = float(stages.input_per_output)
         self.adapt.on_replanned = self._replanned
@@ -475,8 +477,16 @@ class StreamPipeline:
         self.generation += 1
         self._reset_segment_variables()
 
+    def continuity(self) -> tuple:
+        """``(segment, samples_left_out, windows_left_out)``: counters that change whenever
+        published predictions were left out (a reset; samples of skipped or stale windows; NaN
+        predictions): what the feedback stage checks before each hop."""
+        return (self.generation, self.counters.samples_unpublished, self.counters.nan_windows)
+
     def close(self) -> None:
         self.stages.close()
+        if self.feedback is not None:
+            self.feedback.close()
         for publisher in self.publishers:
             try:
                 publisher.close()

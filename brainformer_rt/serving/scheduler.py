@@ -106,6 +106,7 @@ class Scheduler:
         self.metrics.add_forward(forwarded - started, k)
         T, S = self.window_samples, self.output_samples
         windows = self.engine.input_buffer  # the forward reads them and leaves them as they were
+        feedback = []  # (stage, predictions, timestamps) of the rows published: after every row's MEG
         for row, (pipeline, n_publish, timestamps, generation) in enumerate(items):
             scaled = predictions[row, S - n_publish:]  # (n_publish, n_meg); n_publish <= S (windower)
             # This stream's own linear path (re-solved for its electrodes): a correction of the
@@ -130,7 +131,13 @@ class Scheduler:
             self.metrics.add_e2e(pipeline.key, pipeline.age_s(now, float(timestamps[-1])))
             pipeline.counters.samples_published += n_publish
             pipeline.published(now, generation)
+            if pipeline.feedback is not None:
+                feedback.append((pipeline.feedback, physical, out_timestamps))
         self.metrics.add_stage("publish", time.perf_counter() - forwarded)
+        # The feedback stages run once every stream's MEG went out: no MEG waits for them.
+        for stage, physical, out_timestamps in feedback:
+            stage.step(physical, out_timestamps)
+            self.metrics.add_stage("feedback", stage.last_step_s)
 
     def _unscale(self, scaled: np.ndarray, out: np.ndarray) -> np.ndarray:
         return unscale_meg_into(scaled, self._meg_mean, self._meg_std, self._unscale_work, out)
