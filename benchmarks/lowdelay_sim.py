@@ -152,12 +152,16 @@ def _distinct_subsets(report: Any) -> list[str]:
 
 
 def run(args: argparse.Namespace, work: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-    from brainformer.evaluation import evaluate_recording
-
+    """Simulate (or reuse the simulation in `work`), choose the design (or reuse the choice saved
+    there), then train and score each model; with `--json`, the document so far is written after
+    each step (`<json>.partial.json`), so a stopped run keeps what it measured."""
     base = load_settings(args.config)
     duration_s = 60.0 * args.minutes
-    fif = work / f"sim-sample-{duration_s:g}s-seed{args.seed}_raw.fif"
-    timings: dict[str, float] = {}
+    name = f"sim-sample-{duration_s:g}s-seed{args.seed}"
+    fif = work / f"{name}_raw.fif"
+    document: dict[str, Any] = {"layout": "sample", "seed": args.seed, "minutes": args.minutes, "config": str(args.config),
+                                "step_budget": args.step_budget, "bootstrap": args.bootstrap, "models": {}, "timings_s": {}}
+    timings = document["timings_s"]
     started = time.perf_counter()
     if fif.exists():
         progress(f"simulation: reusing {fif.name}")
@@ -167,35 +171,54 @@ def run(args: argparse.Namespace, work: Path, progress: Callable[[str], None]) -
     timings["simulate_s"] = time.perf_counter() - started
 
     design_s = min(60.0 * args.design_minutes, base.data.split * duration_s)
-    progress(f"choosing the low-delay input filter and lags on the first {design_s / 60:g} min (validation rows 60–75 % of them)")
+    saved_design = work / f"{name}-design-{design_s:g}s.json"
     started = time.perf_counter()
-    candidates = choose_design(fif, design_s, lambda line: progress(f"  design: {line}"))
+    if saved_design.exists():
+        progress(f"design: reusing {saved_design.name}")
+        candidates = json.loads(saved_design.read_text())
+    else:
+        progress(f"choosing the low-delay input filter and lags on the first {design_s / 60:g} min (validation rows 60–75 % of them)")
+        candidates = choose_design(fif, design_s, lambda line: progress(f"  design: {line}"))
+        saved_design.write_text(json.dumps(candidates, indent=2) + "\n")
     chosen = best_candidate(candidates)
     timings["design_s"] = time.perf_counter() - started
+    document["design"] = {"minutes": design_s / 60, "chosen": chosen, "candidates": candidates}
     progress(f"  chosen: {filter_label(chosen)}, lags {chosen['lags']} (validation r {chosen['validation_r']:.4f})")
+    _write_partial(args, document)
 
-    results: dict[str, Any] = {}
     for which in MODELS:
         settings = model_settings(base, which, chosen)
-        progress(f"training the {MODELS[which]} model (at most about {args.step_budget} steps)")
-        started = time.perf_counter()
-        model, training = train(fif, settings, work / f"model-{which}-{duration_s:g}s-seed{args.seed}", args.step_budget, args.reuse_models)
-        timings[f"train_{which}_s"] = time.perf_counter() - started
-        progress(f"  {training['steps']} steps on {training['train_windows']} windows (hop {training['train_hop_samples']})"
-                 + (f" in {training['train_wall_s']:.0f} s" if training["train_wall_s"] is not None else ", reused"))
-        progress(f"evaluating the {MODELS[which]} model against both truths, with effective delays")
-        started = time.perf_counter()
-        report, _ = evaluate_recording(model, fif, split=settings.data.split, settle_s=settings.data.settle_s,
-                                       bootstrap_replicates=args.bootstrap, seed=args.seed)
-        timings[f"evaluate_{which}_s"] = time.perf_counter() - started
-        results[which] = {"model": {key: value for key, value in settings.model.items()},
-                          "training": training | {"skip_lags": model.config.skip_lags,
-                                                  "ridge_lag_step_samples": settings.training.ridge_lag_step_samples},
-                          **summarise(report)}
-    return {"layout": "sample", "seed": args.seed, "minutes": args.minutes, "config": str(args.config),
-            "step_budget": args.step_budget, "bootstrap": args.bootstrap,
-            "design": {"minutes": design_s / 60, "chosen": chosen, "candidates": candidates},
-            "models": results, "timings_s": timings}
+        document["models"][which] = train_and_score(args, fif, settings, work / f"model-{which}-{name}", which, timings, progress)
+        _write_partial(args, document)
+    return document
+
+
+def train_and_score(args: argparse.Namespace, fif: Path, settings: ExperimentSettings, out: Path, which: str,
+                    timings: dict[str, float], progress: Callable[[str], None]) -> dict[str, Any]:
+    """One model trained (or reused from `out`) and scored: its entry of the document. The report
+    (several GB for a 16-minute simulation) lives only in here."""
+    from brainformer.evaluation import evaluate_recording
+
+    progress(f"training the {MODELS[which]} model (at most about {args.step_budget} steps)")
+    started = time.perf_counter()
+    model, training = train(fif, settings, out, args.step_budget, args.reuse_models)
+    timings[f"train_{which}_s"] = time.perf_counter() - started
+    progress(f"  {training['steps']} steps on {training['train_windows']} windows (hop {training['train_hop_samples']})"
+             + (f" in {training['train_wall_s']:.0f} s" if training["train_wall_s"] is not None else ", reused"))
+    progress(f"evaluating the {MODELS[which]} model against both truths, with effective delays")
+    started = time.perf_counter()
+    report, _ = evaluate_recording(model, fif, split=settings.data.split, settle_s=settings.data.settle_s,
+                                   bootstrap_replicates=args.bootstrap, seed=args.seed)
+    timings[f"evaluate_{which}_s"] = time.perf_counter() - started
+    return {"model": dict(settings.model),
+            "training": training | {"skip_lags": model.config.skip_lags, "ridge_lag_step_samples": settings.training.ridge_lag_step_samples},
+            **summarise(report)}
+
+
+def _write_partial(args: argparse.Namespace, document: dict[str, Any]) -> None:
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.with_suffix(".partial.json").write_text(json.dumps(document, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
