@@ -116,20 +116,23 @@ def test_settings_are_validated_when_built_in_code_and_frozen():
     assert dataclasses.replace(settings, split=0.5).split == 0.5
 
 
-@pytest.mark.parametrize("name", ["train-sample.toml", "train-sim.toml"])
+@pytest.mark.parametrize("name", ["train-sample.toml", "train-sample-lowdelay.toml", "train-sim.toml"])
 def test_repository_train_configs_reach_the_settings_and_the_model_config(name):
     """Every key the committed config sets arrives, with its value, in the settings and in the
-    model config (none dropped, renamed or defaulted), and the rest keep their defaults."""
+    model config (none dropped, renamed or defaulted), and the rest keep their defaults. TOML has
+    no null: "none" in [model] arrives as None."""
     import tomllib
 
     def plain(value):
-        return list(value) if isinstance(value, (list, tuple)) else value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return None if value == "none" else value
 
     path = REPO / "configs" / name
     raw = tomllib.loads(path.read_text())
     settings = load_settings(path)
     config = BrainformerConfig(**settings.model)
-    assert settings.model == raw["model"]
+    assert settings.model == {key: plain(value) for key, value in raw["model"].items()}
     for key, value in raw["model"].items():
         assert plain(getattr(config, key)) == plain(value), key
     for section, values, defaults in (
@@ -157,6 +160,16 @@ def test_serve_settings_accept_inf_only_where_it_means_never(tmp_path):
     path.write_text("duration_s = nan\n")
     with pytest.raises(SettingsError, match=r"nan\.toml: duration_s = nan is invalid"):
         build_serve_settings(path, stream=["EEG"])
+
+
+def test_none_in_the_model_section_is_a_null_and_still_validated(tmp_path):
+    path = tmp_path / "train.toml"
+    path.write_text('[model]\nlowpass_hz = "none"\ntarget_band_hz = [4.0, "None"]\n')
+    settings = load_settings(path)
+    assert settings.model == {"lowpass_hz": None, "target_band_hz": [4.0, None]}
+    path.write_text('[model]\nd_model = "none"\n')
+    with pytest.raises(SettingsError, match="d_model"):
+        load_settings(path)
 
 
 def test_training_numbers_must_be_finite():

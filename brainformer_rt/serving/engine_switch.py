@@ -52,6 +52,10 @@ CHECK_RTOL = 1e-3
 BUILD_TIMEOUT_S = 900.0
 #: How often the preparing thread looks at the compiling process and at a stop request.
 POLL_S = 0.1
+#: Niceness of the preparing thread and of the compiling process: the lowest priority, so that
+#: they run when the server does not. ``BRAINFORMER_AOT_BUILD_NICE`` (0-19) sets another, for a
+#: machine whose cores other work keeps busy, where niceness 19 gets next to no time.
+DEFAULT_BUILD_NICE = 19
 
 
 class SwitchFailed(RuntimeError):
@@ -172,8 +176,8 @@ class SwitchingEngine(Engine):
 
     # -- preparing thread --------------------------------------------------------------------------
     def _prepare_compiled(self) -> None:
-        _lower_this_thread_priority()
         try:
+            _lower_this_thread_priority()
             missing = {b: self.compiled.package_path(b) for b in self.compiled.buckets}
             missing = {b: path for b, path in missing.items() if not path.exists()}
             self.switch.source = "compiled" if missing else "cache"
@@ -280,10 +284,19 @@ class SwitchingEngine(Engine):
         super().close()
 
 
+def build_niceness() -> int:
+    """The niceness of the build (``BRAINFORMER_AOT_BUILD_NICE``, default :data:`DEFAULT_BUILD_NICE`)."""
+    value = os.environ.get("BRAINFORMER_AOT_BUILD_NICE", str(DEFAULT_BUILD_NICE))
+    if not (value.isdigit() and 0 <= int(value) <= 19):
+        raise SwitchFailed(f"BRAINFORMER_AOT_BUILD_NICE must be an integer from 0 to 19, got {value!r}")
+    return int(value)
+
+
 def _lower_priority(pid: int) -> None:
-    """Nice 19 for ``pid`` (a process, or on Linux a thread): it runs when the server does not."""
+    """The build's niceness for ``pid`` (a process, or on Linux a thread): it runs when the server does not."""
+    niceness = build_niceness()
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, 19)
+        os.setpriority(os.PRIO_PROCESS, pid, niceness)
     except (AttributeError, OSError):  # not permitted, or not on this platform: it still works
         pass
 
