@@ -76,6 +76,38 @@ def test_phase_locking_finds_a_constant_phase_error_and_the_lag_of_a_delayed_pha
     assert abs(locking[int(np.argmax(locking.real))]) == pytest.approx(1.0, abs=1e-3)
 
 
+def direct_lag_correlation(truth: np.ndarray, predicted: np.ndarray, max_lag: int, lags: np.ndarray) -> np.ndarray:
+    """The definition, one lag at a time: mean over non-constant channels of corr(predicted[t], truth[t − lag])
+    on the rows where every lag exists."""
+    n = truth.shape[0]
+    p = predicted[max_lag : n - max_lag]
+    out = []
+    for lag in lags:
+        t = truth[max_lag - lag : n - max_lag - lag]
+        keep = (p.std(axis=0) > 0) & (t.std(axis=0) > 0)
+        out.append(np.mean([np.corrcoef(p[:, c], t[:, c])[0, 1] for c in np.flatnonzero(keep)]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("step", [1, 5])
+def test_lag_correlation_is_the_correlation_at_each_lag_and_leaves_constant_channels_out(step):
+    truth = noise(3000, 5, seed=3) + 10.0  # an offset: the centring must not matter
+    predicted = 0.5 * np.roll(truth, 9, axis=0) + noise(3000, 5, seed=4)
+    truth[:, 2] = 7.0  # a constant truth channel
+    predicted[:, 4] = -1.5  # a constant prediction
+    lags, mean_r = lag_correlation(truth, predicted, SFREQ_HZ, max_lag_s=0.05, step_samples=step)
+    assert lags.tolist() == list(range(-30, 31, step))
+    np.testing.assert_allclose(mean_r, direct_lag_correlation(truth, predicted, 30, lags), rtol=0, atol=1e-10)
+    if step == 1:
+        assert lags[np.argmax(mean_r)] == 9
+
+
+def test_lag_correlation_of_a_prediction_with_no_varying_channel_is_nan():
+    truth = noise(500, 2)
+    _, mean_r = lag_correlation(truth, np.ones_like(truth), SFREQ_HZ, max_lag_s=0.01)
+    assert np.isnan(mean_r).all()
+
+
 def test_a_silent_prediction_has_no_delay_and_does_not_fail_the_others():
     # A path that is off (e.g. a model's skip path alone when it has none) predicts zeros: its
     # delay is NaN, every band included, so a report of several methods still completes.
