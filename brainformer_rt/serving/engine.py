@@ -346,7 +346,7 @@ def aot_inductor_configs() -> Dict[str, object]:
     product, inductor's C++ GEMM template (a kernel generated for that product's fixed shapes and
     weights) against the oneDNN call it would otherwise make, and keeps the faster: the serving
     forward's products are small, so a call's fixed cost weighs more than its arithmetic (figures
-    in the README). It makes a build several times longer; ``BRAINFORMER_AOT_AUTOTUNE=0`` builds
+    in docs/engines.md). It makes a build several times longer; ``BRAINFORMER_AOT_AUTOTUNE=0`` builds
     without it.
     """
     autotune = os.environ.get("BRAINFORMER_AOT_AUTOTUNE", "1")
