@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from brainformer_rt.commands import bench, check, demo, listen, serve, simulate, streams
+from brainformer_rt.commands import bench, check, demo, engine, listen, serve, simulate, streams
 
 app = typer.Typer(
     name="brainformer-rt",
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 for command in (serve.serve, check.check, simulate.simulate, listen.listen, streams.streams, bench.bench, demo.demo):
     app.command()(command)
+app.add_typer(engine.app, name="engine")
 
 if __name__ == "__main__":
     app()
