@@ -170,19 +170,23 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-switch-") as tmp:
         cache = Path(tmp) / "cache"
         for attempt in ("cold", "warm"):
-            print(f"{attempt} cache: serving until {args.after_switch:g} s after the switch …", flush=True)
+            limit = f" or for {args.cold_for:g} s" if attempt == "cold" and args.cold_for is not None else ""
+            print(f"{attempt} cache: serving until {args.after_switch:g} s after the switch{limit} …", flush=True)
             result = one_start(args.model, cache, args.threads, args.after_switch, Path(tmp),
                                serve_for_s=args.cold_for if attempt == "cold" else None)
             result["build_waited_s"] = _wait_for_builds(cache / "aot")
             results.append(result)
-            print(f"  {result['cache']}: first prediction {result['first_prediction_s']:.2f} s, compiled path "
-                  f"({result['switched_to']}, {result['event']}) {result['compiled_path_s']:.2f} s after `serve` started "
-                  f"({result['engine_setup_to_switch_s'] or float('nan'):.2f} s after the engine's set-up, "
-                  f"{result['eager_calls_before_switch']} eager calls before it); "
+            if result["event"] is None:
+                path = f"no switch before it was stopped ({result['served_s']:.1f} s)"
+            else:
+                path = (f"compiled path ({result['switched_to']}, {result['event']}) {result['compiled_path_s']:.2f} s "
+                        f"after `serve` started ({result['engine_setup_to_switch_s']:.2f} s after the engine's set-up, "
+                        f"{result['eager_calls_before_switch']} eager calls before it)")
+            print(f"  {result['cache']}: first prediction {result['first_prediction_s']:.2f} s, {path}; "
                   f"{result['samples_published']} samples published over a grid of {result['output_grid_span']}, "
                   f"largest step {result['largest_step_samples']} sample(s), daemon gaps {result['daemon_gaps']}, "
                   f"windows skipped {result['windows_skipped']}; then waited {result['build_waited_s']:.1f} s for "
-                  "the build it started", flush=True)
+                  "a build it left running", flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps({"model": args.model, "threads": args.threads, "starts": results}, indent=2))
     return 0

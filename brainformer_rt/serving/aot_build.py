@@ -147,6 +147,15 @@ def _take_share(nice: int, cpus: Optional[str]) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
     except (AttributeError, OSError):  # not permitted, or not on this platform: it still works
         pass
+    # Linux's autogroups share the CPU between sessions first and by niceness only within one: a
+    # build in a session of its own would get as much as the whole daemon, whatever its own
+    # niceness. Its session's group gets the niceness too (only when this process leads the
+    # session, as a detached build does: never the group of the shell that runs it by hand).
+    if os.getsid(0) == os.getpid():
+        try:
+            Path("/proc/self/autogroup").write_text(str(nice))
+        except OSError:  # no autogroups (another kernel, or the CPU controller of a cgroup decides)
+            pass
     if cpus:
         try:
             os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})

@@ -135,6 +135,13 @@ def test_a_build_stopped_while_it_writes_leaves_no_temporary_file(cache, signum)
         key = engine.compiled.package_path(1).stem
         # The compiler writes the package beside its final name.
         partial = wait_until(lambda: list(cache.glob(f"{key}.tmp-*.pt2")), "the package being written")
+        # Its share of the machine: the lowest priority, also for its session's autogroup (the
+        # kernel shares the CPU between sessions first), and on two cores the last one only.
+        share = placement(sorted(cpus))
+        assert os.getpriority(os.PRIO_PROCESS, builder) == share.nice == 19
+        autogroup = Path(f"/proc/{builder}/autogroup")
+        assert not autogroup.exists() or autogroup.read_text().split()[-1] == "19"
+        assert os.sched_getaffinity(builder) == set(share.cpus or cpus)
         hold(builder, signum)
         wait_until(lambda: engine.switch.state == "failed", "the engine gave up on the build")
         engine.infer(window)
