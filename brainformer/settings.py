@@ -23,7 +23,7 @@ batch_size = 16
 
 Channel names, MEG channel types and the sampling rate come from the recording unless the
 `[model]` section sets them; TOML has no null, so ``"none"`` stands for None there (e.g.
-``lowpass_hz = "none"``: no low-pass; ``target_band_hz = [4.0, "none"]``); scaling statistics (`eeg_mean` …) are always fitted on the training
+``lowpass_hz = "none"``: no low-pass; ``target_band_hz = [4.0, "none"]``; ``eeg_reference = "none"`` keeps its own meaning); scaling statistics (`eeg_mean` …) are always fitted on the training
 split and may not be set here. Every error names the file and the `section.key` at fault.
 
 The serve daemon's settings (`configs/serve.toml`: flat ``key = value`` pairs, CLI flags on top)
@@ -46,6 +46,9 @@ try:
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
+
+#: Values of `training.device`.
+TRAINING_DEVICES = ("auto", "cpu", "cuda")
 
 # Fitted on the training split by `brainformer.preprocessing.fit_scaling`, never set by hand.
 FITTED_MODEL_FIELDS = ("eeg_mean", "eeg_std", "meg_mean", "meg_std")
@@ -189,6 +192,8 @@ class TrainingSettings:
             Meant for GPUs with bfloat16 (Ampere and newer); on CPU it runs under CPU autocast.
         torch_compile: compile the model with `torch.compile` before training (the first steps
             are slower while it compiles).
+        device: where training runs: ``auto`` (a GPU when there is one, else the CPU), ``cpu``
+            (the CPU even where a GPU exists), ``cuda`` (a GPU; an error without one).
     """
 
     epochs: int = 40
@@ -208,6 +213,7 @@ class TrainingSettings:
     num_workers: int = 0
     bf16: bool = False
     torch_compile: bool = False
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         _check_types(self, "training")
@@ -242,6 +248,7 @@ class TrainingSettings:
         )
         _require(self.loss_last_samples >= 0, "training.loss_last_samples", self.loss_last_samples, "an integer >= 0")
         _require(self.num_workers >= 0, "training.num_workers", self.num_workers, "an integer >= 0")
+        _require(self.device in TRAINING_DEVICES, "training.device", self.device, " or ".join(TRAINING_DEVICES))
 
 
 @dataclass(frozen=True)
@@ -299,12 +306,16 @@ def _check_model_section(model: Any) -> dict[str, Any]:
         )
     from brainformer.config_fields import BrainformerFields
 
-    model = {key: _none_for_null(value) for key, value in model.items()}
+    # "none" is a value of its own for a choice such as eeg_reference; elsewhere it stands for None
+    model = {key: value if key in _NONE_IS_A_CHOICE else _none_for_null(value) for key, value in model.items()}
     try:
         BrainformerFields.from_dict(model)  # validates names, types and ranges of every model key, torch-free
     except (TypeError, ValueError) as err:
         raise SettingsError(f"[model] {err}") from None
     return model
+
+
+_NONE_IS_A_CHOICE = frozenset({"eeg_reference"})
 
 
 def _none_for_null(value: Any) -> Any:
@@ -401,7 +412,12 @@ class ServeSettings:
         montage: electrode positions of the stream's channels: an MNE standard montage name
             (``standard_1020``) or a montage file; default: positions from the meta-data.
         max_missing_fraction: largest fraction of the model's electrodes that may be missing or
-            bad and interpolated from the others, in [0, 1] (CLI ``--max-missing``).
+            bad and interpolated from the others, in [0, 1] (CLI ``--max-missing``); default: no
+            limit for a model with linear path statistics (``min_expected_share`` decides), 0.25
+            for one without.
+        min_expected_share: refuse a stream whose cap's expected r (the linear path re-solved
+            for its electrodes, from the model's statistics) is below this share of the model's
+            full-cap r, in [0, 1] (CLI ``--min-expected-share``; 0: never refuse).
     """
 
     streams: List[str] = field(default_factory=list)
@@ -432,7 +448,8 @@ class ServeSettings:
     input_unit: Optional[str] = None
     channel_map: Optional[str] = None
     montage: Optional[str] = None
-    max_missing_fraction: float = 0.25
+    max_missing_fraction: Optional[float] = None
+    min_expected_share: float = 0.5
 
     def validate(self, source: str = "settings") -> "ServeSettings":
         """Check every value; raises :class:`SettingsError` naming the key (after ``source``). Returns self."""
@@ -488,7 +505,9 @@ class ServeSettings:
                 "an existing TOML file of \"stream label\" = \"model label\" pairs")
         require(self.montage is None or bool(self.montage.strip()), "montage",
                 "an MNE standard montage name (standard_1020) or a montage file")
-        require(0.0 <= self.max_missing_fraction <= 1.0, "max_missing_fraction", "a fraction in [0, 1]")
+        require(self.max_missing_fraction is None or 0.0 <= self.max_missing_fraction <= 1.0, "max_missing_fraction",
+                "a fraction in [0, 1]")
+        require(0.0 <= self.min_expected_share <= 1.0, "min_expected_share", "a fraction in [0, 1]")
         return self
 
 
@@ -508,14 +527,14 @@ def read_serve_config(path: Optional[Path]) -> dict[str, Any]:
 
 #: ``serve`` option names that differ from their TOML key.
 _SERVE_OPTION_KEYS = {"stream": "streams", "hop": "hop_samples", "duration": "duration_s", "wait": "wait_s",
-                      "max_missing": "max_missing_fraction"}
+                      "max_missing": "max_missing_fraction", "min_expected_share": "min_expected_share"}
 
 
 def build_serve_settings(config_file: Optional[Path] = None, **options: Any) -> ServeSettings:
     """Defaults ← TOML file ← CLI flags (those not None). Option names are the ``serve`` options:
     ``stream, model, zmq, no_zmq, lsl_name, hop, device, engine, duration, wait, metrics_port,
     metrics_host, log_format, zmq_curve_keys, stats_json, torch_threads, busy_poll, input_unit, channel_map,
-    montage, max_missing``."""
+    montage, max_missing, min_expected_share``."""
     values = read_serve_config(config_file)
     known = {f.name for f in dataclasses.fields(ServeSettings)}
     for name, value in options.items():

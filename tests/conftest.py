@@ -6,7 +6,14 @@ import os
 import tempfile
 from pathlib import Path
 
-import pytest
+# One thread for each numerical library, set before numpy and torch load them and inherited by
+# every program a test starts: on a loaded 2-core machine their worker threads wait on each other
+# (the simulator's oracle tests took over 300 s each on two OpenBLAS threads, 20-76 s on one;
+# test_learning.py 225 s on two torch threads, 38 s on one). A value set by the caller wins.
+for _threads_variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads_variable, "1")
+
+import pytest  # noqa: E402 - after the thread settings
 
 from brainformer.paths import SAMPLE_RECORDING
 from brainformer_rt.serving.lsl_config import in_loopback_namespace, use_loopback_config

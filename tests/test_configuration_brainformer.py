@@ -159,7 +159,7 @@ def test_json_round_trip_keeps_every_field_and_nothing_else(tmp_path):
         "position_embedding", "head", "loss", "huber_delta", "n_quantization_levels", "quantization_clip",
         "skip_lags", "highpass_hz", "lowpass_hz", "filter_order", "notch_hz", "notch_quality", "target_phase",
         "target_band_hz", "target_filter_order",
-        "eeg_reference", "eeg_mean", "eeg_std", "meg_mean", "meg_std", "eeg_positions_m",
+        "eeg_reference", "eeg_mean", "eeg_std", "meg_mean", "meg_std", "eeg_positions_m", "eeg_fiducials_m",
     }
     assert set(stored) == fields | {"model_type", "transformers_version"}
     loaded = BrainformerConfig.from_pretrained(tmp_path)

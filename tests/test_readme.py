@@ -24,6 +24,7 @@ import os
 import re
 import runpy
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -55,10 +56,14 @@ PROGRAMS = {"brainformer": "brainformer.cli", "brainformer-rt": "brainformer_rt.
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: Top-level folders of the repository: a README path starting with one of them must exist.
 REPO_DIRS = ("brainformer", "brainformer_rt", "configs", "scripts", "docs", "benchmarks", "tests")
-#: Harness settings for the daemons started here: one torch thread (the cores are shared with the
-#: player and the subscriber) and no stale-window dropping (a loaded test machine must not turn
-#: into zero windows served).
-SERVE_TOML = "torch_threads = 1\nmax_input_age_s = inf\n"
+#: Harness settings for the daemons started here: the CPU (the README's commands name no device,
+#: and on a GPU machine `auto` would serve with another engine than the one meant here), one torch
+#: thread (the cores are shared with the player and the subscriber) and no stale-window dropping
+#: (a loaded test machine must not turn into zero windows served).
+SERVE_TOML = 'device = "cpu"\ntorch_threads = 1\nmax_input_age_s = inf\n'
+#: The environment of every program started here: no GPU visible, so the README's training
+#: command (which names no device either) trains on the CPU on every machine.
+CPU_ONLY_ENV = {"CUDA_VISIBLE_DEVICES": ""}
 #: Seconds of the bundled recording in the tiny BIDS root (75 % train, 25 % held out).
 BIDS_SECONDS = 12.0
 
@@ -176,7 +181,7 @@ def cli(program: str, *args: str) -> list[str]:
 def start_logged(command: list[str], log_stem: Path, cwd: Path | None = None) -> subprocess.Popen:
     """A subprocess whose stdout/stderr go to ``<log_stem>.out`` / ``.err`` (no pipe to fill)."""
     with log_stem.with_suffix(".out").open("w") as out, log_stem.with_suffix(".err").open("w") as err:
-        return subprocess.Popen(command, stdout=out, stderr=err, cwd=cwd, env=dict(os.environ))
+        return subprocess.Popen(command, stdout=out, stderr=err, cwd=cwd, env=dict(os.environ, **CPU_ONLY_ENV))
 
 
 def logs(log_stem: Path) -> str:
@@ -383,8 +388,8 @@ def test_the_zeromq_subscriber_snippet_reads_a_live_daemon(tmp_path):
                 topic, header, payload = sub.recv_multipart()
                 header = json.loads(header)
                 assert topic == b"meg"  # one input stream
-                assert set(header) - {"channels", "channel_types"} == readme_header_keys()
-                assert ("channels" in header) == (header["seq"] % 100 == 0)
+                assert set(header) - {"channels", "channel_types", "delay"} == readme_header_keys()
+                assert ("channels" in header) == ("delay" in header) == (header["seq"] % 100 == 0)
                 assert header["dtype"] == "float32"
                 assert len(payload) == 4 * header["n_samples"] * header["n_channels"]
     finally:
@@ -419,9 +424,9 @@ def training_commands(bids_root: Path, stream: str, zmq_address: str, serve_conf
 
     - ``/data/ds000117`` → the tiny BIDS root; ``configs/`` → this repository's configs;
     - train: ``--epochs 1`` added (speed);
-    - serve: ``--stream EEG`` → the test's player (a unique name), and for a bounded, isolated
-      run ``--duration 3 --wait 30 --stats-json stats.json``, a free ZeroMQ port, a unique LSL
-      output name and the harness serve settings (`SERVE_TOML`).
+    - serve: ``--stream EEG`` → the test's player (a unique name), and for an isolated run
+      ``--wait 30 --stats-json stats.json``, a free ZeroMQ port, a unique LSL output name and the
+      harness serve settings (`SERVE_TOML`); it is stopped by SIGTERM once it has published.
     """
     [block] = fenced_blocks(section("Training on your own data"), "bash")
     lines = bash_lines(block)
@@ -436,14 +441,15 @@ def training_commands(bids_root: Path, stream: str, zmq_address: str, serve_conf
             args += ["--epochs", "1"]
         if command == "serve":
             assert args[:2] == ["--stream", "EEG"], args
-            args = ["--stream", stream, *args[2:], "--duration", "3", "--wait", "30", "--stats-json", "stats.json",
+            args = ["--stream", stream, *args[2:], "--wait", "30", "--stats-json", "stats.json",
                     "--zmq", zmq_address, "--lsl-name", f"{stream}-meg", "--config", str(serve_config)]
         commands.append(cli(program, command, *args))
     return commands
 
 
 def run_step(command: list[str], cwd: Path, timeout_s: float = 150) -> None:
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
+                            env=dict(os.environ, **CPU_ONLY_ENV))
     assert result.returncode == 0, (
         f"{' '.join(command[2:])} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     )
@@ -480,7 +486,18 @@ def test_training_on_your_own_data(bids_root, tmp_path):
         plots = sorted((tmp_path / "eval-plots").glob("*.png"))
         assert plots and all(p.read_bytes()[:8] == PNG_MAGIC for p in plots)
 
-        run_step(serve, tmp_path, timeout_s=90)
+        # Served until its first prediction is published (an event, not a duration), then stopped.
+        daemon = start_logged(serve, tmp_path / "serve", cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 120
+            while "event=first_prediction" not in (tmp_path / "serve.err").read_text():
+                assert daemon.poll() is None, f"serve exited with {daemon.returncode}:\n{logs(tmp_path / 'serve')}"
+                assert time.monotonic() < deadline, f"serve published nothing:\n{logs(tmp_path / 'serve')}"
+                time.sleep(0.1)
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(60) == 0, logs(tmp_path / "serve")
+        finally:
+            stop_process(daemon)
         stats = json.loads((tmp_path / "stats.json").read_text())
         assert stats["streams"][stream]["windows_served"] > 0
     finally:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from brainformer_rt.tools.bench import BenchFailure
+from brainformer_rt.tools.bench.delay import BANDS
 
 __all__ = ["results_table", "write_plot"]
 
@@ -43,7 +44,7 @@ def results_table(results: Dict[str, Any]):
     from rich.console import Group
     from rich.text import Text
 
-    parts = [_latency_table(results), _systems_table(results)]
+    parts = [_latency_table(results), _systems_table(results), *_delay_tables(results)]
     daemon = results["systems"].get("daemon")
     if daemon is not None:
         parts.append(_stages_table(daemon))
@@ -113,6 +114,52 @@ def _systems_table(results: Dict[str, Any]):
     return table
 
 
+def _delay_tables(results: Dict[str, Any]) -> List[Any]:
+    """The delay as the brain sees it beside the transport latency (one column per model), and the
+    measured effective delay of each model's prediction with the designed delay beside it."""
+    from rich.table import Table
+
+    labels = _labels(results["settings"])
+    budgets = {name: s["delay_budget"] for name, s in results["systems"].items() if s.get("delay_budget")}
+    if not budgets:
+        return []
+    centre_hz = next(iter(budgets.values()))["frequency_hz"]
+    budget = Table(title="delay as the brain sees it (ms, mean in band): the e2e latency is transport and compute "
+                         "only", title_justify="left")
+    budget.add_column("")
+    for name in budgets:
+        budget.add_column(labels.get(name, name), justify="right")
+    for label, key in ((f"filters: group delay at the band centre ({centre_hz:.1f} Hz)", "filter_group_delay_ms"),
+                       ("hop wait: (hop − 1) / 2 samples", "hop_wait_ms"),
+                       ("transport and compute: e2e median (LSL)", "e2e_median_ms")):
+        budget.add_row(label, *(_fmt(b[key]) for b in budgets.values()))
+    budget.add_row("total", *(_fmt(b["total_ms"]) for b in budgets.values()), style="bold")
+    measured = {name: s["effective_delay"] for name, s in results["systems"].items() if s.get("effective_delay")}
+    if not measured:
+        return [budget]
+    designed = {point["label"]: point for point in results["settings"]["delay"]["points"]}
+    table = Table(title="effective delay of the prediction against the zero-phase truth: lag of the best match, ms "
+                        "(r there / r at zero lag)", title_justify="left")
+    table.add_column("band")
+    table.add_column("designed", justify="right")
+    for name in measured:
+        table.add_column(labels.get(name, name), justify="right")
+    for band in BANDS:
+        point = designed.get(band.removesuffix(" envelope"))
+        # A band's cycles lag by the phase delay (modulo a cycle), its envelope by the group delay.
+        key = "group_delay_ms" if band.endswith("envelope") else "phase_delay_ms"
+        table.add_row(band, "–" if point is None else _fmt(point[key], 1),
+                      *(_effective_cell(entry, band) for entry in measured.values()))
+    return [budget, table]
+
+
+def _effective_cell(entry: Dict[str, Any], band: str) -> str:
+    if "error" in entry:
+        return "–"
+    found = entry["bands"][band]
+    return f"{found['lag_ms']:.1f} ({found['r_at_lag']:.2f} / {found['r_at_zero']:.2f})"
+
+
 def _stages_table(daemon: Dict[str, Any]):
     from rich.table import Table
 
@@ -149,6 +196,7 @@ def _notes(results: Dict[str, Any]) -> List[str]:
     notes.append("latency = local_clock() when the subscriber read a message − timestamp of its newest sample "
                  f"(the time the player pushed that EEG sample; players push chunks of {s['chunk_samples']}"
                  f"{', in step' if s.get('aligned') else ''}).")
+    notes.extend(_effective_delay_notes(results))
     lateness = [p for p in results.get("players", []) if p.get("lateness_max_ms") is not None]
     if lateness:
         notes.append("player lateness over the whole run (included in the latencies): mean "
@@ -160,6 +208,24 @@ def _notes(results: Dict[str, Any]) -> List[str]:
                  f"at start, torch {m['torch']}, liblsl {m['liblsl']}, device {m['device']}"
                  + (f" ({m['gpu']})" if m.get("gpu") else "")
                  + ("" if m.get("loopback_namespace") else "; [yellow]not in a loopback-only namespace[/]"))
+    return notes
+
+
+def _effective_delay_notes(results: Dict[str, Any]) -> List[str]:
+    """What the effective delay is measured against, and any that could not be measured."""
+    labels = _labels(results["settings"])
+    measured = {name: s["effective_delay"] for name, s in results["systems"].items() if s.get("effective_delay")}
+    if not measured:
+        return []
+    notes = ["effective delay: each published sample (first stream, LSL) against the recording's MEG band-passed "
+             "with zero phase at the instant of its EEG sample; signal lag ≈ phase delay (modulo a cycle), envelope "
+             "lag ≈ group delay; transport and compute are not in it (see the budget above)"]
+    for name, entry in measured.items():
+        if "error" in entry:
+            notes.append(f"[yellow]{labels.get(name, name)}: effective delay not measured: {entry['error']}[/]")
+        elif entry["missing_fraction"] > 0:
+            notes.append(f"{labels.get(name, name)}: {100 * entry['missing_fraction']:.1f} % of the "
+                         f"{entry['samples']:,} samples measured never arrived (filled with the mean)")
     return notes
 
 

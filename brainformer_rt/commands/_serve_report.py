@@ -50,6 +50,10 @@ def summary_table(metrics: ServeMetrics):
         rows += [(f"e2e latency: {name}", metrics.e2e_summary(name)) for name in metrics.stream_names]
     for label, summary in rows:
         table.add_row(label, str(summary["count"]), *(_ms(summary[c]) for c in columns[1:]), style="bold")
+    budget = metrics.delay_budget()
+    if budget is not None:  # the e2e latency is transport and compute: the brain is seen later still
+        caption = f"delay as the brain sees it (mean, in band): {budget.text()}"
+        table.caption = caption if table.caption is None else f"{table.caption}\n{caption}"
 
     # One row per counter, one column per stream: stays readable on a narrow terminal.
     counters = Table(title="counters", title_justify="left")

@@ -39,9 +39,11 @@ def listen_command(
     json_path: Optional[Path] = None,
     curve_server_key: Optional[Path] = None,
     curve_client_key: Optional[Path] = None,
+    max_messages: Optional[int] = None,
 ) -> dict:
-    """Check the options, open the subscriber, receive until the duration or a signal; print the
-    summary table (and write it as JSON); returns the summary."""
+    """Check the options, open the subscriber, receive until the duration, ``max_messages``
+    messages (None: no limit) or a signal; print the summary table (and write it as JSON);
+    returns the summary."""
     from rich.console import Console
 
     from brainformer.commands.common import fail
@@ -65,7 +67,7 @@ def listen_command(
         fail(error)
     console = Console()
     try:
-        stats = _receive(console, subscriber, source, address, duration)
+        stats = _receive(console, subscriber, source, address, duration, max_messages)
         summary = stats.summary(source, address, subscriber)
     finally:
         subscriber.close()
@@ -75,9 +77,10 @@ def listen_command(
     return summary
 
 
-def _receive(console: Any, subscriber: Any, source: str, address: str, duration: Optional[float]) -> Any:
-    """Receive until ``duration`` is over or SIGINT/SIGTERM; a live table on a terminal only
-    (piped output gets just the summary). Returns the ListenStats."""
+def _receive(console: Any, subscriber: Any, source: str, address: str, duration: Optional[float],
+             max_messages: Optional[int] = None) -> Any:
+    """Receive until ``duration`` is over, ``max_messages`` arrived or SIGINT/SIGTERM; a live
+    table on a terminal only (piped output gets just the summary). Returns the ListenStats."""
     import pylsl
     from rich.live import Live
 
@@ -92,7 +95,7 @@ def _receive(console: Any, subscriber: Any, source: str, address: str, duration:
         with StopRequest(interrupt=False) as stop:
             if live is not None:
                 live.start()
-            while not stop.is_set():
+            while not stop.is_set() and (max_messages is None or stats.messages < max_messages):
                 now = pylsl.local_clock()
                 if deadline is not None and now >= deadline:
                     break

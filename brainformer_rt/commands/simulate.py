@@ -30,12 +30,17 @@ def simulate(
         0.0, "--clock-ppm", hidden=True,
         help="Benchmark hook: the source's clock runs PPM parts per million fast (> 0) or slow (< 0): samples "
              "come at the nominal rate × (1 + PPM·1e-6), stamped when they are pushed, as from an amplifier's crystal."),
+    clock_file: Optional[Path] = typer.Option(
+        None, "--clock-file", hidden=True,
+        help="Benchmark hook: once the first chunk is out, write the playback clock to this JSON file "
+             "(t_start, start_sample, n_samples, sfreq_hz: stream sample k is due at t_start + k / sfreq_hz "
+             "and is sample (start_sample + k) mod n_samples of the recording)."),
     lsl_config: Optional[Path] = typer.Option(None, "--lsl-config", help=LSL_CONFIG_HELP),
     # -- another amplifier, made from the recording offline (test sources for the adaptation) --
     unit: Optional[str] = typer.Option(None, "--unit", help="Send the EEG in this unit and declare it: uV | mV | V."),
     rate: Optional[float] = typer.Option(None, "--rate", help="Resample the EEG offline to this rate (Hz) and declare it."),
     drop: Optional[str] = typer.Option(None, "--drop", help="Leave these EEG channels out: CH,CH,…"),
-    cap: Optional[str] = typer.Option(None, "--cap", help="Interpolate the EEG onto a 32-electrode cap (standard_1020), positions in the meta-data."),
+    cap: Optional[str] = typer.Option(None, "--cap", help="Send the EEG of a standard_1020 cap (32 electrodes; standard_1020:19 for the 19 of 10-20) placed on the recording's head as serve places it; positions in the meta-data."),
     with_aux: bool = typer.Option(False, "--with-aux", help="Also play the EOG and stimulus channels."),
     flat: Optional[str] = typer.Option(
         None, "--flat", hidden=True,
@@ -45,7 +50,7 @@ def simulate(
     use_lsl_config(lsl_config)
     simulate_command(file=file, synthetic=synthetic, name=name, stream_type=stream_type, chunk=chunk,
                      loop=loop, duration=duration, source_id=source_id, aligned=aligned,
-                     timestamp_offset=timestamp_offset, clock_ppm=clock_ppm,
+                     timestamp_offset=timestamp_offset, clock_ppm=clock_ppm, clock_file=clock_file,
                      source_options=dict(unit=unit, rate=rate, drop=drop, cap=cap, with_aux=with_aux, flat=flat))
 
 
@@ -62,10 +67,12 @@ def simulate_command(
     timestamp_offset: float = 0.0,
     clock_ppm: float = 0.0,
     source_options: Optional[dict] = None,
+    clock_file: Optional[Path] = None,
 ) -> None:
     """Check the options, open the source, play it until done or stopped, print a summary.
     ``source_options``: ``unit, rate, drop, cap, with_aux, flat`` of the command (another
-    amplifier made from the recording, see ``tools.player.prepared_recording``)."""
+    amplifier made from the recording, see ``tools.player.prepared_recording``); ``clock_file``:
+    where the playback clock goes once the first chunk is out (``Player.playback_clock``)."""
     from rich.console import Console
 
     from brainformer.commands.common import fail
@@ -106,8 +113,13 @@ def simulate_command(
         f"chunks of {chunk} → LSL stream [bold]{name}[/] (type {stream_type}, source_id {player.source_id})",
         soft_wrap=True,
     )
+    from brainformer_rt.tools.demo.files import write_json
+
+    def write_clock(started: Player) -> None:
+        write_json(clock_file, started.playback_clock())  # atomic: the reader polls for it
+
     with StopRequest(interrupt=False, on_stop=player.stop):
-        player.run()
+        player.run(write_clock if clock_file is not None else None)
     s = player.summary()
     console.print(
         f"stopped after {s['samples']} samples ({s['seconds']:.1f} s), {s['overruns']} overruns, "

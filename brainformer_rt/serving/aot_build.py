@@ -38,10 +38,13 @@ from typing import Dict, List, Optional, Sequence
 from brainformer_rt.serving.aot_cache import (BUILD_TIMEOUT_S, TMP_MARK, PackageLock, ensure_cache_dir, lock_path,
                                               log_path)
 
-__all__ = ["start_build", "placement", "BuildPlacement"]
+__all__ = ["start_build", "placement", "build_niceness", "BuildPlacement", "NICE_VARIABLE", "DEFAULT_BUILD_NICE"]
 
-#: The builder's niceness: it runs when the server does not.
-BUILD_NICE = 19
+#: Sets the niceness of the background build and of the daemon's thread that waits for it (0-19).
+NICE_VARIABLE = "BRAINFORMER_AOT_BUILD_NICE"
+#: The lowest priority: the build runs when the server does not. On a machine whose cores other
+#: work keeps busy a build at 19 gets next to no time; ``NICE_VARIABLE`` sets a lower one there.
+DEFAULT_BUILD_NICE = 19
 
 
 class BuildStopped(BaseException):
@@ -65,15 +68,24 @@ class BuildPlacement:
                 f"serving_cpus={self.serving_cpus})")
 
 
+def build_niceness() -> int:
+    """The niceness of the background build: ``$BRAINFORMER_AOT_BUILD_NICE``, else
+    :data:`DEFAULT_BUILD_NICE`. Raises ``ValueError`` naming the variable for anything but 0-19."""
+    value = os.environ.get(NICE_VARIABLE, str(DEFAULT_BUILD_NICE))
+    if not (value.isdigit() and 0 <= int(value) <= 19):
+        raise ValueError(f"{NICE_VARIABLE} must be an integer from 0 to 19, got {value!r}")
+    return int(value)
+
+
 def placement(available: Optional[Sequence[int]] = None) -> BuildPlacement:
-    """The builder's share of the machine: nice 19 and one compile job always; on two cores,
-    the builder on the last of the CPUs the server may use and the serving thread on the other
-    while it builds (on this 2-core VM that took the forward's p99 during a build from 15 ms to
-    4 ms; measurements in docs/engines.md). ``available``: those CPUs (default: this process's)."""
+    """The builder's share of the machine: :func:`build_niceness` and one compile job always; on
+    two cores, the builder on the last of the CPUs the server may use and the serving thread on
+    the other while it builds, so that the compiler never takes the serving thread's core
+    (measurements in docs/engines.md). ``available``: those CPUs (default: this process's)."""
     cpus = sorted(available if available is not None else os.sched_getaffinity(0))
     if len(cpus) != 2:  # one core: nothing to share out; more: the builder's one job leaves enough
-        return BuildPlacement(BUILD_NICE, None, 1)
-    return BuildPlacement(BUILD_NICE, cpus[-1:], 1, serving_cpus=cpus[:-1])
+        return BuildPlacement(build_niceness(), None, 1)
+    return BuildPlacement(build_niceness(), cpus[-1:], 1, serving_cpus=cpus[:-1])
 
 
 def start_build(model, packages: Dict[int, Path], locks: Dict[int, PackageLock], window_samples: int,
@@ -174,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--package", action="append", required=True, metavar="BUCKET=PATH")
     parser.add_argument("--lock", action="append", default=[], metavar="BUCKET=FD",
                         help="the held lock of a package's key, as an inherited descriptor")
-    parser.add_argument("--nice", type=int, default=BUILD_NICE, help="niceness of the build")
+    parser.add_argument("--nice", type=int, default=DEFAULT_BUILD_NICE, help="niceness of the build")
     parser.add_argument("--cpus", default=None, help="comma-separated CPUs the build may use (default: all)")
     args = parser.parse_args(argv)
     packages = {bucket: Path(path) for bucket, path in _packages(args.package, "--package").items()}

@@ -148,7 +148,7 @@ def _serve(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, an
     """Prepare, then run the loops; a stop signal at any point ends it without an error."""
     try:
         try:
-            _prepare(settings, metrics, announce, resources)
+            _prepare(settings, metrics, announce, resources, stop)
         except Exception as error:
             if not stop.is_set():
                 raise
@@ -199,7 +199,8 @@ def _write_stats(settings: ServeSettings, metrics: ServeMetrics) -> None:
 # ----------------------------------------------------------------------------------------------
 # Preparation: everything before the loops, in the order it happens
 # ----------------------------------------------------------------------------------------------
-def _prepare(settings: ServeSettings, metrics: ServeMetrics, announce: Announce, resources: _Resources) -> None:
+def _prepare(settings: ServeSettings, metrics: ServeMetrics, announce: Announce, resources: _Resources,
+             stop: StopRequest) -> None:
     """Streams resolved (in the background) ∥ model and engine; then the streams are opened,
     validated, and the outputs made — all into ``resources``.
     Raises UsageError / ServeFailure / Interrupted."""
@@ -208,16 +209,18 @@ def _prepare(settings: ServeSettings, metrics: ServeMetrics, announce: Announce,
     # opened only afterwards, so that no backlog piles up in them meanwhile.
     resolvers, resolve_started = _start_resolvers(settings, announce, resources)
     options = _adaptation_options(settings)
-    config, window, hop = _load_engine(settings, resources)
+    config, window, hop = _load_engine(settings, resources, stop)
+    delay = _signal_delay(config, hop, announce)
+    linear_path = _linear_path(settings, config, announce)
     infos = _wait_for_streams(settings, resolvers, resolve_started)
-    stages = _open_streams(settings, config, infos, resources, options)
+    stages = _open_streams(settings, config, infos, resources, options, linear_path)
     for key in settings.streams:
         _log_plan(key, stages[key], announce)
-    _record_info(settings, metrics, resources, config, stages, window, hop)
+    _record_info(settings, metrics, resources, config, stages, window, hop, delay)
     outputs = _output_names(settings)
     engine = resources.engine
     for key in settings.streams:
-        publishers = _make_publishers(settings, config, key, outputs[key], resources)
+        publishers = _make_publishers(settings, config, key, outputs[key], resources, delay, stages[key].quality)
         resources.pipelines.append(StreamPipeline(key, resources.inlets[key], stages[key], window, hop,
                                                   settings.gap_threshold_s, metrics.streams[key], publishers,
                                                   engine.n_output_channels, gauges=metrics.gauges[key],
@@ -269,17 +272,18 @@ def _start_resolvers(settings: ServeSettings, announce: Announce, resources: _Re
     return resolvers, time.monotonic()
 
 
-def _load_engine(settings: ServeSettings, resources: _Resources) -> Tuple[Any, int, int]:
+def _load_engine(settings: ServeSettings, resources: _Resources, stop: StopRequest) -> Tuple[Any, int, int]:
     """Model loaded, engine made and warmed up (into ``resources``); ``(config, window, hop)``."""
-    import torch  # the slow imports come after the resolvers were started
+    with stop.deferred():  # a stop signal never lands inside a C extension's initialisation
+        import torch  # the slow imports come after the resolvers were started
 
-    from brainformer_rt.serving.engine import EngineError
-    from brainformer_rt.serving.engine_switch import model_label, serving_engine, serving_output_samples
+        from brainformer_rt.serving.engine import EngineError
+        from brainformer_rt.serving.engine_switch import model_label, serving_engine, serving_output_samples
 
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
-    log_event(logger, logging.INFO, "model_loading", "loading model %s", settings.model, model=str(settings.model))
-    model, config = _load(settings)
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)
+        log_event(logger, logging.INFO, "model_loading", "loading model %s", settings.model, model=str(settings.model))
+        model, config = _load(settings)
     hop = settings.hop_samples if settings.hop_samples is not None else int(config.hop_samples)
     window = int(config.window_samples)
     if not 1 <= hop <= window:
@@ -298,6 +302,28 @@ def _load_engine(settings: ServeSettings, resources: _Resources) -> Tuple[Any, i
     log_event(logger, logging.INFO, "engine_ready", "engine ready after %.2f s", time.monotonic() - started,
               engine=engine.kind, setup_s=time.monotonic() - started)
     return config, window, hop
+
+
+def _signal_delay(config: Any, hop: int, announce: Announce) -> Optional[Dict[str, Any]]:
+    """The delay the model's filters put on the brain signal, published with every output;
+    announced and logged once (None, with a warning, for filters that cannot be designed)."""
+    from brainformer_rt.serving.delay import delay_budget, describe_delay, published_delay
+
+    try:
+        delay = published_delay(config)
+    except ValueError as error:  # PreprocessingError too
+        log_event(logger, logging.WARNING, "signal_delay_unknown", "the filters' delay could not be designed: %s",
+                  error, error=str(error))
+        return None
+    budget = delay_budget(delay, hop, float(config.sfreq_hz), None)
+    announce(describe_delay(delay, hop, float(config.sfreq_hz)))
+    log_event(logger, logging.INFO, "signal_delay", "%s; mean hop wait %.1f ms", delay["summary"],
+              budget.hop_wait_ms, target_phase=delay["target_phase"], band_hz=delay["band_hz"],
+              filter_group_delay_ms=budget.filter_ms, band_centre_hz=budget.frequency_hz,
+              hop_wait_ms=budget.hop_wait_ms,
+              group_delay_ms={point["label"]: point["group_delay_ms"] for point in delay["points"]},
+              phase_delay_ms={point["label"]: point["phase_delay_ms"] for point in delay["points"]})
+    return delay
 
 
 def _wait_for_streams(settings: ServeSettings, resolvers: Dict[str, Any], started: float) -> Dict[str, Any]:
@@ -331,22 +357,48 @@ def _adaptation_options(settings: ServeSettings) -> Any:
     """The ``AdaptationOptions`` of the settings (a montage is loaded, so an unknown one is
     refused now, before any stream); UsageError naming the key otherwise."""
     from brainformer.adaptation import AdaptationError
+    from brainformer.linear_path import STATISTICS_FILENAME
+    from brainformer.model_dir import resolve_model_dir
     from brainformer_rt.serving.adapt import adaptation_options
 
     try:
+        has_statistics = (resolve_model_dir(settings.model) / STATISTICS_FILENAME).is_file()
+    except (ValueError, OSError):  # the model directory's own error comes with the model
+        has_statistics = False
+    try:
         return adaptation_options(channel_map=settings.channel_map, montage=settings.montage,
                                   input_unit=settings.input_unit,
-                                  max_missing_fraction=settings.max_missing_fraction)
+                                  max_missing_fraction=settings.max_missing_fraction, has_statistics=has_statistics)
     except AdaptationError as error:
         raise UsageError(str(error)) from None
 
 
-def _log_plan(key: str, stage: Any, announce: Announce) -> None:
+def _linear_path(settings: ServeSettings, config: Any, announce: Announce) -> Tuple[Any, Any]:
+    """``(statistics, full-cap solution)`` of the model's linear path, or ``(None, None)`` for a
+    model without them (logged: its linear path stays as trained, no expected quality)."""
+    from brainformer.model_dir import resolve_model_dir
+    from brainformer_rt.serving.adapt import linear_path_of
+
+    try:
+        statistics, full = linear_path_of(resolve_model_dir(settings.model), config)
+    except ValueError as error:  # StatisticsError: a file there but unusable
+        raise UsageError(str(error)) from None
+    if statistics is None:
+        line = (f"model {settings.model!r} has no linear path statistics: its linear path is not re-solved for a "
+                "stream's own electrodes and no expected quality is given (add them with `brainformer statistics`)")
+        announce(line)
+        log_event(logger, logging.INFO, "linear_path_statistics_missing", "%s", line, model=str(settings.model))
+    return statistics, full
+
+
+def _log_plan(key: str, stages: Any, announce: Announce) -> None:
     """The adaptation plan of one stream, once: for people (several lines) and the log (one event
-    naming every ignored channel and every interpolated electrode); its warnings one by one."""
+    naming every ignored channel and every interpolated electrode); its warnings one by one; the
+    expected quality of its cap (a warning when the cap is far from complete)."""
+    from brainformer.adaptation.resolve import INCOMPLETE_SHARE
     from brainformer_rt.serving.adapt import plan_fields
 
-    plan = stage.plan
+    plan = stages.plan
     text = plan.describe()
     announce(text)
     log_event(logger, logging.INFO, "adaptation_plan", "stream %r: adaptation plan: %s", key,
@@ -354,15 +406,22 @@ def _log_plan(key: str, stage: Any, announce: Announce) -> None:
     for warning in plan.warnings:
         log_event(logger, logging.WARNING, "adaptation_warning", "stream %r: %s", key, warning, stream=key,
                   warning=warning)
+    quality = stages.quality
+    if quality is not None:
+        line = quality.describe()
+        announce(f"  {line}")
+        level = logging.WARNING if quality.share < INCOMPLETE_SHARE else logging.INFO
+        log_event(logger, level, "expected_quality", "stream %r: %s", key, line, stream=key, **quality.to_dict())
 
 
 def _open_streams(settings: ServeSettings, config: Any, infos: Dict[str, Any], resources: _Resources,
-                  options: Any = None) -> Dict[str, Any]:
+                  options: Any = None, linear_path: Tuple[Any, Any] = (None, None)) -> Dict[str, Any]:
     """Inlets opened (in parallel, into ``resources``) and planned against the model (the
-    adaptation plan from each inlet's full meta-data); ``{stream: EEGPreprocessStage}``."""
+    adaptation plan from each inlet's full meta-data, the linear path re-solved for its
+    electrodes); ``{stream: StreamStages}``."""
     from brainformer_rt.serving.adapt import IncompatibleStreamError, stream_source
     from brainformer_rt.serving.inlet import EEGInlet
-    from brainformer_rt.serving.preprocess import EEGPreprocessStage
+    from brainformer_rt.serving.pipeline import open_stages
 
     def open_inlet(key: str) -> Any:
         inlet = EEGInlet(infos[key], max_chunk_samples=settings.max_chunk_samples, recover=True,
@@ -378,16 +437,17 @@ def _open_streams(settings: ServeSettings, config: Any, infos: Dict[str, Any], r
     for key in settings.streams:
         try:
             inlet = resources.inlets[key]
-            stages[key] = EEGPreprocessStage(config, inlet.description, settings.max_chunk_samples,
-                                             source=stream_source(inlet), options=options)
+            stages[key] = open_stages(config, inlet.description, settings.max_chunk_samples,
+                                      source=stream_source(inlet), options=options, statistics=linear_path[0],
+                                      full=linear_path[1], min_expected_share=settings.min_expected_share)
         except (IncompatibleStreamError, ValueError) as error:  # AdaptationError is a ValueError
             raise UsageError(str(error)) from None
     return stages
 
 
 def _record_info(settings: ServeSettings, metrics: ServeMetrics, resources: _Resources, config: Any,
-                 stages: Dict[str, Any], window: int, hop: int) -> None:
-    """What is served, for the stats JSON and the Prometheus info metric."""
+                 stages: Dict[str, Any], window: int, hop: int, delay: Optional[Dict[str, Any]]) -> None:
+    """What is served, for the stats JSON and the Prometheus info metric (and its delay gauges)."""
     inlets = resources.inlets
     metrics.info.update({
         "model": str(settings.model), "engine": resources.engine.describe(), "hop_samples": hop,
@@ -398,14 +458,17 @@ def _record_info(settings: ServeSettings, metrics: ServeMetrics, resources: _Res
                         "adaptation": _plan_info(stages[k])}
                     for k in settings.streams},
         "hostname": socket.gethostname(),
+        "delay": delay,
     })
     metrics.describe_engine = resources.engine.describe
 
 
-def _plan_info(stage: Any) -> Dict[str, Any]:
+def _plan_info(stages: Any) -> Dict[str, Any]:
     from brainformer_rt.serving.adapt import plan_fields
 
-    return plan_fields(stage.plan)
+    info = plan_fields(stages.plan)
+    info["expected_quality"] = None if stages.quality is None else stages.quality.to_dict()
+    return info
 
 
 def _output_names(settings: ServeSettings) -> Dict[str, Tuple[str, bytes]]:
@@ -472,8 +535,10 @@ def _raise_connect_error(key: str, outcome: Any) -> None:
 
 
 def _make_publishers(settings: ServeSettings, config: Any, key: str, output: Tuple[str, bytes],
-                     resources: _Resources) -> List[Any]:
-    """The LSL outlet and ZeroMQ topic of one stream (registered in ``resources`` as made)."""
+                     resources: _Resources, delay: Optional[Dict[str, Any]], quality: Any = None) -> List[Any]:
+    """The LSL outlet and ZeroMQ topic of one stream (registered in ``resources`` as made), each
+    carrying the ``delay`` in its meta-data; the outlet's meta-data also carry the expected quality
+    of the stream's cap (``quality``, or none)."""
     lsl_name, topic = output
     names = list(config.meg_channel_names)
     types = list(config.meg_channel_types)
@@ -484,7 +549,8 @@ def _make_publishers(settings: ServeSettings, config: Any, key: str, output: Tup
             from brainformer_rt.serving.publishers.lsl import LSLPublisher
 
             made.append(LSLPublisher(lsl_name, f"brainformer:{lsl_name}@{socket.gethostname()}", names, types,
-                                     float(config.sfreq_hz), model_name))
+                                     float(config.sfreq_hz), model_name, delay=delay,
+                                     expected_quality=None if quality is None else quality.to_dict()))
             resources.publishers.append(made[-1])
         if settings.zmq:
             from brainformer_rt.serving.publishers.zmq import ZMQPublisher
@@ -492,7 +558,7 @@ def _make_publishers(settings: ServeSettings, config: Any, key: str, output: Tup
             if resources.zmq_publisher is None:  # one socket; with several streams one topic each
                 resources.zmq_publisher = ZMQPublisher(
                     settings.zmq, topic, channel_names=names, channel_types=types, sfreq_hz=float(config.sfreq_hz),
-                    model_name=model_name, stream_name=key, curve_keys_dir=settings.zmq_curve_keys)
+                    model_name=model_name, stream_name=key, curve_keys_dir=settings.zmq_curve_keys, delay=delay)
                 log_event(logger, logging.INFO, "zmq_bound", "ZeroMQ publisher on %s%s",
                           resources.zmq_publisher.address, " (CURVE)" if resources.zmq_publisher.curve else "",
                           address=resources.zmq_publisher.address, curve=resources.zmq_publisher.curve)

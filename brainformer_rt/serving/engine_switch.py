@@ -42,7 +42,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from brainformer_rt.serving.aot_build import placement, start_build
+from brainformer_rt.serving.aot_build import build_niceness, placement, start_build
 from brainformer_rt.serving.aot_cache import (BUILD_TIMEOUT_S, PackageLock, aot_cache_dir, clean_stale, lock_holder,
                                               log_path, read_last_line)
 from brainformer_rt.serving.engine import AotEngine, EagerEngine, Engine, make_engine, resolve_device
@@ -258,8 +258,8 @@ class SwitchingEngine(Engine):
 
     # -- preparing thread --------------------------------------------------------------------------
     def _prepare_compiled(self) -> None:
-        _lower_this_thread_priority()
         try:
+            _lower_this_thread_priority()
             self.switch.source = "compiled"
             self._build_packages({b: self.compiled.package_path(b) for b in self.compiled.buckets})
             if self._stop.is_set():
@@ -405,17 +405,19 @@ class SwitchingEngine(Engine):
         super().close()
 
 
-def _lower_priority(pid: int) -> None:
-    """Nice 19 for ``pid`` (a process, or on Linux a thread): it runs when the server does not."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, 19)
-    except (AttributeError, OSError):  # not permitted, or not on this platform: it still works
-        pass
-
-
 def _lower_this_thread_priority() -> None:
+    """The preparing thread at the build's niceness (`aot_build.build_niceness`, which the
+    builder gets too): it runs when the server does not. A bad setting fails the switch before
+    any build starts, saying which variable."""
+    try:
+        niceness = build_niceness()
+    except ValueError as error:
+        raise SwitchFailed(str(error)) from None
     if sys.platform.startswith("linux"):
-        _lower_priority(threading.get_native_id())
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        except (AttributeError, OSError):  # not permitted, or not on this platform: it still works
+            pass
 
 
 def serving_engine(model: torch.nn.Module, kind: str, device: str, batch_size: int, window_samples: int,

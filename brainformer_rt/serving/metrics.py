@@ -142,7 +142,9 @@ class StreamGauges:
     the last second. ``last_outage_s``: last sample before the newest reset → first prediction
     published after it. ``bad_channels``: stream channels left out as bad now;
     ``interpolated_channels``: model electrodes interpolated now (missing from the stream, bad,
-    or another cap); ``resampler_delay_s``: mean hold-back of the resampler (0: no resampling).
+    or another cap); ``resampler_delay_s``: mean hold-back of the resampler (0: no resampling);
+    ``expected_r``: the expected r of the stream's cap as it is now (the linear path re-solved
+    for its electrodes; NaN for a model without statistics).
     """
 
     buffer_fill: float = 0.0
@@ -155,6 +157,7 @@ class StreamGauges:
     bad_channels: int = 0
     interpolated_channels: int = 0
     resampler_delay_s: float = 0.0
+    expected_r: float = math.nan
 
     def to_dict(self) -> Dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -274,6 +277,18 @@ class ServeMetrics:
         engine = self.info.get("engine")
         return dict(engine) if isinstance(engine, dict) else {}
 
+    def delay_budget(self):
+        """The delay as the brain sees it (`serving.delay.DelayBudget`): the filters' group delay
+        at the band centre + the mean hop wait + the median e2e latency; None before the model's
+        delay is known."""
+        delay = self.info.get("delay")
+        if not delay:
+            return None
+        from brainformer_rt.serving.delay import delay_budget
+
+        return delay_budget(delay, int(self.info["hop_samples"]), float(self.info["model_sfreq_hz"]),
+                            self.e2e_summary()["median_ms"])
+
     def to_dict(self) -> Dict[str, object]:
         """Everything as plain JSON-serialisable types (NaN is written as null by :func:`json_ready`)."""
         duration_s = timed_s = None
@@ -281,6 +296,7 @@ class ServeMetrics:
             duration_s = self.stopped_at - self.started_at
             timed_s = self.stopped_at - (self.timings_started_at or self.started_at)
         batch = self.batch_sizes.kept()
+        budget = self.delay_budget()
         return json_ready({
             "info": {**self.info, "engine": self.engine_facts()},
             "duration_s": duration_s,  # serving, start to stop (the counters cover this)
@@ -291,6 +307,8 @@ class ServeMetrics:
             "stages": {stage: ring.summary() for stage, ring in self.stages.items()},
             "adaptation": {name: ring.summary() for name, ring in self.adapt.items()},  # part of "preprocess"
             "e2e_latency": {"all": self.e2e_summary(), **{name: self.e2e_summary(name) for name in self.stream_names}},
+            # The e2e latency is transport and compute; the brain signal is seen later still.
+            "delay_budget": None if budget is None else budget.to_dict(),
             "forward_calls": self.forward_calls,
             "mean_batch": float(batch.mean()) if batch.size else None,
         })

@@ -42,10 +42,19 @@ brainformer_last_outage_seconds               gauge      last input before the n
 brainformer_bad_channels                      gauge      stream channels left out as bad now
 brainformer_interpolated_channels             gauge      model electrodes interpolated now
 brainformer_resampler_delay_seconds           gauge      mean hold-back of the input resampler
+brainformer_expected_r                        gauge      expected r of the stream's cap as it is now
 brainformer_serving                           gauge      1 while serving, 0 while starting
-brainformer_info                              info       model, engine, device
+brainformer_filter_group_delay_seconds        gauge      the filters' group delay on the prediction, per
+  {point, frequency_hz}                                  point (band edges, centre, theta/alpha/beta)
+brainformer_filter_phase_delay_seconds        gauge      their phase delay, the same points
+  {point, frequency_hz}
+brainformer_hop_wait_seconds                  gauge      mean wait of a hop's samples for its newest
+brainformer_info                              info       model, engine, device, target phase
 process_*                                     (std)      the daemon process: RSS, CPU, open files
 ============================================  =========  ==============================================
+
+The e2e latency is transport and compute only: the brain signal reaches a consumer later by the
+filters' group delay (``point="band centre"``) and the hop wait as well (docs/latency.md).
 
 Histograms include the values of the warm-up period (``warmup_s`` only resets the final table).
 A scrape that comes more than ~30 min of windows after the previous one misses the oldest ones.
@@ -217,6 +226,8 @@ class ServeCollector(Collector):
                                       lambda g: g.interpolated_channels),
             "resampler_delay_seconds": ("Mean hold-back of the input resampler (0: no resampling).",
                                         lambda g: g.resampler_delay_s),
+            "expected_r": ("Expected r of the stream's cap as it is now (the linear path re-solved for its "
+                           "electrodes; NaN without the model's statistics).", lambda g: g.expected_r),
         }
         for key, (doc, read) in gauges.items():
             family = GaugeMetricFamily(f"brainformer_{key}", doc, labels=["stream"])
@@ -226,6 +237,31 @@ class ServeCollector(Collector):
         serving = metrics.started_at is not None and metrics.stopped_at is None
         yield GaugeMetricFamily("brainformer_serving", "1 while the daemon serves, 0 while it starts.",
                                 value=1.0 if serving else 0.0)
+        yield from self._delay_gauges()
+
+    def _delay_gauges(self) -> Iterable:
+        """The designed delay of the prediction against the brain (known once the model is loaded)."""
+        metrics = self.metrics
+        delay = metrics.info.get("delay")
+        if not delay:
+            return
+        group = GaugeMetricFamily("brainformer_filter_group_delay_seconds",
+                                  "Group delay the filters put on the predicted brain signal (envelopes), per "
+                                  "frequency; 0 for a zero-phase target. Comes on top of the e2e latency.",
+                                  labels=["point", "frequency_hz"])
+        phase = GaugeMetricFamily("brainformer_filter_phase_delay_seconds",
+                                  "Phase delay the filters put on the predicted brain signal (cycles), per frequency.",
+                                  labels=["point", "frequency_hz"])
+        for point in delay["points"]:
+            labels = [point["label"], f"{point['frequency_hz']:g}"]
+            group.add_metric(labels, point["group_delay_ms"] * 1e-3)
+            phase.add_metric(labels, point["phase_delay_ms"] * 1e-3)
+        yield group
+        yield phase
+        budget = metrics.delay_budget()
+        yield GaugeMetricFamily("brainformer_hop_wait_seconds",
+                                "Mean wait of a hop's samples for its newest one: (hop - 1) / 2 samples.",
+                                value=budget.hop_wait_ms * 1e-3)
 
     def _info(self) -> Iterable:
         metrics = self.metrics
@@ -237,7 +273,8 @@ class ServeCollector(Collector):
         info = InfoMetricFamily("brainformer", "What is served.")
         info.add_metric([], {"model": str(metrics.info.get("model", "")), "engine": str(engine.get("kind", "")),
                              "active_engine": str(engine.get("active", engine.get("kind", ""))),
-                             "device": str(engine.get("device", ""))})
+                             "device": str(engine.get("device", "")),
+                             "target_phase": str((metrics.info.get("delay") or {}).get("target_phase", ""))})
         yield info
 
 

@@ -55,3 +55,12 @@ def test_lag_correlation_scores_every_lag_on_the_same_rows_and_refuses_short_or_
         lag_correlation(noise(100), noise(100), SFREQ_HZ, max_lag_s=0.1)
     with pytest.raises(EvaluationError, match="both be"):
         lag_correlation(noise(1000), noise(1000, channels=3), SFREQ_HZ)
+
+
+def test_a_silent_prediction_has_no_delay_and_does_not_fail_the_others():
+    # A path that is off (e.g. a model's skip path alone when it has none) predicts zeros: its
+    # delay is NaN, every band included, so a report of several methods still completes.
+    truth = noise(3000)
+    delays = band_effective_delays(truth, np.zeros_like(truth), SFREQ_HZ)
+    assert all(np.isnan(d.lag_ms) and np.isnan(d.r_at_lag) and np.isnan(d.r_at_zero) for d in delays.values())
+    assert not np.isnan(effective_delay(truth, truth, SFREQ_HZ).lag_ms)

@@ -2,13 +2,24 @@
 
 Meta-data follow the XDF conventions: ``desc/channels/channel/{label,type,unit}`` per sensor
 (units ``T`` for magnetometers, ``T/m`` for gradiometers) and ``desc/acquisition`` naming the
-model that produced the stream. Every sample is pushed with its own timestamp: the timestamp of
-the EEG sample it was predicted for.
+model that produced the stream; ``desc/expected_quality`` says what the input's cap is expected
+to give (``r``, ``r2``, ``full_r``, ``full_r2``, ``share``, ``n_electrodes``), when known. Every
+sample is pushed with its own timestamp: the timestamp of the EEG sample it was predicted for.
+
+What the timestamps do not show, the delay the filters put on the brain signal, is in the
+meta-data too (``serving/delay.py`` makes it, docs/latency.md explains it)::
+
+    desc/filters/filter     one per stage, in order: signal (eeg input | meg target), type
+                            (highpass | lowpass | notch), design, cutoff_hz, order, [quality],
+                            phase (causal | zero)
+    desc/delay              target_phase, band_low_hz, band_high_hz, reference, summary, and
+      point                 one per frequency: label, frequency_hz, group_delay_ms,
+                            phase_delay_ms, input_group_delay_ms, input_phase_delay_ms
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pylsl
@@ -27,6 +38,9 @@ class LSLPublisher:
         sfreq_hz: the model's rate (nominal rate of the stream).
         model_name: written to ``desc/acquisition/model``.
         max_buffered_s: seconds liblsl keeps for slow consumers.
+        delay: `brainformer_rt.serving.delay.published_delay` of the model, written to
+            ``desc/filters`` and ``desc/delay`` (None: neither is written).
+        expected_quality: written to ``desc/expected_quality`` (name → number), or None.
 
     Life cycle: construct (the outlet is visible at once) → ``publish()`` ... → ``close()``.
     """
@@ -40,6 +54,8 @@ class LSLPublisher:
         sfreq_hz: float,
         model_name: str,
         max_buffered_s: int = 30,
+        delay: Optional[Mapping[str, Any]] = None,
+        expected_quality: dict | None = None,
     ):
         validate_meg_channels(channel_names, channel_types)
         if not sfreq_hz > 0:
@@ -58,6 +74,12 @@ class LSLPublisher:
         acquisition.append_child_value("manufacturer", "brainformer")
         acquisition.append_child_value("model", model_name)
         acquisition.append_child_value("description", "MEG predicted from live EEG")
+        if delay is not None:
+            _describe_delay(info.desc(), delay)
+        if expected_quality is not None:
+            quality = info.desc().append_child("expected_quality")
+            for key, value in expected_quality.items():
+                quality.append_child_value(key, f"{value:.6g}")
         self._outlet: pylsl.StreamOutlet | None = pylsl.StreamOutlet(info, 0, max_buffered_s)
         self.samples_out = 0
         self.chunks_out = 0
@@ -92,3 +114,26 @@ class LSLPublisher:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _value(value: Any) -> str:
+    """An XDF text value: numbers as Python writes them, None as an empty string."""
+    return "" if value is None else str(value)
+
+
+def _describe_delay(desc: pylsl.XMLElement, delay: Mapping[str, Any]) -> None:
+    """``desc/filters`` (one ``filter`` per stage) and ``desc/delay`` (one ``point`` per frequency)."""
+    filters = desc.append_child("filters")
+    for stage in delay["filters"]:
+        element = filters.append_child("filter")
+        for key, value in stage.items():
+            element.append_child_value(key, _value(value))
+    element = desc.append_child("delay")
+    low_hz, high_hz = delay["band_hz"]
+    for key, value in (("target_phase", delay["target_phase"]), ("band_low_hz", low_hz), ("band_high_hz", high_hz),
+                       ("reference", delay["reference"]), ("summary", delay["summary"])):
+        element.append_child_value(key, _value(value))
+    for point in delay["points"]:
+        child = element.append_child("point")
+        for key, value in point.items():
+            child.append_child_value(key, _value(value))

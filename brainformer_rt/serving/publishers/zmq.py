@@ -9,6 +9,9 @@ Wire format (one message per served window)::
                        sfreq       float, samples per second
                        n_samples, n_channels, dtype ("float32"), model, stream
                        channels, channel_types   only in message 0 and every 100th
+                       delay       the same messages: the delay the filters put on the brain
+                                   signal (target_phase, band_hz, reference, summary, filters,
+                                   points; see serving/delay.py and docs/latency.md)
     frame 2  payload   float32, C order, shape (n_samples, n_channels), physical units (T, T/m)
 
 Sample ``i`` of a message has the timestamp ``t0 + i / sfreq`` (exactly ``t_last`` for the last).
@@ -45,7 +48,7 @@ import ipaddress
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import zmq
@@ -98,6 +101,8 @@ class ZMQPublisher:
         channel_names / channel_types: MEG sensors in payload order; ``mag`` or ``grad``.
         sfreq_hz: the model's rate.
         model_name, stream_name: copied into every header (``stream_name`` for ``topic``).
+        delay: `brainformer_rt.serving.delay.published_delay` of the model, sent with the
+            channel names (None: not sent).
         curve_keys_dir: directory of CURVE keys (layout in the module docstring): the socket
             encrypts and accepts only the authorized subscribers. Raises ValueError naming the
             file when a key is missing or unreadable.
@@ -121,6 +126,7 @@ class ZMQPublisher:
         curve_keys_dir: str | Path | None = None,
         send_hwm: int = 100,
         context: zmq.Context | None = None,
+        delay: Optional[Mapping[str, Any]] = None,
     ):
         validate_meg_channels(channel_names, channel_types)
         if not sfreq_hz > 0:
@@ -132,6 +138,7 @@ class ZMQPublisher:
         self.n_channels = len(self.channel_names)
         self.sfreq_hz = float(sfreq_hz)
         self.model_name = model_name
+        self.delay = None if delay is None else dict(delay)
         self._default = _TopicState(topic, stream_name)
         self._topics: dict[bytes, _TopicState] = {topic: self._default}
         self._authenticator = None
@@ -227,6 +234,8 @@ class ZMQPublisher:
         if state.seq % CHANNELS_EVERY == 0:
             header["channels"] = self.channel_names
             header["channel_types"] = self.channel_types
+            if self.delay is not None:
+                header["delay"] = self.delay
         return json.dumps(header, separators=(",", ":")).encode()
 
     def _send(self, state: _TopicState, data: np.ndarray, timestamps: np.ndarray) -> bool:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from brainformer_rt.tools._proc import ChildProcess, stop_all
+from brainformer_rt.tools.bench.delay import DelayProbe
 from brainformer_rt.tools.bench.processes import Phase, check_alive
 from brainformer_rt.tools.bench.receivers import ReceiverThreads, ResourceSampler
 from brainformer_rt.tools.bench.settings import STARTUP_TIMEOUT_S, BenchFailure, BenchSettings, ModelFacts
@@ -21,13 +22,15 @@ STOP_TIMEOUT_S = 20.0
 
 
 def run_phase(phase: Phase, settings: BenchSettings, facts: ModelFacts, players: Sequence[ChildProcess],
-              progress: Callable[[str], None]) -> Dict[str, Any]:
+              progress: Callable[[str], None], probe: Optional[DelayProbe] = None) -> Dict[str, Any]:
     """Measure one started system: wait for its first output, skip the warm-up, record
-    ``duration_s`` seconds, stop it (SIGTERM) and summarise."""
+    ``duration_s`` seconds, stop it (SIGTERM) and summarise; with a ``probe``, also the effective
+    delay of its prediction (the payload of the probe's stream is kept meanwhile)."""
     import pylsl
 
     watched = [*phase.children, *players]
     receivers = ReceiverThreads()
+    payload = None if probe is None else receivers.keep_payload("lsl", probe.stream)
     sampler = None
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -52,7 +55,11 @@ def run_phase(phase: Phase, settings: BenchSettings, facts: ModelFacts, players:
     if receivers.errors:
         raise BenchFailure(f"{phase.system}: subscriber failed: {receivers.errors[0]}")
     _check_stopped_cleanly(phase.children)
-    return summarise_phase(phase, settings, facts, receivers, start_s, end_s, resources)
+    result = summarise_phase(phase, settings, facts, receivers, start_s, end_s, resources)
+    if probe is not None:
+        progress(f"  {phase.system}: measuring the effective delay of its prediction against the zero-phase truth …")
+        result["effective_delay"] = probe.measure(payload, start_s, end_s)
+    return result
 
 
 def _open_subscribers(phase: Phase, receivers: ReceiverThreads, deadline: float) -> None:

@@ -20,7 +20,7 @@ from brainformer_rt.tools.bench.settings import (
     ModelFacts,
 )
 
-__all__ = ["Phase", "check_alive", "player_summary", "start_player", "SYSTEM_STARTERS"]
+__all__ = ["Phase", "check_alive", "clock_path", "player_summary", "start_player", "SYSTEM_STARTERS"]
 
 NAIVE_LOOP_MODULE = "brainformer_rt.tools.naive_loop"
 RELAY_MODULE = "brainformer_rt.tools.relay"
@@ -47,15 +47,22 @@ def check_alive(children: Sequence[ChildProcess]) -> None:
             raise error(f"{child.name} exited with code {code}: {child.last_error_line()}")
 
 
+def clock_path(directory: Path, stream: str) -> Path:
+    """Where the player of ``stream`` writes its playback clock (``simulate --clock-file``)."""
+    return directory / f"{stream}.clock.json"
+
+
 def start_player(index: int, stream: str, facts: ModelFacts, aligned: bool, directory: Path,
                  rate_hz: Optional[float] = None) -> ChildProcess:
     """A ``simulate`` of ``stream``, looping the recording at its real rate, or resampled to
-    ``rate_hz`` (``simulate --rate``) in chunks of one hop's duration at that rate."""
+    ``rate_hz`` (``simulate --rate``) in chunks of one hop's duration at that rate; its playback
+    clock goes to `clock_path`."""
     chunk = facts.chunk_samples if rate_hz is None else max(1, round(facts.hop_s * rate_hz))
     rate = [] if rate_hz is None else ["--rate", f"{rate_hz:g}"]
     return ChildProcess(f"player-{index}" + ("" if rate_hz is None else f"-{rate_hz:g}Hz"), rt_cli(
         "simulate", "--file", facts.recording, "--loop", "--chunk", str(chunk), *rate,
-        "--source-id", f"bench-{uuid.uuid4()}", "--name", stream, *(["--aligned"] if aligned else [])), directory)
+        "--source-id", f"bench-{uuid.uuid4()}", "--name", stream, "--clock-file", str(clock_path(directory, stream)),
+        *(["--aligned"] if aligned else [])), directory)
 
 
 _PLAYER_SUMMARY = re.compile(

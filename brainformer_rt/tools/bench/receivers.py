@@ -1,5 +1,6 @@
-"""The threads of the bench process: subscribers that drain every output and keep every arrival,
-and the sampler of CPU and memory of the system under test."""
+"""The threads of the bench process: subscribers that drain every output and keep every arrival
+(and, for the outputs asked for, every payload), and the sampler of CPU and memory of the system
+under test."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from brainformer_rt.tools.bench.delay import PayloadKeeper
 from brainformer_rt.tools.bench.settings import SAMPLE_INTERVAL_S
 
 __all__ = ["Arrivals", "ReceiverThreads", "ResourceSampler"]
@@ -41,16 +43,24 @@ class ReceiverThreads:
         self.arrivals: Dict[tuple, Arrivals] = {}
         self.errors: List[str] = []
         self.lsl_subscribers: Dict[str, Any] = {}  # stream → its LSLSubscriber (counters stay after close)
+        self.payloads: Dict[tuple, PayloadKeeper] = {}  # (transport, stream) → its payload, where asked for
         self._threads: List[threading.Thread] = []
         self._subscribers: List[Any] = []
+
+    def keep_payload(self, transport: str, key: str) -> PayloadKeeper:
+        """Keep what the output of ``key`` on ``transport`` carries too (called before it is added)."""
+        return self.payloads.setdefault((transport, key), PayloadKeeper())
 
     def add_lsl(self, key: str, subscriber: Any) -> None:
         arrivals = self.arrivals.setdefault(("lsl", key), Arrivals())
         self.lsl_subscribers[key] = subscriber
+        payload = self.payloads.get(("lsl", key))
 
         def handle(items):
             for item in items:
                 arrivals.add(item.received_s, float(item.timestamps[-1]), len(item.timestamps))
+                if payload is not None:  # the subscriber hands out copies: kept as they are
+                    payload.add(item.received_s, item.timestamps, item.data)
 
         self._start(subscriber, handle, f"lsl-{key}")
 

@@ -12,9 +12,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 from brainformer_rt.serving.metrics import json_ready
 from brainformer_rt.tools._proc import stop_all
+from brainformer_rt.tools.bench.delay import DelayProbe, ZeroPhaseTruth
 from brainformer_rt.tools.bench.phases import STOP_TIMEOUT_S, run_phase
-from brainformer_rt.tools.bench.processes import SYSTEM_STARTERS, player_summary, start_player
-from brainformer_rt.tools.bench.settings import BenchSettings, ModelFacts, check_model, machine_info
+from brainformer_rt.tools.bench.processes import SYSTEM_STARTERS, clock_path, player_summary, start_player
+from brainformer_rt.tools.bench.settings import BenchError, BenchSettings, ModelFacts, check_model, machine_info
 from brainformer_rt.tools.bench.summary import engine_goals, ratio, resampled_vs_native, transport_floor
 from brainformer_rt.tools.naive_loop import DESCRIPTION as NAIVE_DESCRIPTION
 
@@ -60,13 +61,18 @@ def run_bench(settings: BenchSettings, progress: Optional[Callable[[str], None]]
                      f"{facts.recording_sfreq_hz:g} Hz, chunks of {facts.chunk_samples} samples")
             for i, stream in enumerate(streams):
                 players.append(start_player(i, stream, facts, settings.aligned, directory))
+            truth = _zero_phase_truth(settings, facts, progress)
             for index, system in enumerate(_systems(settings)):
                 waited_s = _wait_for_builds(progress)
                 progress(f"{system.name}: starting (model {settings.model}, hop {facts.hop_samples}"
                          + (f", {settings.threads} torch thread(s)" if system.kind != "relay" else ", no model")
                          + (f", source at {system.rate_hz:g} Hz" if system.rate_hz else "") + ") …")
+                # The effective delay of every model's prediction on the recording at its own rate
+                # (a resampled source's samples do not fall on the recording's grid).
+                probe = (DelayProbe(truth, streams[0], clock_path(directory, streams[0]))
+                         if truth is not None and system.kind != "relay" and system.rate_hz is None else None)
                 results["systems"][system.name] = _run_system(system, settings, facts, streams, players,
-                                                              f"{run_id}-{index}", directory, progress)
+                                                              f"{run_id}-{index}", directory, progress, probe)
                 results["systems"][system.name]["waited_for_build_s"] = waited_s
         finally:
             stop_all(players, STOP_TIMEOUT_S)
@@ -101,9 +107,26 @@ def _systems(settings: BenchSettings) -> List[_System]:
             + ([_System("relay", "relay")] if settings.floor else []))
 
 
+def _zero_phase_truth(settings: BenchSettings, facts: ModelFacts,
+                      progress: Callable[[str], None]) -> Optional[ZeroPhaseTruth]:
+    """The recording's MEG as it is now in the model's band, which each model's published
+    prediction is compared with (computed while the players start; None without a model phase)."""
+    from brainformer.model_dir import load_fields
+
+    if not any(system.kind != "relay" for system in _systems(settings)):
+        return None
+    progress("computing the zero-phase truth of the recording (for the effective delay) …")
+    try:
+        return ZeroPhaseTruth.from_recording(facts.recording, load_fields(settings.model))
+    except ValueError as error:
+        raise BenchError(f"--model {settings.model}: {error}") from None
+
+
 def _run_system(system: _System, settings: BenchSettings, facts: ModelFacts, streams: List[str],
-                players: List[Any], run_id: str, directory: Path, progress: Callable[[str], None]) -> Dict[str, Any]:
-    """Start one system (with its own players when its source rate differs) and measure it."""
+                players: List[Any], run_id: str, directory: Path, progress: Callable[[str], None],
+                probe: Optional[DelayProbe] = None) -> Dict[str, Any]:
+    """Start one system (with its own players when its source rate differs) and measure it
+    (with the ``probe``: its effective delay too)."""
     starter_settings = dataclasses.replace(settings, engine=system.engine) if system.engine else settings
     own_players = []
     try:
@@ -112,7 +135,7 @@ def _run_system(system: _System, settings: BenchSettings, facts: ModelFacts, str
             own_players = [start_player(i, stream, facts, settings.aligned, directory, rate_hz=system.rate_hz)
                            for i, stream in enumerate(streams)]
         phase = SYSTEM_STARTERS[system.kind](starter_settings, facts, streams, run_id, directory)
-        return run_phase(phase, settings, facts, own_players or players, progress)
+        return run_phase(phase, settings, facts, own_players or players, progress, probe)
     finally:
         stop_all(own_players, STOP_TIMEOUT_S)
 

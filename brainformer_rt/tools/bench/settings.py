@@ -15,6 +15,7 @@ import numpy as np
 
 from brainformer.paths import SAMPLE_RECORDING
 from brainformer.model_dir import load_fields
+from brainformer_rt.serving.delay import published_delay
 
 __all__ = ["BenchError", "BenchFailure", "BenchSettings", "ModelFacts", "check_model", "machine_info",
            "DEFAULT_DURATION_S", "DEFAULT_WARMUP_S", "DEFAULT_THREADS", "PEERS", "MAX_STREAMS",
@@ -124,7 +125,8 @@ class BenchSettings:
 
 @dataclass
 class ModelFacts:
-    """What the bench needs to know about the model and the recording played."""
+    """What the bench needs to know about the model and the recording played; ``delay``: the
+    delay its filters put on the brain signal (`brainformer_rt.serving.delay.published_delay`)."""
 
     model: str
     sfreq_hz: float
@@ -134,6 +136,7 @@ class ModelFacts:
     recording: str
     recording_sfreq_hz: float
     n_eeg_channels: int
+    delay: Dict[str, Any]
 
     @property
     def hop_s(self) -> float:
@@ -174,9 +177,13 @@ def check_model(settings: BenchSettings) -> ModelFacts:
         raise BenchError(f"--hop must be between 1 and the model's window_samples ({window}), got {hop}")
     sfreq_hz = float(config.sfreq_hz)
     chunk = settings.chunk_samples or hop * _decimation(float(info["sfreq"]), sfreq_hz)
+    try:
+        delay = published_delay(config)
+    except ValueError as error:
+        raise BenchError(f"--model {settings.model}: its filters: {error}") from None
     return ModelFacts(model=str(settings.model), sfreq_hz=sfreq_hz, window_samples=window, hop_samples=hop,
                       chunk_samples=int(chunk), recording=str(recording), recording_sfreq_hz=float(info["sfreq"]),
-                      n_eeg_channels=len(eeg_names))
+                      n_eeg_channels=len(eeg_names), delay=delay)
 
 
 def _decimation(recording_sfreq_hz: float, model_sfreq_hz: float) -> int:

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from brainformer_rt.serving.delay import delay_budget
 from brainformer_rt.serving.metrics import summarise
 from brainformer_rt.tools.bench.processes import Phase
 from brainformer_rt.tools.bench.receivers import Arrivals, ReceiverThreads
@@ -47,6 +48,11 @@ def summarise_phase(phase: Phase, settings: BenchSettings, facts: ModelFacts, re
     own = {"daemon": _daemon_figures, "relay": _relay_figures, "naive": _naive_figures}[phase.system]
     result.update(own(phase, start_s, end_s))
     result.update(_derived_figures(result, facts.hop_s, has_model=phase.system != "relay"))
+    if phase.system != "relay":  # the relay passes zeros: no brain signal, no filters
+        # The e2e latency is transport and compute; the brain signal is seen later still.
+        lsl = result["outputs"]["lsl"]
+        median_ms = None if lsl is None else lsl["pooled"]["median_ms"]
+        result["delay_budget"] = delay_budget(facts.delay, facts.hop_samples, facts.sfreq_hz, median_ms).to_dict()
     return result
 
 

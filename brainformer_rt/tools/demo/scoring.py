@@ -101,6 +101,8 @@ class DemoReference:
         clean: ``(n_rows,)`` bool, rows outside every heartbeat and blink window (all True
             when the recording's artefacts are unknown), as in ``brainformer evaluate``.
         artefacts: what was found (``brainformer.evaluation.ArtefactEvents``), or None.
+        delay: the delay the model's filters put on the brain signal
+            (`brainformer_rt.serving.delay.published_delay`), or None: what the latency hides.
     """
 
     meg_true: np.ndarray
@@ -114,6 +116,7 @@ class DemoReference:
     scaling: Any = None
     clean: Optional[np.ndarray] = None
     artefacts: Any = None
+    delay: Optional[dict] = None
 
     def __post_init__(self) -> None:
         if self.clean is None:
@@ -166,6 +169,7 @@ def build_reference(recording: Path, model_config: Any) -> DemoReference:
     from brainformer.evaluation.artefacts import ArtefactMask, detect_artefacts
     from brainformer.preprocessing import PreprocessingError, decimation_factor, meg_scaling, preprocess_recording
     from brainformer.settings import DataSettings
+    from brainformer_rt.serving.delay import published_delay
     from brainformer_rt.tools.player import RecordingSource
 
     raw = mne.io.read_raw_fif(recording, allow_maxshield=True, preload=True, verbose="error")
@@ -173,6 +177,7 @@ def build_reference(recording: Path, model_config: Any) -> DemoReference:
         decimation = decimation_factor(float(raw.info["sfreq"]), float(model_config.sfreq_hz))
         preprocessed = preprocess_recording(raw, model_config)
         scaling = meg_scaling(model_config)
+        delay = published_delay(model_config)
     except PreprocessingError as error:
         raise ValueError(f"the model cannot be used on {recording.name}: {error}") from None
     data = DataSettings()
@@ -187,7 +192,7 @@ def build_reference(recording: Path, model_config: Any) -> DemoReference:
         meg_true=preprocessed.meg, eeg_played=played, recording_sfreq_hz=float(raw.info["sfreq"]),
         decimation=decimation, parts=parts, settle_rows=int(round(data.settle_s * preprocessed.sfreq_hz)),
         meg_names=list(model_config.meg_channel_names), meg_types=list(model_config.meg_channel_types),
-        scaling=scaling, clean=mask.clean, artefacts=artefacts,
+        scaling=scaling, clean=mask.clean, artefacts=artefacts, delay=delay,
     )
 
 
@@ -305,6 +310,18 @@ class DemoScore:
             mag=_nanmean(r[self._types == "mag"]), grad=_nanmean(r[self._types == "grad"]),
             all=_nanmean(r), n_samples=correlation.n,
         )
+
+    def delay_budget(self) -> Any:
+        """The delay as the brain sees it (`serving.delay.DelayBudget`): the filters' group delay
+        at the band centre + the hop wait + the median latency measured here; None when the
+        model's delay is unknown."""
+        from brainformer_rt.serving.delay import delay_budget
+
+        if self.reference.delay is None:
+            return None
+        median = self.latency_ms()["median"]
+        return delay_budget(self.reference.delay, self.hop_samples, self.reference.model_sfreq_hz,
+                            None if math.isnan(median) else median)
 
     def latency_ms(self) -> dict:
         if not self.latencies_s:

@@ -10,7 +10,6 @@ In-process and fast; the end-to-end runs with real sources are in tests/rt/tools
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 
 import mne
@@ -22,10 +21,16 @@ from brainformer.adaptation import AdaptationError, AdaptationOptions, SourceDes
 from brainformer.model_dir import load_fields
 from brainformer.preprocessing import eeg_preprocessor
 from brainformer_rt.serving.adapt import IncompatibleStreamError, SourceAdapter, adaptation_options
-from brainformer_rt.serving.preprocess import EEGPreprocessStage
+from brainformer_rt.serving.pipeline import open_stages
 from tests.rt.conftest import run_cli
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
+
+#: How long a test waits for the adapter's worker (a re-plan, the amplitude check): a hang
+#: timeout only, far above what the work takes on a busy machine.
+IDLE_WAIT_S = 120.0
+#: ``--wait`` of the commands run against a stream this process already made visible.
+STREAM_WAIT_S = "120"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +71,7 @@ def feed(stage, data, sfreq_hz, chunk=16):
 def test_a_stream_like_the_training_recording_is_served_bit_for_bit_as_before(fields, recording):
     eeg, names, *_ = recording
     assert names == list(fields.eeg_channel_names)
-    stage = EEGPreprocessStage(fields, None, source=source(names))
+    stage = open_stages(fields, None, source=source(names))
     assert stage.plan.is_selection and not stage.plan.resample and stage.decimation == 1
     out, times, timestamps = feed(stage, eeg, fields.sfreq_hz)
     reference, reference_times = eeg_preprocessor(fields, fields.sfreq_hz).process(eeg, timestamps)
@@ -84,7 +89,7 @@ def test_extra_channels_and_microvolts_are_handled_and_the_plan_is_logged(fields
     order = np.random.default_rng(0).permutation(len(names))[:-2]  # two electrodes missing
     labels = [names[i] for i in order] + aux_names
     data = np.concatenate([eeg[:, order] * np.float32(1e6), aux], axis=1)
-    stage = EEGPreprocessStage(fields, None, source=source(labels, ["EEG"] * len(order) + aux_types,
+    stage = open_stages(fields, None, source=source(labels, ["EEG"] * len(order) + aux_types,
                                                            ["microvolts"] * len(order) + [""] * len(aux_names)))
     missing = sorted(set(names) - set(labels))
     with caplog.at_level(logging.INFO, logger="brainformer_rt"):
@@ -109,7 +114,7 @@ def test_implausible_amplitudes_are_warned_about_after_the_first_seconds(fields,
     adapter.on_amplitude_warning = warnings.append
     for start in range(0, len(eeg), 32):
         adapter.apply(eeg[start:start + 32] * np.float32(1e6), np.arange(start, start + len(eeg[start:start + 32])) / 600.0)
-    assert adapter.wait_idle()
+    assert adapter.wait_idle(IDLE_WAIT_S)
     assert len(warnings) == 1 and "look like µV" in warnings[0], warnings
     adapter.close()
 
@@ -128,10 +133,10 @@ def test_bad_channels_are_replanned_in_the_background_and_swapped_in_without_a_g
         if i == 20:
             assert adapter.request_bad_channels(["EEG 021"])
             assert not adapter.request_bad_channels(["EEG 021"])  # the same set: nothing to do
-            assert adapter.wait_idle()
+            assert adapter.wait_idle(IDLE_WAIT_S)
         if i == 60:
             adapter.request_bad_channels([])
-            assert adapter.wait_idle()
+            assert adapter.wait_idle(IDLE_WAIT_S)
         out, ts = adapter.apply(eeg[start:start + 16], timestamps[start:start + 16])
         rows.append((out.copy(), ts.copy()))
     out = np.concatenate([r[0] for r in rows])
@@ -157,7 +162,7 @@ def test_a_replan_that_cannot_be_made_is_reported_and_the_plan_kept(fields, reco
     events = []
     adapter.on_replanned = lambda plan, bad, error: events.append((plan, bad, error))
     adapter.request_bad_channels(names[:10])
-    assert adapter.wait_idle()
+    assert adapter.wait_idle(IDLE_WAIT_S)
     ((plan, bad, error),) = events
     assert plan is None and "10 of the model's 60" in error and adapter.plan is adapter.base_plan
     adapter.close()
@@ -180,13 +185,13 @@ def test_streams_that_cannot_be_served_are_refused_in_one_line(fields, recording
     elif labels == "drop20":
         labels = names[20:]
     with pytest.raises(IncompatibleStreamError) as error:
-        EEGPreprocessStage(fields, None, source=source(labels, **kwargs), options=options)
+        open_stages(fields, None, source=source(labels, **kwargs), options=options)
     assert needle in str(error.value) and "\n" not in str(error.value)
 
 
 def test_an_unknown_unit_is_served_with_input_unit(fields, recording):
     names = recording[1]
-    stage = EEGPreprocessStage(fields, None, source=source(names, units=["furlong"] * 60),
+    stage = open_stages(fields, None, source=source(names, units=["furlong"] * 60),
                                options=adaptation_options(input_unit="uV"))
     assert {factor for _, _, factor in stage.plan.units} == {1e-6}
     stage.close()
@@ -228,17 +233,20 @@ def test_serve_and_check_exit_2_with_one_line(eeg_names, case):
         fmt, needle = "int16", "int16"
     outlet = _outlet(name, labels, fmt, units)
     try:
-        checked = run_cli("check", "--stream", name, "--model", "default", "--wait", "10")
+        limit = ["--max-missing", "0.25"] if case == "too-many-missing" else []  # else the expected quality decides
+        checked = run_cli("check", "--stream", name, "--model", "default", "--wait", STREAM_WAIT_S, *limit)
         assert checked.exit_code == 2, checked.output
         errors = [line for line in checked.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and needle in errors[0], checked.stderr
         if case == "unknown-unit":
             served = run_cli("serve", "--stream", name, "--model", "default", "--no-zmq", "--lsl-name",
-                             f"meg-{uuid.uuid4().hex[:8]}", "--wait", "10", "--device", "cpu", "--engine", "eager")
+                             f"meg-{uuid.uuid4().hex[:8]}", "--wait", STREAM_WAIT_S, "--device", "cpu",
+                             "--engine", "eager")
             assert served.exit_code == 2, served.output
             errors = [line for line in served.stderr.splitlines() if line.startswith("error:")]
             assert len(errors) == 1 and needle in errors[0], served.stderr
-            fixed = run_cli("check", "--stream", name, "--model", "default", "--input-unit", "uV", "--wait", "10")
+            fixed = run_cli("check", "--stream", name, "--model", "default", "--input-unit", "uV",
+                            "--wait", STREAM_WAIT_S)
             assert fixed.exit_code == 0, fixed.output
             assert "input unit overridden: 'uV'" in fixed.stdout and "can be served" in fixed.stdout
     finally:
@@ -250,8 +258,7 @@ def test_check_prints_the_plan_of_a_servable_stream(eeg_names):
     labels = [n for n in eeg_names if n not in ("EEG 001", "EEG 030")] + ["EOG 061", "STI 014"]
     outlet = _outlet(name, labels, "double64", ["microvolts"] * 58 + ["microvolts", ""], ["EEG"] * 58 + ["EOG", "STIM"])
     try:
-        started = time.monotonic()
-        result = run_cli("check", "--stream", name, "--model", "default", "--wait", "10")
+        result = run_cli("check", "--stream", name, "--model", "default", "--wait", STREAM_WAIT_S)
     finally:
         del outlet
     assert result.exit_code == 0, result.output
@@ -260,7 +267,6 @@ def test_check_prints_the_plan_of_a_servable_stream(eeg_names):
                    "interpolated (2", "'EEG 001' (nearest", "'EEG 030' (nearest", "mm", "600.615 Hz (the model rate)",
                    "can be served"):
         assert needle in out, (needle, out)
-    assert time.monotonic() - started < 30
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,7 +285,7 @@ def test_adaptation_settings_from_the_toml_and_the_flags(tmp_path):
         ("uV", "standard_1020", str(channel_map), 0.1)
     settings = build_serve_settings(path, stream=["EEG"], input_unit="mV", max_missing=0.5)
     assert settings.input_unit == "mV" and settings.max_missing_fraction == 0.5
-    assert build_serve_settings(None, stream=["EEG"]).max_missing_fraction == 0.25
+    assert build_serve_settings(None, stream=["EEG"]).max_missing_fraction is None  # the expected quality decides
     for text, needle in [('input_unit = "furlong"\n', "input_unit = 'furlong' is invalid"),
                          ("max_missing_fraction = 1.5\n", "max_missing_fraction = 1.5 is invalid"),
                          ('channel_map = "absent.toml"\n', "channel_map = 'absent.toml' is invalid"),

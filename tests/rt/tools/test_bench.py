@@ -15,7 +15,12 @@ import pytest
 from tests.rt.conftest import HOP, WINDOW, rt_cli, run_cli, save_model
 
 
-def run_bench(*args: str, timeout_s: float = 200.0) -> subprocess.CompletedProcess:
+#: A hang timeout for one bench run: the run with a compiled daemon took 110-300 s on a 2-core
+#: machine under heavy load (most of it compiling), and must never fail for being slower.
+BENCH_TIMEOUT_S = 600.0
+
+
+def run_bench(*args: str, timeout_s: float = BENCH_TIMEOUT_S) -> subprocess.CompletedProcess:
     return subprocess.run(rt_cli("bench", *args), capture_output=True, text=True, timeout=timeout_s)
 
 
@@ -27,7 +32,7 @@ def assert_latency_summary(summary: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(BENCH_TIMEOUT_S + 60)
 def test_bench_with_naive_peer_and_floor_writes_complete_results_and_plot(model_dir, tmp_path):
     """Two daemons (eager, then compile), the naive loop and the relay in one run."""
     json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
@@ -96,7 +101,7 @@ def test_bench_with_naive_peer_and_floor_writes_complete_results_and_plot(model_
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(BENCH_TIMEOUT_S + 60)
 def test_bench_with_two_streams_and_floor_reports_every_stream_on_both_transports(model_dir, tmp_path):
     """Two streams; also the same two streams played at 500 Hz (the daemon resamples them)."""
     json_path = tmp_path / "bench.json"
@@ -107,8 +112,15 @@ def test_bench_with_two_streams_and_floor_reports_every_stream_on_both_transport
     results = json.loads(json_path.read_text())
     assert set(results["systems"]) == {"daemon", "daemon@500Hz", "relay"} and results["ratio"] is None
     resampled = results["systems"]["daemon@500Hz"]
-    assert {s["sfreq_hz"] for s in resampled["daemon_stats"]["info"]["streams"].values()} == {500.0}
-    assert resampled["real_time"]["samples_received_fraction_min"] > 0.9  # at the model's rate, both streams
+    daemon_stats = resampled["daemon_stats"]
+    assert {s["sfreq_hz"] for s in daemon_stats["info"]["streams"].values()} == {500.0}
+    # Served at the model's rate, both streams: one prepared sample per 500/model-rate input sample
+    # (the resampler holds back a sample or two). How many came back in time is load, not asserted.
+    up = daemon_stats["info"]["model_sfreq_hz"] / 500.0
+    for counters in daemon_stats["streams"].values():
+        assert counters["samples_in"] > 0
+        assert counters["samples_preprocessed"] == pytest.approx(counters["samples_in"] * up, rel=0.01)
+    assert 0 < resampled["real_time"]["samples_received_fraction_min"] <= 1.1
     comparison = results["resampled"]["daemon@500Hz"]
     native = results["systems"]["daemon"]["outputs"]["lsl"]["pooled"]
     assert comparison["added_p99_ms"] == pytest.approx(resampled["outputs"]["lsl"]["pooled"]["p99_ms"] - native["p99_ms"])

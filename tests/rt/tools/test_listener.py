@@ -1,5 +1,6 @@
 import json
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -13,12 +14,16 @@ from brainformer_rt.tools.listener import ListenStats, Received, ZMQSubscriber
 from brainformer_rt.serving.publishers.lsl import LSLPublisher
 from brainformer_rt.serving.publishers.zmq import ZMQPublisher
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 NAMES = ["MEG 0111", "MEG 0112", "MEG 0113"]
 TYPES = ["grad", "grad", "mag"]
 SFREQ_HZ = 600.0
 HOP = 4
+#: Messages a listener waits for (a count, never a time).
+MESSAGES = 20
+#: Hang timeouts: far above what the waits take on a busy machine.
+HANG_S = 120.0
 
 
 class PublishingThread:
@@ -55,10 +60,10 @@ def test_listen_zmq_writes_statistics_json(tmp_path):
                              model_name="tiny", stream_name="EEG-sim")
     json_path = tmp_path / "listen.json"
     with PublishingThread(publisher):
-        listen_command(zmq=publisher.address, duration=1.0, json_path=json_path)
+        listen_command(zmq=publisher.address, max_messages=MESSAGES, json_path=json_path)
     stats = json.loads(json_path.read_text())
     assert stats["source"] == "zmq" and stats["address"] == publisher.address
-    assert stats["messages"] > 10 and stats["samples"] == HOP * stats["messages"]
+    assert stats["messages"] >= MESSAGES and stats["samples"] == HOP * stats["messages"]
     assert stats["n_channels"] == 3
     assert stats["seq_gaps"] == 0 and stats["messages_missed"] == 0 and stats["malformed"] == 0
     latency = stats["latency_ms"]
@@ -70,10 +75,10 @@ def test_listen_lsl_writes_statistics_json(tmp_path, stream_name):
     publisher = LSLPublisher(stream_name, f"src-{uuid.uuid4()}", NAMES, TYPES, SFREQ_HZ, "tiny")
     json_path = tmp_path / "listen.json"
     with PublishingThread(publisher):
-        listen_command(lsl=stream_name, duration=1.0, json_path=json_path)
+        listen_command(lsl=stream_name, max_messages=MESSAGES, json_path=json_path)
     stats = json.loads(json_path.read_text())
     assert stats["source"] == "lsl" and stats["address"] == stream_name
-    assert stats["messages"] > 10 and stats["samples"] >= stats["messages"]
+    assert stats["messages"] >= MESSAGES and stats["samples"] >= stats["messages"]
     assert stats["n_channels"] == 3 and stats["reconnects"] == 0
     assert stats["latency_ms"]["n"] == stats["messages"] and stats["latency_ms"]["median"] > 0
 
@@ -103,35 +108,41 @@ def test_listen_stats_count_and_summarise_known_latencies():
                                           "mean": None}
 
 
+def receive_until(subscriber: ZMQSubscriber, seq: int) -> Received:
+    """The message ``seq``, once it came (everything before it is taken too)."""
+    deadline = time.monotonic() + HANG_S
+    while True:
+        for item in subscriber.receive_all(0.1):
+            if item.header["seq"] == seq:
+                return item
+        assert time.monotonic() < deadline, f"message seq {seq} did not arrive"
+
+
 def test_zmq_subscriber_counts_seq_gaps_and_rebuilds_timestamps():
     publisher = ZMQPublisher("tcp://127.0.0.1:*", channel_names=NAMES, channel_types=TYPES, sfreq_hz=SFREQ_HZ)
     subscriber = ZMQSubscriber(publisher.address, b"meg")
     subscriber.open()
     try:
         # Publish until the subscription is in place (ZeroMQ drops what is sent before).
-        for _ in range(100):
+        deadline = time.monotonic() + HANG_S
+        while not subscriber.receive_all(0.05):
+            assert time.monotonic() < deadline, "the subscriber never received anything"
             publisher.publish(np.zeros((1, 3), np.float32), np.array([0.0]))
-            if subscriber.receive_all(0.05):
-                break
-        else:
-            pytest.fail("the subscriber never received anything")
         # The messages sent while subscribing may have been lost (seq 0, which names the
-        # channels, among them): continue at seq 100, which names them again.
+        # channels, among them): continue at seq 100, which names them again. Late ones from
+        # the subscribing may still come first: each wait is for its own seq.
         publisher.seq = 100
-        subscriber.receive_all(0.0)
         stamps = 100.0 + np.arange(HOP) / SFREQ_HZ
         publisher.publish(np.ones((HOP, 3), np.float32), stamps)
-        first = subscriber.receive_all(5.0)
-        assert first, "message seq 100 did not arrive"
+        first = receive_until(subscriber, 100)
         assert subscriber.channel_names == NAMES  # from the message with seq 100
         subscriber.seq_gaps = subscriber.messages_missed = 0  # count from seq 100 on
         publisher.seq += 3  # as if three messages had been dropped on the way
         publisher.publish(np.ones((HOP, 3), np.float32), stamps + 1)
-        second = subscriber.receive_all(5.0)
-        assert second, "message seq 104 did not arrive"
-        np.testing.assert_allclose(first[-1].timestamps, stamps, rtol=0, atol=1e-9)
-        assert first[-1].timestamps[-1] == stamps[-1]
-        np.testing.assert_array_equal(second[-1].data, np.ones((HOP, 3), np.float32))
+        second = receive_until(subscriber, 104)
+        np.testing.assert_allclose(first.timestamps, stamps, rtol=0, atol=1e-9)
+        assert first.timestamps[-1] == stamps[-1]
+        np.testing.assert_array_equal(second.data, np.ones((HOP, 3), np.float32))
         assert subscriber.seq_gaps == 1 and subscriber.messages_missed == 3
     finally:
         subscriber.close()

@@ -12,7 +12,10 @@ from brainformer_rt.serving.inlet import EEGInlet, find_stream
 from brainformer_rt.tools.player import Player, RecordingSource
 from tests.rt.conftest import rt_cli, stop_process
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
+
+#: Hang timeouts: far above what the waits take on a busy machine.
+HANG_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def test_player_process_streams_every_sample_in_order_never_ahead_of_its_clock(s
     stamp. (The rate it keeps is measured by benchmarks/bench_player.py, not asserted here.)"""
     file_data, file_names, file_sfreq = recording_eeg
     process = start_player(stream_name, "--chunk", "10")
-    inlet = EEGInlet(find_stream(stream_name, wait_s=30.0))
+    inlet = EEGInlet(find_stream(stream_name, wait_s=HANG_S))
     inlet.open()
     try:
         description = inlet.description
@@ -37,7 +40,7 @@ def test_player_process_streams_every_sample_in_order_never_ahead_of_its_clock(s
         assert description.sfreq_hz == file_sfreq and description.channel_format == "float32"
 
         data, timestamps = [], []
-        deadline = time.monotonic() + 30.0  # a hang timeout
+        deadline = time.monotonic() + HANG_S  # a hang timeout
         while sum(len(t) for t in timestamps) < 1200:  # ~2 s of the recording
             assert time.monotonic() < deadline and process.poll() is None, "the player stopped sending"
             chunk, stamps = inlet.pull(0.2)
@@ -66,14 +69,14 @@ def test_timestamp_offset_shifts_every_stamp_not_the_schedule(stream_name, recor
     source = RecordingSource(file_data[:400], file_sfreq, file_names)
     player = Player(source, name=stream_name, chunk_samples=16, timestamp_offset_s=-0.6)
     player.open()
-    inlet = EEGInlet(find_stream(stream_name, wait_s=30.0))
+    inlet = EEGInlet(find_stream(stream_name, wait_s=HANG_S))
     inlet.open()
     try:
-        assert player.wait_for_consumers(10.0)
+        assert player.wait_for_consumers(HANG_S)
         while player.step():
             pass
         data, timestamps = [], []
-        deadline = time.monotonic() + 30.0
+        deadline = time.monotonic() + HANG_S
         while sum(len(t) for t in timestamps) < 400:
             assert time.monotonic() < deadline, "samples missing"
             chunk, stamps = inlet.pull(0.2)
@@ -90,7 +93,7 @@ def test_timestamp_offset_shifts_every_stamp_not_the_schedule(stream_name, recor
 
 def test_player_stops_after_duration(stream_name):
     result = subprocess.run(rt_cli("simulate", "--name", stream_name, "--duration", "0.5", "--chunk", "7"),
-                            capture_output=True, text=True, timeout=30)
+                            capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stderr
     assert "stopped after 300 samples" in result.stdout  # round(0.5 s * 600.615 Hz)
 
@@ -101,7 +104,8 @@ def test_player_stops_after_duration(stream_name):
     (["--chunk", "0"], "--chunk must be >= 1"),
 ])
 def test_bad_input_exits_2_with_one_line(stream_name, args, message):
-    result = subprocess.run(rt_cli("simulate", "--name", stream_name, *args), capture_output=True, text=True, timeout=30)
+    result = subprocess.run(rt_cli("simulate", "--name", stream_name, *args), capture_output=True, text=True,
+                            timeout=HANG_S)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -121,19 +125,20 @@ def test_player_in_a_thread_loops_with_uniform_timestamps(stream_name):
     source = RecordingSource(data, sfreq_hz=200.0, channel_names=["C3", "C4"], loop=True)
     player = Player(source, name=stream_name, chunk_samples=3, duration_s=0.2)  # 40 samples
     player.open()
-    inlet = EEGInlet(find_stream(stream_name, wait_s=5.0))
+    inlet = EEGInlet(find_stream(stream_name, wait_s=HANG_S))
     inlet.open()
-    assert player.wait_for_consumers(5.0)
+    assert player.wait_for_consumers(HANG_S)
     thread = threading.Thread(target=lambda: [None for _ in iter(player.step, False)])
     thread.start()
     received, stamps = [], []
     try:
+        deadline = time.monotonic() + HANG_S
         while sum(map(len, stamps)) < 40:
-            chunk, chunk_stamps = inlet.pull(1.0)
-            assert len(chunk_stamps), "the player stopped early"
+            assert time.monotonic() < deadline, f"{sum(map(len, stamps))} of 40 samples came"
+            chunk, chunk_stamps = inlet.pull(0.2)
             received.append(chunk.copy()), stamps.append(chunk_stamps - inlet.clock_offset_s)
     finally:
-        thread.join(5.0)
+        thread.join(HANG_S)
         player.close()
         inlet.close()
     np.testing.assert_array_equal(np.concatenate(received), data[np.arange(40) % 10])
@@ -167,7 +172,7 @@ def test_stop_ends_a_running_player_from_another_thread(stream_name):
     thread = threading.Thread(target=player.run)
     thread.start()
     player.stop()
-    thread.join(5.0)
+    thread.join(HANG_S)
     assert not thread.is_alive()
 
 

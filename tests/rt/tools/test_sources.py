@@ -11,7 +11,8 @@ Sources (the bundled recording, 60 EEG + EOG + stimulus channels at 600.615 Hz):
   interpolated onto a 32-electrode 10-20 cap (positions in the meta-data); and one channel that
   goes flat mid-stream (the ``--flat`` hook), which the daemon must interpolate without a gap.
 
-One daemon for all (the machine has 2 shared cores): about 30 s in all.
+One daemon for all (the machine has 2 shared cores): about 30 s in all. Everything waits on
+samples received and events logged, never on the clock.
 """
 
 from __future__ import annotations
@@ -36,10 +37,15 @@ from brainformer_rt.serving.publishers.zmq import decode_message
 from brainformer_rt.tools._proc import free_tcp_address
 from tests.rt.conftest import json_events, rt_cli, run_cli, stop_process
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(360)
+
+#: Hang timeout of every wait (a player or the daemon starting on a busy machine takes a minute).
+HANG_S = 150.0
 
 DROPPED = ["EEG 005", "EEG 017", "EEG 023", "EEG 034", "EEG 046", "EEG 058"]
-FLAT_CHANNEL, FLAT_AT_S = "EEG 021", 15.0  # serving starts ~3-4 s into the streams; margin for a slow start
+#: The channel that goes flat, and when (seconds into the recording; it is flat from the start of
+#: serving if the daemon comes later, and re-planned all the same).
+FLAT_CHANNEL, FLAT_AT_S = "EEG 021", 8.0
 #: What each source kind is: (player, options).
 KINDS = {
     "mne-lsl": ("mne-lsl", "eeg"),
@@ -51,8 +57,12 @@ KINDS = {
     "cap32": ("simulate", ["--cap", "standard_1020", "--with-aux"]),
     "flat": ("simulate", ["--flat", f"{FLAT_CHANNEL}@{FLAT_AT_S}"]),
 }
+#: The default model's rate (the rate of every published stream).
+MODEL_SFREQ_HZ = 600.614990234375
 #: Output samples of each stream left out of the scores: the daemon's filters settle.
 SETTLE_S = 2.0
+#: Output of the flat stream collected after its re-plan was logged.
+AFTER_REPLAN_S = 2.0
 #: Seconds of scored output wanted per stream (after settling).
 SCORED_S = 6.0
 
@@ -87,12 +97,14 @@ def played_data(kind: str, files: dict) -> tuple[np.ndarray, float, list]:
     return source.data, source.sfreq_hz, source.channel_names
 
 
-def recording_start(name: str, played: np.ndarray, labels: list, timeout_s: float = 30.0) -> float:
+def recording_start(name: str, played: np.ndarray, labels: list, timeout_s: float = HANG_S) -> float:
     """The timestamp the stream ``name`` gives (would give) the first sample of ``played``: the
     first pulled sample found in ``played`` (by label)."""
-    inlet = pylsl.StreamInlet(pylsl.resolve_byprop("name", name, 1, timeout_s)[0])
+    found = pylsl.resolve_byprop("name", name, 1, timeout_s)
+    assert found, f"LSL stream {name!r} did not appear"
+    inlet = pylsl.StreamInlet(found[0])
     try:
-        info = inlet.info(10.0)
+        info = inlet.info(timeout_s)
         stream_labels, channel = [], info.desc().child("channels").child("channel")
         while not channel.empty():
             stream_labels.append(channel.child_value("label"))
@@ -153,12 +165,13 @@ def served(tmp_path_factory):
     tag = uuid.uuid4().hex[:6]
     names = {kind: f"test-src-{kind}-{tag}" for kind in KINDS}
     config = tmp / "serve.toml"
-    config.write_text("torch_threads = 1\nmax_input_age_s = inf\nwait_s = 60.0\nwarmup_s = 1.0\n")
+    config.write_text(f"torch_threads = 1\nmax_input_age_s = inf\nwait_s = {HANG_S}\nwarmup_s = 1.0\n")
     zmq_address = free_tcp_address()
     stats_path = tmp / "stats.json"
     err_path = tmp / "serve.err"
     subscriber = zmq.Context.instance().socket(zmq.SUB)
     subscriber.setsockopt(zmq.LINGER, 0)
+    subscriber.setsockopt(zmq.RCVHWM, 0)  # no limit on this side: what ZeroMQ drops, it drops at the daemon
     subscriber.setsockopt(zmq.SUBSCRIBE, b"")
     subscriber.connect(zmq_address)
     streams = [arg for kind in KINDS for arg in ("--stream", names[kind])]
@@ -168,7 +181,8 @@ def served(tmp_path_factory):
                                          "--log-format", "json", "--device", "cpu", "--engine", "eager"),
                                   stdout=subprocess.PIPE, stderr=err, text=True, env=dict(os.environ))
     players = []
-    outputs: dict = {names[kind]: ([], []) for kind in KINDS}
+    # Per stream: payloads, the timestamps of their samples, and the headers (seq, t0, t_last, n_samples).
+    outputs: dict = {names[kind]: ([], [], []) for kind in KINDS}
     try:
         for kind, (player, options) in KINDS.items():
             source_id = f"test-{uuid.uuid4()}"
@@ -183,31 +197,44 @@ def served(tmp_path_factory):
         for kind in KINDS:
             data, rate, labels = played_data(kind, files)
             starts[kind] = (recording_start(names[kind], data, labels), rate)
-        # Collect until every stream has SCORED_S settled seconds and the flat one is well past its moment.
+        # Collect until every stream has SCORED_S seconds of settled output samples and the flat one
+        # was re-planned (counted in samples received, never in seconds waited: a busy machine only
+        # takes longer).
         firsts: dict = {}
-        deadline = time.monotonic() + 120.0
+        settled = {kind: 0 for kind in KINDS}
+        deadline = time.monotonic() + HANG_S  # a hang
+
+        replanned_at: list = []  # messages of the flat stream received when its re-plan was logged
 
         def enough() -> bool:
-            for kind in KINDS:
-                stamps = outputs[names[kind]][1]
-                if not stamps or stamps[-1][-1] - firsts[kind] < SETTLE_S + SCORED_S:
+            wanted = SCORED_S * MODEL_SFREQ_HZ
+            if any(settled[kind] < wanted for kind in KINDS):
+                return False
+            flat = outputs[names["flat"]][1]
+            if not replanned_at:
+                if not any(e["event"] == "adaptation_replanned" and e["stream"] == names["flat"]
+                           for e in json_events(err_path.read_text())):
                     return False
-            flat_start, _ = starts["flat"]
-            return outputs[names["flat"]][1][-1][-1] > flat_start + FLAT_AT_S + 4.0
+                replanned_at.append(len(flat))
+            # and AFTER_REPLAN_S of output since: the accounting below covers the swap
+            return sum(len(stamps) for stamps in flat[replanned_at[0]:]) >= AFTER_REPLAN_S * MODEL_SFREQ_HZ
 
         while not enough():
             assert daemon.poll() is None, err_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, {k: len(v[1]) for k, v in outputs.items()}
+            assert time.monotonic() < deadline, (settled, {k: len(v[1]) for k, v in outputs.items()})
             for _ in range(200):  # then look at the clock again: 8 streams never leave the socket empty
                 if not subscriber.poll(20):
                     break
                 frames = subscriber.recv_multipart()
                 header, payload = decode_message(frames)
                 key = frames[0].decode().split("/", 1)[1]
+                stamps = header["t0"] + np.arange(header["n_samples"]) / header["sfreq"]
                 outputs[key][0].append(np.array(payload))
-                outputs[key][1].append(header["t0"] + np.arange(header["n_samples"]) / header["sfreq"])
+                outputs[key][1].append(stamps)
+                outputs[key][2].append(header)
                 kind = next(k for k, n in names.items() if n == key)
-                firsts.setdefault(kind, outputs[key][1][0][0])
+                first = firsts.setdefault(kind, stamps[0])
+                settled[kind] += int(np.count_nonzero(stamps >= first + SETTLE_S))
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, err_path.read_text()[-3000:]
         stdout = daemon.stdout.read()
@@ -228,7 +255,7 @@ def _scores(served, reference, kind):
     """(live r, offline r, n rows) of one source kind: mean over MEG channels."""
     ref, offline = reference
     name = served["names"][kind]
-    data, stamps = served["outputs"][name]
+    data, stamps, _ = served["outputs"][name]
     data, stamps = np.concatenate(data), np.concatenate(stamps)
     assert np.isfinite(data).all()
     settled = stamps >= stamps[0] + SETTLE_S
@@ -287,11 +314,21 @@ def test_each_plan_is_logged_with_what_it_ignores_interpolates_and_resamples(ser
 
 
 def test_a_channel_going_flat_is_interpolated_counted_and_leaves_no_gap(served):
+    """The flat channel is re-planned (interpolated) without a gap and without losing a sample.
+
+    The newest-window policy may skip windows whenever the daemon falls behind (a busy machine),
+    and it counts every sample that gets no prediction (``samples_unpublished``). So "no gap" is
+    asserted as accounting, not as a hole-free output: every input sample of the stream went
+    through the adaptation (the swap lost none), every adapted sample was published or counted
+    as unpublished, and every hole the subscriber sees between two consecutive messages is
+    covered by that count. A hole the re-plan made would be counted nowhere.
+    """
     name = served["names"]["flat"]
     counters = served["stats"]["streams"][name]
     gauges = served["stats"]["gauges"][name]
     assert counters["replans"] >= 1 and counters["channels_interpolated"] >= 1 and counters["replans_refused"] == 0
-    assert counters["gaps"] == 0 and counters["nan_windows"] == 0 and counters["flat_windows"] > 0
+    assert counters["gaps"] == 0 and counters["nan_chunks"] == 0 and counters["nan_windows"] == 0
+    assert counters["flat_windows"] > 0
     replanned = [e for e in served["events"] if e["event"] == "adaptation_replanned" and e["stream"] == name]
     assert replanned and replanned[0]["channels"] == [FLAT_CHANNEL] and replanned[0]["interpolated"] == [FLAT_CHANNEL]
     # The player loops: where the recording starts again the channel carries signal, and the
@@ -300,26 +337,52 @@ def test_a_channel_going_flat_is_interpolated_counted_and_leaves_no_gap(served):
         assert event["channels"] in ([], [FLAT_CHANNEL])
     assert gauges["bad_channels"] == len(replanned[-1]["channels"])
     assert gauges["interpolated_channels"] == len(replanned[-1]["interpolated"])
-    # Every output sample from a second before the channel went flat to 3 s after: no hole.
-    _, stamps = served["outputs"][name]
-    stamps = np.concatenate(stamps)
-    flat_at = served["starts"]["flat"][0] + FLAT_AT_S
-    around = stamps[(stamps > flat_at - 1.0) & (stamps < flat_at + 3.0)]
-    period = 1.0 / 600.614990234375
-    assert around.size > 0.9 * 4.0 / period
-    assert np.diff(around).max() < 1.5 * period
     for kind in served["names"]:  # nothing else was re-planned
         if kind != "flat":
             assert served["stats"]["streams"][served["names"][kind]]["replans"] == 0, kind
+
+    # Every raw sample was adapted and preprocessed (the stream is at the model's rate: one out per in).
+    assert counters["samples_preprocessed"] == counters["samples_in"] > 0
+    # Every preprocessed sample after the first window's older part was published or counted:
+    # what is not is the last window still waiting to be run at the stop (at most two hops) and
+    # the samples that had not yet made a window due (less than a hop).
+    info = served["stats"]["info"]
+    window, hop = info["window_samples"], info["hop_samples"]
+    span = counters["samples_preprocessed"] - (window - hop)
+    accounted = counters["samples_published"] + counters["samples_unpublished"]
+    assert span - 3 * hop < accounted <= span, (accounted, span)
+
+    # What the subscriber saw: between two consecutive messages (no ZeroMQ drop between them),
+    # the missing samples are never more than the daemon counted as unpublished.
+    _, _, headers = served["outputs"][name]
+    seq = np.array([h["seq"] for h in headers])
+    t0 = np.array([h["t0"] for h in headers])
+    t_last = np.array([h["t_last"] for h in headers])
+    consecutive = np.diff(seq) == 1
+    missing = np.rint((t0[1:] - t_last[:-1]) * MODEL_SFREQ_HZ).astype(np.int64) - 1
+    assert consecutive.any()
+    assert (missing[consecutive] >= 0).all()  # never a sample twice, never out of order
+    holes = int(missing[consecutive].sum())
+    print(f"\nflat stream: {len(headers)} messages received, {int((~consecutive).sum())} ZeroMQ drops; "
+          f"{holes} samples missing between consecutive messages; daemon: {counters['windows_skipped']} windows "
+          f"skipped, {counters['samples_unpublished']} samples unpublished")
+    assert holes <= counters["samples_unpublished"]
 
 
 def test_adaptation_cost_and_latency_are_in_the_statistics(served):
     stats, names = served["stats"], served["names"]
     rows = []
     for kind in ("mne-lsl", "uV", "cap32", "500Hz", "1000Hz"):
+        # Only that they are measured and well-formed: how long they take is benchmarks/bench_adaptation.py's.
         adapt = stats["adaptation"][names[kind]]
         e2e = stats["e2e_latency"][names[kind]]
-        assert adapt["count"] > 0 and adapt["median_ms"] < 5.0
+        for summary in (adapt, e2e):
+            assert summary["count"] > 0
+            assert summary["median_ms"] <= summary["p95_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+        assert adapt["median_ms"] >= 0  # a duration (an e2e latency may be < 0: PlayerLSL stamps ahead)
+        # one latency per published window, one adaptation per pull (timed after the warm-up)
+        assert e2e["count"] <= stats["streams"][names[kind]]["windows_served"]
+        assert adapt["count"] <= stats["streams"][names[kind]]["samples_in"]
         rows.append(f"{kind}: adapt median {adapt['median_ms']:.3f} ms p99 {adapt['p99_ms']:.3f} ms; "
                     f"e2e median {e2e['median_ms']:.1f} ms p99 {e2e['p99_ms']:.1f} ms")
     assert stats["gauges"][names["500Hz"]]["resampler_delay_s"] > 0
@@ -332,10 +395,11 @@ def test_check_exit_0_and_2_on_a_live_stream(stream_name, start_player):
     """``check`` against a playing source: 0 with the plan (6 electrodes interpolated), 2 when
     more are missing than ``--max-missing`` allows."""
     start_player(stream_name, "--chunk", "16", "--loop", "--drop", ",".join(DROPPED))
-    ok = run_cli("check", "--stream", stream_name, "--model", "default", "--wait", "30")
+    ok = run_cli("check", "--stream", stream_name, "--model", "default", "--wait", str(HANG_S))
     assert ok.exit_code == 0, ok.output
     assert "interpolated (6, missing or bad" in ok.stdout and "can be served" in ok.stdout
-    refused = run_cli("check", "--stream", stream_name, "--model", "default", "--max-missing", "0.05")
+    refused = run_cli("check", "--stream", stream_name, "--model", "default", "--max-missing", "0.05",
+                      "--wait", str(HANG_S))
     assert refused.exit_code == 2, refused.output
     errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "6 of the model's 60 EEG channels are missing" in errors[0]
