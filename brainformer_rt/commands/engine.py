@@ -16,6 +16,9 @@ from typing import Optional
 
 import typer
 
+#: Terminal columns from which `engine status` prints a table; narrower, a record per package.
+WIDE_STATUS_COLUMNS = 140
+
 app = typer.Typer(name="engine", no_args_is_help=True, add_completion=False,
                   help="The compiled forward's cache (`--engine auto` on a CPU): build ahead, show, empty.")
 
@@ -118,21 +121,36 @@ def status(
     if not entries:
         console.print(f"no compiled packages in {cache}", soft_wrap=True)
         return
-    table = Table(title=f"compiled packages in {cache}", title_justify="left")
-    for column in ("model", "state", "batch", "in→out", "threads", "tuned", "torch, CPU", "size", "age", "key"):
-        table.add_column(column, overflow="fold")
     now = time.time()
+    rows = []
     for entry in entries:
         facts = entry.facts
         state = {"ready": "ready", "building": f"building (pid {entry.builder_pid or '?'})",
                  "failed": f"failed: {entry.error or 'see its log'}"}[entry.state]
         shape = f"{facts['window_samples']}→{facts.get('output_samples')}" if "window_samples" in facts else ""
         machine = f"{str(facts.get('torch', '')).split('+')[0]} {(facts.get('cpu') or [''])[-1]}".strip()
-        table.add_row(str(facts.get("model_dir", "?")), state, str(facts.get("bucket", "")), shape,
-                      str(facts.get("threads", "")), {True: "yes", False: "no"}.get(facts.get("autotune"), ""),
-                      machine, _size(entry.size_bytes), _age(now - entry.modified) if entry.modified else "",
-                      entry.key[:8])
-    console.print(table)
+        rows.append({"model": str(facts.get("model_dir", "?")), "state": state, "batch": str(facts.get("bucket", "")),
+                     "in→out": shape, "threads": str(facts.get("threads", "")),
+                     "tuned": {True: "yes", False: "no"}.get(facts.get("autotune"), ""), "torch, CPU": machine,
+                     "size": _size(entry.size_bytes), "age": _age(now - entry.modified) if entry.modified else "",
+                     "key": entry.key[:8]})
+    if console.width >= WIDE_STATUS_COLUMNS:
+        table = Table(title=f"compiled packages in {cache}", title_justify="left")
+        for column in rows[0]:  # the long cells fold; the short ones (the key among them) stay whole
+            table.add_column(column, overflow="fold", no_wrap=column not in ("model", "state", "torch, CPU"))
+        for row in rows:
+            table.add_row(*row.values())
+        console.print(table)
+    else:  # ten columns do not fit: folded, the key and the state would break across lines
+        console.print(f"compiled packages in {cache}", soft_wrap=True)
+        for row in rows:
+            record = Table.grid(padding=(0, 2))
+            record.add_column(no_wrap=True)
+            record.add_column(overflow="fold")
+            for name, value in row.items():
+                record.add_row(name, value)
+            console.print()
+            console.print(record)
     if builders:
         console.print(", ".join(f"build running: pid {b.pid or '?'} for {b.key}" for b in builders), soft_wrap=True)
 
