@@ -149,8 +149,20 @@ def one_start(model: str, cache: Path, threads: int, after_switch_s: float, work
         "largest_step_samples": int(steps.max()), "out_of_order_steps": int(np.sum(steps <= 0)),
         "daemon_gaps": sum(c["gaps"] for c in stats["streams"].values()),
         "windows_skipped": sum(c["windows_skipped"] for c in stats["streams"].values()),
+        # The whole start's timings: a cold start stopped before its switch (--cold-for) served
+        # with eager all along while the build ran, a warm one with the compiled forward.
+        "forward_ms": stats["stages"]["forward"],
+        "e2e_latency_ms": stats["e2e_latency"]["all"],
         "engine_facts": stats["info"]["engine"],
     }
+
+
+def _leftovers(cache: Path) -> list:
+    """What a build left in ``cache`` besides packages and their records: temporary files, locks."""
+    from brainformer_rt.serving.aot_cache import TMP_MARK
+
+    return sorted(path.name for path in cache.glob("*") if TMP_MARK in path.name or path.suffix == ".lock") \
+        if cache.is_dir() else []
 
 
 def _wait_for_builds(cache: Path) -> float:
@@ -161,6 +173,10 @@ def _wait_for_builds(cache: Path) -> float:
     while running_builders(cache) and time.monotonic() < started + SWITCH_TIMEOUT_S:
         time.sleep(0.5)
     return time.monotonic() - started
+
+
+def _ms(value) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
 
 
 def main(argv=None) -> int:
@@ -175,6 +191,7 @@ def main(argv=None) -> int:
             result = one_start(args.model, cache, args.threads, args.after_switch, Path(tmp),
                                serve_for_s=args.cold_for if attempt == "cold" else None)
             result["build_waited_s"] = _wait_for_builds(cache / "aot")
+            result["leftover_files"] = _leftovers(cache / "aot")
             results.append(result)
             if result["event"] is None:
                 path = f"no switch before it was stopped ({result['served_s']:.1f} s)"
@@ -187,6 +204,11 @@ def main(argv=None) -> int:
                   f"largest step {result['largest_step_samples']} sample(s), daemon gaps {result['daemon_gaps']}, "
                   f"windows skipped {result['windows_skipped']}; then waited {result['build_waited_s']:.1f} s for "
                   "a build it left running", flush=True)
+            forward, e2e = result["forward_ms"], result["e2e_latency_ms"]
+            print(f"  forward median {_ms(forward['median_ms'])} / p99 {_ms(forward['p99_ms'])} / max "
+                  f"{_ms(forward['max_ms'])} over {forward['count']} calls; e2e median {_ms(e2e['median_ms'])} / "
+                  f"p99 {_ms(e2e['p99_ms'])} / max {_ms(e2e['max_ms'])}; left in the cache besides packages: "
+                  f"{result['leftover_files'] or 'nothing'}", flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps({"model": args.model, "threads": args.threads, "starts": results}, indent=2))
     return 0
