@@ -17,7 +17,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer  # noqa: E402 - after the BLAS setting
 
-from brainformer_rt.commands import bench, check, demo, listen, serve, simulate, streams  # noqa: E402
+from brainformer_rt.commands import bench, check, demo, engine, listen, serve, simulate, streams  # noqa: E402
 
 app = typer.Typer(
     name="brainformer-rt",
@@ -28,6 +28,7 @@ app = typer.Typer(
 )
 for command in (serve.serve, check.check, simulate.simulate, listen.listen, streams.streams, bench.bench, demo.demo):
     app.command()(command)
+app.add_typer(engine.app, name="engine")
 
 if __name__ == "__main__":
     app()

@@ -25,6 +25,9 @@ use_loopback_config()
 # Compiled engine packages go to a cache of this session (inherited by every daemon a test
 # starts), never into the user's: a test must not find what an earlier run compiled.
 os.environ["BRAINFORMER_CACHE"] = tempfile.mkdtemp(prefix="brainformer-test-cache-")
+# The background builds that `--engine auto` daemons start (the demo's, among others) outlive
+# them: quick ones, without autotuning (tests that mean the autotuned package say so).
+os.environ.setdefault("BRAINFORMER_AOT_AUTOTUNE", "0")
 
 
 def pytest_sessionstart(session):
@@ -33,6 +36,13 @@ def pytest_sessionstart(session):
             "tests open LSL streams and must run in a loopback-only network namespace: "
             "use `make test` (or scripts/netns-run python -m pytest)"
         )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No build of this session's cache outlives the session."""
+    from brainformer_rt.serving.aot_cache import aot_cache_dir, stop_builders
+
+    stop_builders(aot_cache_dir())
 
 
 @pytest.fixture(scope="session")

@@ -32,8 +32,7 @@ from brainformer_rt.serving.signals import Interrupted, StopRequest
 
 logger = logging.getLogger(DAEMON_LOGGER_NAME)
 
-__all__ = ["ServeOutcome", "UsageError", "ServeFailure", "load_serve_settings", "serve", "run_serve",
-           "serving_output_samples"]
+__all__ = ["ServeOutcome", "UsageError", "ServeFailure", "load_serve_settings", "serve", "run_serve"]
 
 #: While waiting for a stream, a reminder is logged this often.
 WAIT_REMINDER_INTERVAL_S = 10.0
@@ -360,7 +359,7 @@ def _load_engine(settings: ServeSettings, resources: _Resources, stop: StopReque
         import torch  # the slow imports come after the resolvers were started
 
         from brainformer_rt.serving.engine import EngineError
-        from brainformer_rt.serving.engine_switch import serving_engine
+        from brainformer_rt.serving.engine_switch import model_label, serving_engine, serving_output_samples
 
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
@@ -373,7 +372,8 @@ def _load_engine(settings: ServeSettings, resources: _Resources, stop: StopReque
     batch_size = settings.batch_size or len(settings.streams)
     try:
         resources.engine = engine = serving_engine(model, settings.engine, settings.device, batch_size, window,
-                                                   output_samples=serving_output_samples(model, window, hop))
+                                                   output_samples=serving_output_samples(model, window, hop),
+                                                   model_label=model_label(settings.model))
     except EngineError as error:
         raise UsageError(str(error)) from None
     log_event(logger, logging.INFO, "engine_warmup", "preparing the %s engine on %s (warm-up)", engine.kind,
@@ -573,18 +573,6 @@ def _load(settings: ServeSettings):
     if getattr(config, "head", "regression") != "regression":
         raise UsageError(f"model {settings.model!r} has head {config.head!r}; serve needs a regression-head model")
     return model, config
-
-
-def serving_output_samples(model: Any, window_samples: int, hop_samples: int) -> int:
-    """Newest samples the engine predicts per window: two hops (so a window merged with a late one
-    still publishes every sample), or the whole window for a model whose forward has no
-    ``last_samples``. A window publishes only its newest hop; the decoder work for older segments
-    and the skip path's rows for older samples would be thrown away."""
-    import inspect
-
-    if "last_samples" not in inspect.signature(model.forward).parameters:
-        return window_samples
-    return min(window_samples, 2 * hop_samples)
 
 
 class _Background:

@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -273,6 +274,34 @@ def small_model(seed: int = 0) -> BrainformerForMEGPrediction:
         window_samples=64, patch_len=16, hop_samples=8, d_model=16, n_heads=2, d_ff=32, router_dim=4,
     )
     return BrainformerForMEGPrediction(config).eval()
+
+
+class LockHolder:
+    """Another process holding the build lock of ``key`` in the package cache ``cache``, as a
+    build does (with its pid written into it when ``write_pid``), until :meth:`release`."""
+
+    def __init__(self, cache: Path, key: str, write_pid: bool = True):
+        code = ("import os, sys; from pathlib import Path; from brainformer_rt.serving.aot_cache import PackageLock; "
+                f"lock = PackageLock.try_acquire(Path({str(cache)!r}), {key!r}); "
+                + ("lock.write_owner(os.getpid()); " if write_pid else "")
+                + "print('held', flush=True); sys.stdin.read()")
+        self.process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        assert self.process.stdout.readline().strip() == "held", "the lock holder did not start"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def release(self) -> int:
+        """End it (it lets go of the lock by exiting); its exit code."""
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait(30)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ def run_bench(settings: BenchSettings, progress: Optional[Callable[[str], None]]
                 players.append(start_player(i, stream, facts, settings.aligned, directory))
             truth = _zero_phase_truth(settings, facts, progress)
             for index, system in enumerate(_systems(settings)):
+                waited_s = _wait_for_builds(progress)
                 progress(f"{system.name}: starting (model {settings.model}, hop {facts.hop_samples}"
                          + (f", {settings.threads} torch thread(s)" if system.kind != "relay" else ", no model")
                          + (f", source at {system.rate_hz:g} Hz" if system.rate_hz else "") + ") …")
@@ -72,6 +73,7 @@ def run_bench(settings: BenchSettings, progress: Optional[Callable[[str], None]]
                          if truth is not None and system.kind != "relay" and system.rate_hz is None else None)
                 results["systems"][system.name] = _run_system(system, settings, facts, streams, players,
                                                               f"{run_id}-{index}", directory, progress, probe)
+                results["systems"][system.name]["waited_for_build_s"] = waited_s
         finally:
             stop_all(players, STOP_TIMEOUT_S)
         results["players"] = [player_summary(p, s) for p, s in zip(players, streams)]
@@ -136,6 +138,24 @@ def _run_system(system: _System, settings: BenchSettings, facts: ModelFacts, str
         return run_phase(phase, settings, facts, own_players or players, progress, probe)
     finally:
         stop_all(own_players, STOP_TIMEOUT_S)
+
+
+def _wait_for_builds(progress: Callable[[str], None]) -> float:
+    """Seconds waited for the compiled-forward builds running in the package cache to end (a
+    daemon with ``--engine auto`` on a cold cache leaves its build running when it stops): each
+    system is measured without a build it did not start itself."""
+    from brainformer_rt.serving.aot_cache import BUILD_TIMEOUT_S, aot_cache_dir, running_builders
+
+    cache = aot_cache_dir()
+    builders = running_builders(cache)
+    if not builders:
+        return 0.0
+    progress(f"waiting for the compiled-forward build (pid {', '.join(str(b.pid) for b in builders)}) to end, so "
+             "that the next system runs without it …")
+    started = time.monotonic()
+    while running_builders(cache) and time.monotonic() - started < BUILD_TIMEOUT_S:
+        time.sleep(0.5)
+    return time.monotonic() - started
 
 
 def _settings_entry(settings: BenchSettings, facts: ModelFacts) -> Dict[str, Any]:
