@@ -1,7 +1,7 @@
 """`serve` with the default engine (``auto``): how long until the first prediction and until the
 compiled forward serves, with a cold and with a warm cache; and nothing lost at the switch.
 
-    python benchmarks/bench_engine_switch.py [--model default] [--after-switch 10] [--json out.json]
+    python benchmarks/bench_engine_switch.py [--model default] [--after-switch 10] [--cold-for S] [--json out.json]
 
 Each start is a real daemon (``serve --engine auto --device cpu``, JSON log) serving the bundled
 recording from ``simulate``; a ZeroMQ subscriber in this process keeps every message. Timed
@@ -15,7 +15,9 @@ from the moment ``serve`` is started (wall clock of this process):
 
 The first start uses empty caches (``BRAINFORMER_CACHE`` and inductor's ``TORCHINDUCTOR_CACHE_DIR``
 pointed at new folders, as on a machine that never compiled: the compiled forward is built in the
-background); the second start finds what the first one cached.
+background); the second start finds what the first one cached. ``--cold-for S`` stops the first
+start after ``S`` seconds, switched or not, as a first run shorter than the build; the build it
+started goes on, and the second start begins once it ended (the wait is reported).
 Runs inside a loopback-only network namespace when it can (it re-executes itself there).
 """
 
@@ -44,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--after-switch", type=float, default=10.0,
                         help="seconds served after the switch before the daemon is stopped (default 10)")
     parser.add_argument("--threads", type=int, default=1, help="the daemon's torch threads (default 1, as bench)")
+    parser.add_argument("--cold-for", type=float, default=None,
+                        help="stop the cold start after this many seconds, switched or not (default: after the switch)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
 
@@ -80,7 +84,8 @@ def _switch_event(log_path: Path) -> dict | None:
     return None
 
 
-def one_start(model: str, cache: Path, threads: int, after_switch_s: float, work: Path) -> dict:
+def one_start(model: str, cache: Path, threads: int, after_switch_s: float, work: Path,
+              serve_for_s: float | None = None) -> dict:
     """One daemon start: the times from `serve` started to its first prediction and to its switch."""
     import numpy as np
 
@@ -109,7 +114,8 @@ def one_start(model: str, cache: Path, threads: int, after_switch_s: float, work
                                  stdout=subprocess.DEVNULL, stderr=log, env=env)
         switched_at = event = None
         try:
-            while switched_at is None or time.monotonic() < switched_at + after_switch_s:
+            while (switched_at is None or time.monotonic() < switched_at + after_switch_s) and (
+                    serve_for_s is None or time.monotonic() < started + serve_for_s):
                 if serve.poll() is not None:
                     raise SystemExit(f"serve exited with {serve.returncode}: {log_path.read_text()[-2000:]}")
                 if time.monotonic() > started + SWITCH_TIMEOUT_S:
@@ -125,6 +131,8 @@ def one_start(model: str, cache: Path, threads: int, after_switch_s: float, work
             player.terminate()
             player.wait(20)
     stats = json.loads(stats_path.read_text())
+    event = event or {}
+    switched_at = switched_at if switched_at is not None else float("nan")
     stamps = np.concatenate([s for _, s in arrivals])
     steps = np.rint(np.diff(stamps) * model_rate).astype(np.int64)
     return {
@@ -134,13 +142,41 @@ def one_start(model: str, cache: Path, threads: int, after_switch_s: float, work
         # The log line is read every 50 ms; the engine's own clock is exact from its set-up.
         "compiled_path_s": switched_at - started,
         "engine_setup_to_switch_s": event.get("after_s"),
+        "eager_calls_before_switch": event.get("eager_calls"),
+        "served_s": time.monotonic() - started,
         "max_abs_diff": event.get("max_abs_diff"),
         "samples_published": int(len(stamps)), "output_grid_span": int(steps.sum()) + 1,
         "largest_step_samples": int(steps.max()), "out_of_order_steps": int(np.sum(steps <= 0)),
         "daemon_gaps": sum(c["gaps"] for c in stats["streams"].values()),
         "windows_skipped": sum(c["windows_skipped"] for c in stats["streams"].values()),
+        # The whole start's timings: a cold start stopped before its switch (--cold-for) served
+        # with eager all along while the build ran, a warm one with the compiled forward.
+        "forward_ms": stats["stages"]["forward"],
+        "e2e_latency_ms": stats["e2e_latency"]["all"],
         "engine_facts": stats["info"]["engine"],
     }
+
+
+def _leftovers(cache: Path) -> list:
+    """What a build left in ``cache`` besides packages and their records: temporary files, locks."""
+    from brainformer_rt.serving.aot_cache import TMP_MARK
+
+    return sorted(path.name for path in cache.glob("*") if TMP_MARK in path.name or path.suffix == ".lock") \
+        if cache.is_dir() else []
+
+
+def _wait_for_builds(cache: Path) -> float:
+    """Seconds until no build runs into ``cache`` (a start stopped before its switch leaves one)."""
+    from brainformer_rt.serving.aot_cache import running_builders
+
+    started = time.monotonic()
+    while running_builders(cache) and time.monotonic() < started + SWITCH_TIMEOUT_S:
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def _ms(value) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
 
 
 def main(argv=None) -> int:
@@ -150,15 +186,29 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-switch-") as tmp:
         cache = Path(tmp) / "cache"
         for attempt in ("cold", "warm"):
-            print(f"{attempt} cache: serving until {args.after_switch:g} s after the switch …", flush=True)
-            result = one_start(args.model, cache, args.threads, args.after_switch, Path(tmp))
+            limit = f" or for {args.cold_for:g} s" if attempt == "cold" and args.cold_for is not None else ""
+            print(f"{attempt} cache: serving until {args.after_switch:g} s after the switch{limit} …", flush=True)
+            result = one_start(args.model, cache, args.threads, args.after_switch, Path(tmp),
+                               serve_for_s=args.cold_for if attempt == "cold" else None)
+            result["build_waited_s"] = _wait_for_builds(cache / "aot")
+            result["leftover_files"] = _leftovers(cache / "aot")
             results.append(result)
-            print(f"  {result['cache']}: first prediction {result['first_prediction_s']:.2f} s, compiled path "
-                  f"({result['switched_to']}, {result['event']}) {result['compiled_path_s']:.2f} s after `serve` started "
-                  f"({result['engine_setup_to_switch_s']:.2f} s after the engine's set-up); "
+            if result["event"] is None:
+                path = f"no switch before it was stopped ({result['served_s']:.1f} s)"
+            else:
+                path = (f"compiled path ({result['switched_to']}, {result['event']}) {result['compiled_path_s']:.2f} s "
+                        f"after `serve` started ({result['engine_setup_to_switch_s']:.2f} s after the engine's set-up, "
+                        f"{result['eager_calls_before_switch']} eager calls before it)")
+            print(f"  {result['cache']}: first prediction {result['first_prediction_s']:.2f} s, {path}; "
                   f"{result['samples_published']} samples published over a grid of {result['output_grid_span']}, "
                   f"largest step {result['largest_step_samples']} sample(s), daemon gaps {result['daemon_gaps']}, "
-                  f"windows skipped {result['windows_skipped']}", flush=True)
+                  f"windows skipped {result['windows_skipped']}; then waited {result['build_waited_s']:.1f} s for "
+                  "a build it left running", flush=True)
+            forward, e2e = result["forward_ms"], result["e2e_latency_ms"]
+            print(f"  forward median {_ms(forward['median_ms'])} / p99 {_ms(forward['p99_ms'])} / max "
+                  f"{_ms(forward['max_ms'])} over {forward['count']} calls; e2e median {_ms(e2e['median_ms'])} / "
+                  f"p99 {_ms(e2e['p99_ms'])} / max {_ms(e2e['max_ms'])}; left in the cache besides packages: "
+                  f"{result['leftover_files'] or 'nothing'}", flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps({"model": args.model, "threads": args.threads, "starts": results}, indent=2))
     return 0

@@ -1,4 +1,4 @@
-"""End-to-end latency sweeps of the daemon: the numbers for the README, in one command.
+"""End-to-end latency sweeps of the daemon: the numbers for docs/benchmarks.md, in one command.
 
     python benchmarks/bench_latency.py --out bench-results [--model default] [--duration 60]
                                        [--streams 1,2,4,8] [--hop 16] [--device cpu] [--floor] [--busy-poll]
@@ -14,9 +14,9 @@ no model), so each row shows how much of the latency LSL / ZeroMQ alone cost in 
 ``--busy-poll`` the daemon spins instead of sleeping (``serve --busy-poll``) in every run.
 
 Writes ``bench_latency.json`` (every run's full results), ``latency_single.png`` (histogram +
-CDF of (a)) and ``streams_curve.png`` under ``--out``, and prints markdown tables ready for the
-README. Each run is exactly what ``brainformer-rt bench`` does (same code), so any row can be
-reproduced on its own with the command printed next to it.
+CDF of (a)) and ``streams_curve.png`` under ``--out``, and prints markdown tables ready for
+docs/benchmarks.md. Each run is exactly what ``brainformer-rt bench`` does (same code), so any
+row can be reproduced on its own with the command printed next to it.
 
 Runs inside a loopback-only network namespace when it can (it re-executes itself there), like
 ``brainformer-rt bench``. Measure on a quiet machine: other load shows up in the latencies.
@@ -191,7 +191,7 @@ def sweep(args: argparse.Namespace, console) -> tuple[dict, str, list[dict]]:
 
 
 def markdown_report(args: argparse.Namespace, single: dict, single_command: str, curve: list[dict]) -> str:
-    """The tables for the README, and what they were measured on."""
+    """The tables for docs/benchmarks.md, and what they were measured on."""
     single_p99 = single["systems"]["daemon"]["outputs"]["lsl"]["pooled"]["p99_ms"]
     markdown = single_table(single, single_command)
     if curve:
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_curve(curve, args.out / "streams_curve.png")
     markdown = markdown_report(args, single, single_command, curve)
     (args.out / "bench_latency.md").write_text(markdown + "\n")
-    console.rule("markdown for the README")
+    console.rule("markdown for docs/benchmarks.md")
     print(markdown)  # plain text, so it can be copied as is
     console.print(f"\nwritten: {json_path}, {args.out / 'latency_single.png'}"
                   + (f", {args.out / 'streams_curve.png'}" if curve else "") + f", {args.out / 'bench_latency.md'}",

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from rich.console import Console
@@ -48,11 +49,18 @@ def candidate_fields(base: BrainformerFields, highpass_hz, lowpass_hz, order: in
 
 
 def score_candidates(data: Path) -> list[dict]:
-    raw = read_raw(data)
+    return score_recording_candidates(read_raw(data))
+
+
+def score_recording_candidates(raw, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Every candidate input filter × lag set scored on `raw` (an MNE EEG + MEG recording): rows
+    `{highpass_hz, lowpass_hz, order, lags, validation_r}`; `progress` hears of each filter."""
     base = fields_for_recording(raw, {})
     sfreq_hz = float(base.sfreq_hz)
     rows = []
     for highpass_hz, lowpass_hz, order in INPUT_FILTERS:
+        if progress is not None:
+            progress(f"input filter {filter_label({'highpass_hz': highpass_hz, 'lowpass_hz': lowpass_hz, 'order': order})}")
         recording = preprocess_recording(raw, candidate_fields(base, highpass_hz, lowpass_hz, order))
         n = recording.n_samples
         settle = int(round(sfreq_hz))
@@ -66,6 +74,17 @@ def score_candidates(data: Path) -> list[dict]:
     return rows
 
 
+def best_candidate(rows: list[dict]) -> dict:
+    """The row of the highest validation r (the first of equals, in the grid's order)."""
+    return max(rows, key=lambda row: row["validation_r"])
+
+
+def filter_label(row: dict) -> str:
+    """``"2–40 Hz, order 2"`` or ``"high-pass 2 Hz, order 2"``."""
+    band = f"{row['highpass_hz']:g}–{row['lowpass_hz']:g} Hz" if row["lowpass_hz"] else f"high-pass {row['highpass_hz']:g} Hz"
+    return f"{band}, order {row['order']}"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SAMPLE_RECORDING, help="EEG + MEG recording (default: the bundled one)")
@@ -76,11 +95,9 @@ def main(argv=None) -> None:
     table = Table(title=f"{args.data.name}: zero-lag r against the zero-phase 4–30 Hz MEG, validation rows 60–75 %")
     for column in ("input filter", "lags", "validation r"):
         table.add_column(column, justify="right" if column == "validation r" else "left")
-    best = max(rows, key=lambda row: row["validation_r"])
+    best = best_candidate(rows)
     for row in sorted(rows, key=lambda row: -row["validation_r"]):
-        band = f"{row['highpass_hz']:g}–{row['lowpass_hz']:g} Hz" if row["lowpass_hz"] else f"high-pass {row['highpass_hz']:g} Hz"
-        table.add_row(f"{band}, order {row['order']}", row["lags"], f"{row['validation_r']:.3f}",
-                      style="bold" if row is best else None)
+        table.add_row(filter_label(row), row["lags"], f"{row['validation_r']:.3f}", style="bold" if row is best else None)
     Console().print(table)
     if args.json:
         args.json.write_text(json.dumps({"data": str(args.data), "target": {k: list(v) if isinstance(v, tuple) else v for k, v in TARGET.items()},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from brainformer.commands import evaluate, prepare, simulate_data, train
+from brainformer.commands import evaluate, prepare, simulate_data, statistics, train
 
 app = typer.Typer(
     name="brainformer",
@@ -21,6 +21,7 @@ app.command()(prepare.prepare)
 app.command()(train.train)
 app.command()(evaluate.evaluate)
 app.command("simulate-data")(simulate_data.simulate_data)
+app.command()(statistics.statistics)
 
 if __name__ == "__main__":
     app()

@@ -201,17 +201,19 @@ def _channels(v: Mapping[str, Any]) -> dict[str, Any]:
             f"one type per MEG channel ({len(out['meg_channel_names'])})",
         )
     out["eeg_positions_m"] = _positions("eeg_positions_m", v["eeg_positions_m"], len(out["eeg_channel_names"]))
+    out["eeg_fiducials_m"] = _positions("eeg_fiducials_m", v["eeg_fiducials_m"], 3, "[nasion, LPA, RPA] positions")
     return out
 
 
-def _positions(field: str, value: Any, n_channels: int) -> list[list[float]] | None:
-    """None, or one ``[x, y, z]`` per EEG channel: head frame, metres, within 1 m of the origin."""
+def _positions(field: str, value: Any, n_channels: int, what: str = "") -> list[list[float]] | None:
+    """None, or one ``[x, y, z]`` per EEG channel (or per fiducial, `what`): head frame, metres,
+    within 1 m of the origin."""
     if value is None:
         return None
     value = _as_list(value)
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != n_channels:
         shown = f"<{len(value)} positions>" if isinstance(value, Sequence) and not isinstance(value, str) else value
-        _fail(field, shown, f"None or a list of {n_channels} [x, y, z] positions (one per EEG channel)")
+        _fail(field, shown, f"None or a list of {n_channels} " + (what or "[x, y, z] positions (one per EEG channel)"))
     positions = []
     for i, point in enumerate(value):
         point = _as_list(point)
@@ -405,6 +407,7 @@ class BrainformerFields(DerivedFields):
     meg_channel_names: tuple[str, ...] | None = None
     meg_channel_types: tuple[str, ...] | None = None
     eeg_positions_m: tuple[tuple[float, float, float], ...] | None = None
+    eeg_fiducials_m: tuple[tuple[float, float, float], ...] | None = None
     # Timing.
     sfreq_hz: float = 600.614990234375
     window_samples: int = 256

@@ -104,6 +104,11 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
             `eeg_channel_names` (filled from the recording's montage by `brainformer prepare`).
             Used to interpolate electrodes a stream lacks or that go bad, and to map streams
             from another cap onto the model's electrodes; `None` refuses both.
+        eeg_fiducials_m (`list[list[float]]` or `None`, defaults to `None`):
+            The head's fiducials `[nasion, LPA, RPA]`, each `[x, y, z]` in metres, head frame
+            (filled from the recording's digitisation by `brainformer prepare`). A cap given by
+            a montage is brought onto the model's head from its own fiducials to these; `None`:
+            from the electrodes alone.
 
     Timing:
         sfreq_hz (`float`, defaults to 600.614990234375):
@@ -210,6 +215,7 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
         meg_channel_names: Sequence[str] | None = None,
         meg_channel_types: Sequence[str] | None = None,
         eeg_positions_m: Sequence[Sequence[float]] | None = None,
+        eeg_fiducials_m: Sequence[Sequence[float]] | None = None,
         sfreq_hz: float = _DEFAULTS.sfreq_hz,
         window_samples: int = _DEFAULTS.window_samples,
         hop_samples: int = _DEFAULTS.hop_samples,

@@ -23,7 +23,7 @@ batch_size = 16
 
 Channel names, MEG channel types and the sampling rate come from the recording unless the
 `[model]` section sets them; TOML has no null, so ``"none"`` stands for None there (e.g.
-``lowpass_hz = "none"``: no low-pass; ``target_band_hz = [4.0, "none"]``); scaling statistics (`eeg_mean` …) are always fitted on the training
+``lowpass_hz = "none"``: no low-pass; ``target_band_hz = [4.0, "none"]``; ``eeg_reference = "none"`` keeps its own meaning); scaling statistics (`eeg_mean` …) are always fitted on the training
 split and may not be set here. Every error names the file and the `section.key` at fault.
 
 The serve daemon's settings (`configs/serve.toml`: flat ``key = value`` pairs, CLI flags on top)
@@ -40,12 +40,17 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
 
 try:
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
+
+#: Values of `training.device`.
+TRAINING_DEVICES = ("auto", "cpu", "cuda")
 
 # Fitted on the training split by `brainformer.preprocessing.fit_scaling`, never set by hand.
 FITTED_MODEL_FIELDS = ("eeg_mean", "eeg_std", "meg_mean", "meg_std")
@@ -61,7 +66,8 @@ def _type_name(tp: Any) -> str:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(_type_name(a) for a in args) + " (or omitted)"
     if origin in (tuple, list):
-        return {float: "a list of numbers", int: "a list of integers", str: "a list of strings"}[typing.get_args(tp)[0]]
+        return {float: "a list of numbers", int: "a list of integers", str: "a list of strings"}.get(
+            typing.get_args(tp)[0], "a list")
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
@@ -198,6 +204,8 @@ class TrainingSettings:
             Meant for GPUs with bfloat16 (Ampere and newer); on CPU it runs under CPU autocast.
         torch_compile: compile the model with `torch.compile` before training (the first steps
             are slower while it compiles).
+        device: where training runs: ``auto`` (a GPU when there is one, else the CPU), ``cpu``
+            (the CPU even where a GPU exists), ``cuda`` (a GPU; an error without one).
     """
 
     epochs: int = 40
@@ -219,6 +227,7 @@ class TrainingSettings:
     num_workers: int = 0
     bf16: bool = False
     torch_compile: bool = False
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         _check_types(self, "training")
@@ -256,6 +265,7 @@ class TrainingSettings:
         )
         _require(self.loss_last_samples >= 0, "training.loss_last_samples", self.loss_last_samples, "an integer >= 0")
         _require(self.num_workers >= 0, "training.num_workers", self.num_workers, "an integer >= 0")
+        _require(self.device in TRAINING_DEVICES, "training.device", self.device, " or ".join(TRAINING_DEVICES))
 
 
 @dataclass(frozen=True)
@@ -313,12 +323,16 @@ def _check_model_section(model: Any) -> dict[str, Any]:
         )
     from brainformer.config_fields import BrainformerFields
 
-    model = {key: _none_for_null(value) for key, value in model.items()}
+    # "none" is a value of its own for a choice such as eeg_reference; elsewhere it stands for None
+    model = {key: value if key in _NONE_IS_A_CHOICE else _none_for_null(value) for key, value in model.items()}
     try:
         BrainformerFields.from_dict(model)  # validates names, types and ranges of every model key, torch-free
     except (TypeError, ValueError) as err:
         raise SettingsError(f"[model] {err}") from None
     return model
+
+
+_NONE_IS_A_CHOICE = frozenset({"eeg_reference"})
 
 
 def _none_for_null(value: Any) -> Any:
@@ -371,6 +385,146 @@ SERVE_INFINITE_OK = frozenset({"duration_s", "wait_s", "max_input_age_s", "gap_t
                                "stats_interval_s"})
 
 
+#: What a feedback signal measures of its rhythm (see `brainformer.feedback`).
+FEEDBACK_MEASURES = ("envelope", "power", "phase")
+#: MEG sensor types a feedback signal may select.
+FEEDBACK_SENSOR_TYPES = ("mag", "grad")
+#: Allowed estimator history (seconds): long enough for a few cycles of a 4 Hz rhythm, short
+#: enough that a burst's start is not averaged away.
+FEEDBACK_HISTORY_RANGE_S = (0.1, 2.0)
+#: The keys of one feedback signal's table.
+FEEDBACK_KEYS = ("band_hz", "measure", "sensors", "types", "weights", "weights_file", "history_s")
+
+
+@dataclass(frozen=True)
+class FeedbackSignalSettings:
+    """One feedback signal: a table ``[feedback.NAME]`` of the serve config, or ``[NAME]`` of a
+    ``--feedback`` file (docs/feedback.md).
+
+    Attributes:
+        name: the table's name: the signal's channel label on LSL and ZeroMQ.
+        band_hz: ``[low, high]`` Hz of the rhythm; it must lie inside the model's band.
+        measure: ``envelope`` (amplitude, in the sensors' unit), ``power`` (its square) or
+            ``phase`` (radians, in (-π, π]).
+        sensors: MEG sensor names or shell-style patterns (``"MEG 2*"``, ``"MEG 20[1-4]1"``);
+            omitted: every sensor of `types`.
+        types: sensor types kept (``mag``, ``grad``); omitted: both.
+        weights: a spatial filter: one weight per selected sensor (in the model's channel order)
+            or one per MEG channel of the model; the signal is then measured on the weighted sum.
+            Without weights, envelope and power are those of the group (the square root of the mean
+            power over its sensors, and that mean power); a phase needs one sensor or weights.
+        weights_file: the weights in a file instead: ``.npy`` or text with one number per line
+            (a path relative to the TOML file that names it).
+        history_s: how much of the past the estimator weighs (seconds).
+        where: the table's path in its file, for error messages (``feedback.alpha``, ``alpha``).
+    """
+
+    name: str
+    band_hz: Tuple[float, ...]
+    measure: str
+    sensors: Optional[Tuple[str, ...]] = None
+    types: Optional[Tuple[str, ...]] = None
+    weights: Optional[Tuple[float, ...]] = None
+    weights_file: Optional[str] = None
+    history_s: float = 0.4
+    where: str = ""
+
+    def __post_init__(self) -> None:
+        where = self.where or f"feedback.{self.name}"
+        hints = typing.get_type_hints(FeedbackSignalSettings)
+        for f in dataclasses.fields(self):
+            if f.name != "where":
+                object.__setattr__(self, f.name, _coerce(f"{where}.{f.name}", hints[f.name], getattr(self, f.name)))
+
+        def require(ok: bool, key: str, allowed: str) -> None:
+            value = getattr(self, key)
+            _require(ok, f"{where}.{key}", list(value) if isinstance(value, tuple) else value, allowed)
+
+        _require(bool(self.name.strip()), f"{where}", self.name, "a non-empty signal name")
+        low_high = self.band_hz
+        require(len(low_high) == 2 and 0 < low_high[0] < low_high[1], "band_hz", "[low, high] in Hz with 0 < low < high")
+        require(self.measure in FEEDBACK_MEASURES, "measure", " or ".join(FEEDBACK_MEASURES))
+        require(self.sensors is None or (len(self.sensors) > 0 and all(s.strip() for s in self.sensors)), "sensors",
+                "a non-empty list of MEG sensor names or patterns")
+        require(self.types is None or (len(self.types) > 0 and set(self.types) <= set(FEEDBACK_SENSOR_TYPES)), "types",
+                "a non-empty list of " + " and ".join(repr(t) for t in FEEDBACK_SENSOR_TYPES))
+        if self.weights is not None and self.weights_file is not None:
+            raise SettingsError(f"{where}: give weights or weights_file, not both")
+        require(self.weights is None or (len(self.weights) > 0 and any(w != 0 for w in self.weights)), "weights",
+                "a non-empty list of numbers, not all zero")
+        low, high = FEEDBACK_HISTORY_RANGE_S
+        require(low <= self.history_s <= high, "history_s", f"seconds in [{low:g}, {high:g}]")
+        if self.sensors is None and self.types is None and self.weights is None and self.weights_file is None:
+            raise SettingsError(f"{where}: say which sensors it measures: sensors = [...], types = [...], weights "
+                                "or weights_file")
+
+    def load_weights(self, relative_to: Path | None = None) -> Optional[np.ndarray]:
+        """The weights as float64 ``(n,)``, from `weights` or read from `weights_file` (relative to
+        `relative_to`); None without weights. Raises SettingsError naming the key and the file."""
+        if self.weights is not None:
+            return np.asarray(self.weights, dtype=np.float64)
+        if self.weights_file is None:
+            return None
+        path = Path(self.weights_file)
+        if relative_to is not None and not path.is_absolute():
+            path = relative_to / path
+        key = f"{self.where or 'feedback.' + self.name}.weights_file"
+        try:
+            values = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, ndmin=1)
+        except FileNotFoundError:
+            raise SettingsError(f"{key} = {self.weights_file!r}: no such file ({path})") from None
+        except (OSError, ValueError) as err:
+            raise SettingsError(f"{key} = {self.weights_file!r}: not a list of numbers (.npy, or text with one "
+                                f"number per line): {err}") from None
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if values.size == 0 or not np.all(np.isfinite(values)) or not np.any(values):
+            raise SettingsError(f"{key} = {self.weights_file!r}: expected finite numbers, not all zero")
+        return values
+
+
+def feedback_signals_from_dict(table: Any, source: str, prefix: str, base_dir: Path | None = None
+                               ) -> List[FeedbackSignalSettings]:
+    """The feedback signals of a parsed TOML table ``{name: {key: value}}``; `prefix` is the
+    tables' path in the file (``"feedback."`` in a serve config, ``""`` in a feedback file).
+    A `weights_file` is read now (relative to `base_dir`), so a bad one fails before any stream
+    is opened. Raises SettingsError naming `source` and the key."""
+    try:
+        if not isinstance(table, dict):
+            raise SettingsError(f"{prefix.rstrip('.') or 'the file'} must hold one table per signal "
+                                f"([{prefix}NAME]), got {table!r}")
+        signals = []
+        for name, keys in table.items():
+            where = f"{prefix}{name}"
+            if not isinstance(keys, dict):
+                raise SettingsError(f"{where} = {keys!r} is invalid: expected a table [{where}] of "
+                                    f"{', '.join(FEEDBACK_KEYS)}")
+            unknown = sorted(set(keys) - set(FEEDBACK_KEYS))
+            if unknown:
+                raise SettingsError(f"unknown key {', '.join(f'{where}.{k}' for k in unknown)}; allowed keys: "
+                                    f"{', '.join(FEEDBACK_KEYS)}")
+            missing = [k for k in ("band_hz", "measure") if k not in keys]
+            if missing:
+                raise SettingsError(f"{where}: missing key {', '.join(f'{where}.{k}' for k in missing)}")
+            signal = FeedbackSignalSettings(name=str(name), where=where, **keys)
+            if signal.weights_file is not None:
+                weights = signal.load_weights(base_dir)
+                signal = dataclasses.replace(signal, weights=tuple(float(w) for w in weights), weights_file=None)
+            signals.append(signal)
+        return signals
+    except SettingsError as err:
+        raise SettingsError(f"{source}: {err}") from None
+
+
+def read_feedback_file(path: str | Path) -> List[FeedbackSignalSettings]:
+    """The signals of a ``--feedback`` TOML file: one top-level table per signal."""
+    path = Path(path)
+    what = f"feedback file {path}"
+    table = _read_toml(path, what)
+    if not table:
+        raise SettingsError(f"{what}: no signal; add one table per signal, e.g. [alpha] with band_hz, measure, sensors")
+    return feedback_signals_from_dict(table, what, "", base_dir=path.parent)
+
+
 @dataclass
 class ServeSettings:
     """Everything ``serve`` needs; loaded from TOML (``configs/serve.toml``), CLI flags override.
@@ -415,7 +569,14 @@ class ServeSettings:
         montage: electrode positions of the stream's channels: an MNE standard montage name
             (``standard_1020``) or a montage file; default: positions from the meta-data.
         max_missing_fraction: largest fraction of the model's electrodes that may be missing or
-            bad and interpolated from the others, in [0, 1] (CLI ``--max-missing``).
+            bad and interpolated from the others, in [0, 1] (CLI ``--max-missing``); default: no
+            limit for a model with linear path statistics (``min_expected_share`` decides), 0.25
+            for one without.
+        min_expected_share: refuse a stream whose cap's expected r (the linear path re-solved
+            for its electrodes, from the model's statistics) is below this share of the model's
+            full-cap r, in [0, 1] (CLI ``--min-expected-share``; 0: never refuse).
+        feedback: the feedback signals (:class:`FeedbackSignalSettings`), from the ``[feedback]``
+            tables of the serve config or a ``--feedback`` file (which replaces them); empty: none.
     """
 
     streams: List[str] = field(default_factory=list)
@@ -446,7 +607,9 @@ class ServeSettings:
     input_unit: Optional[str] = None
     channel_map: Optional[str] = None
     montage: Optional[str] = None
-    max_missing_fraction: float = 0.25
+    max_missing_fraction: Optional[float] = None
+    min_expected_share: float = 0.5
+    feedback: List[FeedbackSignalSettings] = field(default_factory=list)
 
     def validate(self, source: str = "settings") -> "ServeSettings":
         """Check every value; raises :class:`SettingsError` naming the key (after ``source``). Returns self."""
@@ -502,7 +665,11 @@ class ServeSettings:
                 "an existing TOML file of \"stream label\" = \"model label\" pairs")
         require(self.montage is None or bool(self.montage.strip()), "montage",
                 "an MNE standard montage name (standard_1020) or a montage file")
-        require(0.0 <= self.max_missing_fraction <= 1.0, "max_missing_fraction", "a fraction in [0, 1]")
+        require(self.max_missing_fraction is None or 0.0 <= self.max_missing_fraction <= 1.0, "max_missing_fraction",
+                "a fraction in [0, 1]")
+        require(0.0 <= self.min_expected_share <= 1.0, "min_expected_share", "a fraction in [0, 1]")
+        require(len({signal.name for signal in self.feedback}) == len(self.feedback), "feedback",
+                "each signal name only once")
         return self
 
 
@@ -515,25 +682,34 @@ def read_serve_config(path: Optional[Path]) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(ServeSettings)}
     for key, value in table.items():
         if key not in known:
-            hint = " (sections are not used: all keys are top-level)" if isinstance(value, dict) else ""
+            hint = (" (sections are not used: all keys are top-level, but for the [feedback] tables)"
+                    if isinstance(value, dict) else "")
             raise SettingsError(f"serve config {path}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(known))}")
+    if "feedback" in table:
+        table["feedback"] = feedback_signals_from_dict(table["feedback"], f"serve config {path}", "feedback.",
+                                                       base_dir=path.parent)
     return table
 
 
 #: ``serve`` option names that differ from their TOML key.
 _SERVE_OPTION_KEYS = {"stream": "streams", "hop": "hop_samples", "duration": "duration_s", "wait": "wait_s",
-                      "max_missing": "max_missing_fraction"}
+                      "max_missing": "max_missing_fraction", "min_expected_share": "min_expected_share"}
 
 
 def build_serve_settings(config_file: Optional[Path] = None, **options: Any) -> ServeSettings:
     """Defaults ← TOML file ← CLI flags (those not None). Option names are the ``serve`` options:
     ``stream, model, zmq, no_zmq, lsl_name, hop, device, engine, duration, wait, metrics_port,
     metrics_host, log_format, zmq_curve_keys, stats_json, torch_threads, busy_poll, input_unit, channel_map,
-    montage, max_missing``."""
+    montage, max_missing, min_expected_share, feedback`` (``feedback``: a feedback TOML file, whose
+    signals replace the config's ``[feedback]`` tables)."""
     values = read_serve_config(config_file)
     known = {f.name for f in dataclasses.fields(ServeSettings)}
     for name, value in options.items():
         if name == "no_zmq":
+            continue
+        if name == "feedback":
+            if value is not None:
+                values["feedback"] = read_feedback_file(value)
             continue
         key = _SERVE_OPTION_KEYS.get(name, name)
         if key not in known:

@@ -33,7 +33,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -41,12 +41,9 @@ import torch
 from brainformer.config_fields import SIGNAL_FIELD_NAMES
 from brainformer.evaluation import (
     DEFAULT_RELATIVE_ALPHAS,
-    DEFAULT_VALIDATION_FRACTION,
     EvaluationReport,
     RidgeFit,
-    RowBlock,
     SplitRows,
-    continuous_blocks,
     evaluate_arrays,
     fit_ridge_blocks,
 )
@@ -230,22 +227,6 @@ def _normalised(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # Skip path from a ridge fit
 # --------------------------------------------------------------------------------------------
-def _prepared_ridge_blocks(data: TrainingData, max_lag: int) -> tuple[Any, dict[str, int]]:
-    """Block source over the train rows and the validation boundary (last 20 %) per recording."""
-    recs = [r for r in data.prepared.recordings if r.parts["train"][1] > r.parts["train"][0]]
-    boundaries = {
-        r.name: r.parts["train"][1] - int(round(DEFAULT_VALIDATION_FRACTION * (r.parts["train"][1] - r.parts["train"][0])))
-        for r in recs
-    }
-
-    def blocks() -> Iterator[RowBlock]:
-        for r in recs:
-            start, stop = r.parts["train"]
-            yield from continuous_blocks(r.eeg, r.meg, start, stop, max_lag, group=r.name)
-
-    return blocks, boundaries
-
-
 def init_skip_from_ridge(model: Any, data: TrainingData, settings: ExperimentSettings) -> RidgeFit:
     """Set the model's lagged-linear skip path to a closed-form lagged ridge fit on the train part.
 
@@ -255,8 +236,10 @@ def init_skip_from_ridge(model: Any, data: TrainingData, settings: ExperimentSet
     output projection is set to zero, so the model starts as exactly this ridge map.
     """
     config = model.config
-    lags = tuple(range(0, config.skip_lags, settings.training.ridge_lag_step_samples))
-    blocks, boundaries = _prepared_ridge_blocks(data, max(lags))
+    from brainformer.linear_path import ridge_blocks, skip_ridge_lags
+
+    lags = skip_ridge_lags(config.skip_lags, settings.training.ridge_lag_step_samples)
+    blocks, boundaries = ridge_blocks(data.prepared, max(lags))
     alphas = settings.training.ridge_alphas or DEFAULT_RELATIVE_ALPHAS
     fit = fit_ridge_blocks(blocks, boundaries, lags, alphas)
     weight, bias = fit.as_conv_skip(config.skip_lags)
@@ -407,6 +390,9 @@ def _training_arguments(settings: ExperimentSettings, output_dir: Path, report_t
     from transformers import TrainingArguments
 
     training = settings.training
+    if training.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("training.device = 'cuda', but CUDA is not available on this machine; use 'auto' or 'cpu'")
+    on_cpu = training.device == "cpu" or not torch.cuda.is_available()
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         num_train_epochs=training.epochs,
@@ -434,10 +420,10 @@ def _training_arguments(settings: ExperimentSettings, output_dir: Path, report_t
         dataloader_num_workers=training.num_workers,
         disable_tqdm=not progress,
         optim="adamw_torch",
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=not on_cpu,
         # Without a GPU, several processes mean DDP over gloo on the CPU (without `use_cpu` the
         # Trainer would leave each process training alone), and bf16 means CPU autocast.
-        use_cpu=not torch.cuda.is_available() and (_launched_world_size() > 1 or training.bf16),
+        use_cpu=training.device == "cpu" or (on_cpu and (_launched_world_size() > 1 or training.bf16)),
         bf16=training.bf16,
         torch_compile=training.torch_compile,
         # Every parameter gets a gradient each step (a frozen skip path is frozen before the DDP
@@ -494,6 +480,8 @@ def train_model(
     best = trainer.state.best_metric if has_validation else None
     test_loss = _test_loss(trainer, data, callbacks)
     model = _save_trained_model(trainer, out_dir, checkpoints)
+    if ridge is not None and trainer.is_world_process_zero():
+        _save_linear_path_statistics(data, ridge, out_dir)
     return TrainResult(
         model=model,
         epochs_run=float(trainer.state.epoch or 0.0),
@@ -504,6 +492,15 @@ def train_model(
         is_main_process=trainer.is_world_process_zero(),
         world_size=int(trainer.args.world_size),
     )
+
+
+def _save_linear_path_statistics(data: TrainingData, ridge: RidgeFit, out_dir: Path) -> None:
+    """The sufficient statistics of the skip path's ridge, next to the weights: what lets the
+    daemon re-solve the linear path for a stream's own electrodes (`brainformer.linear_path`)."""
+    from brainformer.linear_path import statistics_from_prepared
+
+    path = statistics_from_prepared(data.prepared, ridge.lags, ridge.relative_alphas).save(out_dir)
+    logger.info("linear path statistics written to %s", path)
 
 
 def initial_model(data: TrainingData, settings: ExperimentSettings, pretrained: Any | None = None) -> tuple[Any, RidgeFit | None]:

@@ -6,9 +6,18 @@ imported (see serving/lsl_config.py); `--lsl-config` chooses another file explic
 
 from __future__ import annotations
 
-import typer
+import os
 
-from brainformer_rt.commands import bench, check, demo, listen, serve, simulate, streams
+# numpy's linear algebra in these commands is small (the adapter's and each stream's linear path
+# products, the plan-time re-solve of the linear path): a multi-threaded BLAS only competes with
+# the serving thread and torch's threads for the cores. On a loaded 2-core machine a re-solve took
+# seconds instead of 30 ms and starved the serving thread meanwhile. One BLAS thread unless the
+# user chose otherwise; it must be set before numpy loads its BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import typer  # noqa: E402 - after the BLAS setting
+
+from brainformer_rt.commands import bench, check, demo, engine, listen, serve, simulate, streams  # noqa: E402
 
 app = typer.Typer(
     name="brainformer-rt",
@@ -19,6 +28,7 @@ app = typer.Typer(
 )
 for command in (serve.serve, check.check, simulate.simulate, listen.listen, streams.streams, bench.bench, demo.demo):
     app.command()(command)
+app.add_typer(engine.app, name="engine")
 
 if __name__ == "__main__":
     app()

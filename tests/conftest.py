@@ -6,7 +6,14 @@ import os
 import tempfile
 from pathlib import Path
 
-import pytest
+# One thread for each numerical library, set before numpy and torch load them and inherited by
+# every program a test starts: on a loaded 2-core machine their worker threads wait on each other
+# (the simulator's oracle tests took over 300 s each on two OpenBLAS threads, 20-76 s on one;
+# test_learning.py 225 s on two torch threads, 38 s on one). A value set by the caller wins.
+for _threads_variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads_variable, "1")
+
+import pytest  # noqa: E402 - after the thread settings
 
 from brainformer.paths import SAMPLE_RECORDING
 from brainformer_rt.serving.lsl_config import in_loopback_namespace, use_loopback_config
@@ -18,6 +25,9 @@ use_loopback_config()
 # Compiled engine packages go to a cache of this session (inherited by every daemon a test
 # starts), never into the user's: a test must not find what an earlier run compiled.
 os.environ["BRAINFORMER_CACHE"] = tempfile.mkdtemp(prefix="brainformer-test-cache-")
+# The background builds that `--engine auto` daemons start (the demo's, among others) outlive
+# them: quick ones, without autotuning (tests that mean the autotuned package say so).
+os.environ.setdefault("BRAINFORMER_AOT_AUTOTUNE", "0")
 
 
 def pytest_sessionstart(session):
@@ -26,6 +36,13 @@ def pytest_sessionstart(session):
             "tests open LSL streams and must run in a loopback-only network namespace: "
             "use `make test` (or scripts/netns-run python -m pytest)"
         )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No build of this session's cache outlives the session."""
+    from brainformer_rt.serving.aot_cache import aot_cache_dir, stop_builders
+
+    stop_builders(aot_cache_dir())
 
 
 @pytest.fixture(scope="session")

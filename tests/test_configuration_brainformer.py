@@ -160,7 +160,7 @@ def test_json_round_trip_keeps_every_field_and_nothing_else(tmp_path):
         "skip_lags", "gain_filters", "gain_filter_past_samples", "gain_filter_lookahead_samples", "envelope_filters",
         "envelope_filter_samples", "highpass_hz", "lowpass_hz", "filter_order", "notch_hz", "notch_quality", "target_phase",
         "target_band_hz", "target_filter_order",
-        "eeg_reference", "eeg_mean", "eeg_std", "meg_mean", "meg_std", "eeg_positions_m",
+        "eeg_reference", "eeg_mean", "eeg_std", "meg_mean", "meg_std", "eeg_positions_m", "eeg_fiducials_m",
     }
     assert set(stored) == fields | {"model_type", "transformers_version"}
     loaded = BrainformerConfig.from_pretrained(tmp_path)

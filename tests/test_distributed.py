@@ -44,7 +44,7 @@ def test_two_process_cpu_training_writes_one_loadable_model_dir(sample_fif, tmp_
     assert result.stdout.count("model written to") == 1, output[-4000:]
     assert "on 2 processes" in result.stdout
     assert result.stdout.count("test part") == 1
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "linear_path_statistics.safetensors", "model.safetensors"]
     # The written model trained: the frozen ridge skip path kept, the transformer moved, better
     # than predicting zero, and scoring the test loss the main process reported. (That the DDP
     # step equals the single-process step on the union batch: tests/test_learning.py.)

@@ -62,6 +62,7 @@ def _probe(cli: str, *argv: str, cwd: Path) -> dict:
                                                "--name", "{stream}"], 0),
     ("simulate --synthetic", "brainformer_rt.cli", ["simulate", "--synthetic", "sample", "--duration", "0.5",
                                                     "--name", "{stream}"], 0),
+    ("engine status", "brainformer_rt.cli", ["engine", "status"], 0),
     ("relay", "module", ["brainformer_rt.tools.relay", "--stream", "{stream}", "--model", "default",
                          "--lsl-name", "{stream}-out", "--wait", "0.3"], 2),
     ("prepare", "brainformer.cli", ["prepare", "--data", "{sample}", "--out", "{tmp}/prepared"], 0),

@@ -18,7 +18,7 @@ from brainformer.cli import app
 from brainformer.data import PreparedRecording, build_dataset, prepare_recordings
 from brainformer.evaluation import fit_ridge
 from brainformer.model_dir import load_model
-from brainformer.settings import DataSettings, ExperimentSettings, TrainingSettings
+from brainformer.settings import DataSettings, ExperimentSettings, TrainingSettings, load_settings
 from brainformer.training import (
     ContinuousWindows,
     _training_arguments,
@@ -51,7 +51,18 @@ time_shift_samples = 8
 noise_std = 0.1
 ridge_lag_step_samples = 2
 skip_learning_rate = 0.0
+device = "cpu"
 """
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models train fastest on one thread; on a loaded 2-core machine two threads wait on
+    each other (several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def toy_recording(n: int = 400, n_eeg: int = 3, n_meg: int = 2) -> PreparedRecording:
@@ -253,7 +264,8 @@ def test_train_command_writes_a_loadable_model_dir(short_fif, short_data, tiny_s
     out = tmp_path / "model"
     result = CliRunner().invoke(app, ["train", "--data", str(short_fif), "--out", str(out), "--config", str(config_path), "--seed", "3"])
     assert result.exit_code == 0, result.output
-    assert read_model_dir_files(out) == ["config.json", "model.safetensors"]  # checkpoints removed
+    # checkpoints removed; the skip path's statistics next to the weights
+    assert read_model_dir_files(out) == ["config.json", "linear_path_statistics.safetensors", "model.safetensors"]
     assert "validation part" in result.output and "test part" in result.output and "lagged ridge" in result.output
     model = load_model(out)
     config = json.loads((out / "config.json").read_text())
@@ -269,10 +281,107 @@ def test_train_from_a_prepared_dataset(short_fif, tiny_settings, tmp_path):
     out = tmp_path / "model"
     result = CliRunner().invoke(app, ["train", "--data", str(dataset_dir), "--out", str(out), "--config", str(config_path)])
     assert result.exit_code == 0, result.output
-    assert read_model_dir_files(out) == ["config.json", "model.safetensors"]
+    assert read_model_dir_files(out) == ["config.json", "linear_path_statistics.safetensors", "model.safetensors"]
     # The source recording still exists, so the scores next to the baselines are printed.
     assert "test part" in result.output
     assert_trained_from_the_ridge_start(load_model(out), load_training_data([dataset_dir], settings), settings, result.output)
+
+
+# --- several recordings ------------------------------------------------------------------------
+
+#: The known map of `two_recordings`: MEG(t) = EEG(t) @ MAP_LAG0 + EEG(t - 2) @ MAP_LAG2, in volts → T, T/m.
+MAP_LAG0 = np.array([[0.9, -0.4, 0.3], [0.2, 0.8, -0.5], [-0.6, 0.1, 0.7], [0.5, -0.7, -0.2]])
+MAP_LAG2 = np.array([[0.3, 0.5, -0.2], [-0.4, 0.1, 0.6], [0.2, -0.3, 0.1], [-0.1, 0.4, 0.5]])
+MEG_GAINS = np.array([1e-7, 1e-6, 1e-6])  # volts of EEG → tesla (mag) and T/m (grads)
+MULTI_TOML = """
+[model]
+window_samples = 32
+hop_samples = 8
+patch_len = 8
+d_model = 8
+n_heads = 2
+d_ff = 16
+router_dim = 2
+dropout = 0.0
+skip_lags = 5
+eeg_reference = "none"
+
+[data]
+settle_s = 0.5
+train_hop_samples = 32
+
+[training]
+epochs = 1
+batch_size = 16
+loss_last_samples = 8
+ridge_lag_step_samples = 2
+skip_learning_rate = 0.0
+device = "cpu"
+"""
+
+
+def write_recording(path: Path, silent_eeg: int, seed: int, seconds: float = 40.0, sfreq: float = 200.0) -> Path:
+    """A FIF file: 4 EEG channels of white noise (~10 µV) but channel `silent_eeg`, which is zero,
+    and 3 MEG channels (a magnetometer, two gradiometers) following the known map plus 2 % noise."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sfreq)
+    eeg = 1e-5 * rng.standard_normal((n, 4))
+    eeg[:, silent_eeg] = 0.0
+    meg = eeg @ MAP_LAG0
+    meg[2:] += eeg[:-2] @ MAP_LAG2
+    meg = meg * MEG_GAINS
+    meg += 0.02 * meg.std(axis=0) * rng.standard_normal(meg.shape)
+    info = mne.create_info([f"EEG 00{i}" for i in range(1, 5)] + ["MEG 0111", "MEG 0112", "MEG 0113"], sfreq,
+                           ["eeg"] * 4 + ["mag", "grad", "grad"])
+    mne.io.RawArray(np.hstack([eeg, meg]).T, info, verbose="error").save(path, verbose="error")
+    return path
+
+
+def test_training_on_several_recordings_fits_one_ridge_skip_path_on_all_of_them(tmp_path):
+    """`brainformer train --data A --data B`: each recording has one silent EEG channel that the other
+    drives, so the known map's row of that channel can only be learned from the other recording.
+    The skip path (a ridge fit on both train parts, frozen) is the whole known map, windows come
+    from both, and the model predicts both held-out parts."""
+    config_path = tmp_path / "multi.toml"
+    config_path.write_text(MULTI_TOML)
+    files = [write_recording(tmp_path / "rec_a_raw.fif", silent_eeg=3, seed=1),
+             write_recording(tmp_path / "rec_b_raw.fif", silent_eeg=0, seed=2)]
+    out = tmp_path / "model"
+    data_args = [arg for path in files for arg in ("--data", str(path))]
+    result = CliRunner().invoke(app, ["train", *data_args, "--out", str(out), "--config", str(config_path)])
+    assert result.exit_code == 0, result.output
+    assert "2 recording(s), 4 EEG → 3 MEG at 200 Hz" in result.output
+    for name in ("rec_a_raw", "rec_b_raw"):
+        assert f"{name}: validation part" in result.output and f"{name}: test part" in result.output
+
+    settings = load_settings(config_path)
+    data = load_training_data(files, settings)
+    windows_per_recording = np.bincount(data.train.index[:, 0])
+    assert windows_per_recording.tolist() == [windows_per_recording[0]] * 2 and windows_per_recording[0] > 100
+    model = load_model(out)
+    start, ridge = initial_model(data, settings)
+    assert ridge.lags == (0, 2, 4) and torch.equal(model.linear_skip.weight, start.linear_skip.weight)  # frozen
+    # The known map in the model's scaled units: x_s = x / σ_eeg, y_s = y / σ_meg (zero means).
+    eeg_std, meg_std = np.asarray(data.config.eeg_std), np.asarray(data.config.meg_std)
+    taps = model.linear_skip.weight.detach().numpy()  # (n_meg, n_eeg, 5), last tap = lag 0
+    for lag, known in ((0, MAP_LAG0), (2, MAP_LAG2), (4, np.zeros_like(MAP_LAG0))):
+        expected = eeg_std[:, None] * known * MEG_GAINS / meg_std[None, :]
+        np.testing.assert_allclose(taps[:, :, 4 - lag], expected.T, atol=0.03, err_msg=f"lag {lag}")
+    # The check can fail: a ridge on one recording alone knows nothing of its silent channel.
+    one = data.prepared.recordings[0]
+    alone = fit_ridge(one.eeg, one.meg, ridge.lags, *one.parts["train"])
+    assert np.abs(alone.as_conv_skip(5)[0][:, 3, :]).max() < 1e-6
+    assert np.abs(taps[:, 3, 4]).max() > 0.1
+
+    # Both held-out parts are predicted: the newest samples of each validation window.
+    for index, rec in enumerate(data.prepared.recordings):
+        rows = [i for i, row in enumerate(data.validation.index) if row[0] == index]
+        inputs = torch.stack([data.validation[i]["input_values"] for i in rows])
+        labels = torch.stack([data.validation[i]["labels"] for i in rows])[:, -8:]
+        with torch.no_grad():
+            predicted = model.eval()(input_values=inputs).predictions[:, -8:]
+        r2 = 1 - float(((predicted - labels) ** 2).mean() / labels.var(dim=(0, 1), unbiased=False).mean())
+        assert r2 > 0.95, (rec.name, r2)
 
 
 @pytest.mark.parametrize(
@@ -322,6 +431,29 @@ def test_bf16_and_compile_settings_reach_the_training_arguments(tmp_path):
         settings_from_dict({"training": {"bf16": "yes"}})
 
 
+def test_the_device_setting_says_where_training_runs(tmp_path):
+    """`training.device = "cpu"` keeps training on the CPU where a GPU exists (what the tests
+    that compare with CPU runs need); `auto` takes a GPU when there is one; `cuda` without one is
+    refused before anything runs."""
+    from brainformer.settings import SettingsError, settings_from_dict
+    from brainformer.training import TrainingError
+
+    def arguments(device: str):
+        settings = settings_from_dict({"training": {"device": device}})
+        return _training_arguments(settings, tmp_path, "none", has_validation=True, progress=False)
+
+    pinned = arguments("cpu")
+    assert pinned.use_cpu and pinned.device.type == "cpu" and not pinned.dataloader_pin_memory
+    assert arguments("auto").device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert arguments("cuda").device.type == "cuda"
+    else:
+        with pytest.raises(TrainingError, match="training.device = 'cuda', but CUDA is not available on this machine"):
+            arguments("cuda")
+    with pytest.raises(SettingsError, match="training.device = 'gpu' is invalid: expected auto or cpu or cuda"):
+        settings_from_dict({"training": {"device": "gpu"}})
+
+
 def test_config_keys_written_by_transformers_load_and_typos_do_not(tmp_path):
     """The Trainer writes `use_cache` into the config: a model dir holding it must load."""
     from brainformer.configuration_brainformer import BrainformerConfig
@@ -345,7 +477,8 @@ def test_bundled_default_model_matches_the_committed_training_config():
 
     repo = Path(__file__).resolve().parents[1]
     settings = load_settings(repo / "configs" / "train-sample.toml")
-    assert sorted(p.name for p in DEFAULT_MODEL_DIR.iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in DEFAULT_MODEL_DIR.iterdir()) == [
+        "MODEL_CARD.md", "config.json", "linear_path_statistics.safetensors", "model.safetensors"]
     model = load_model("default")
     for key, value in settings.model.items():
         assert getattr(model.config, key) == (list(value) if isinstance(value, tuple) else value), key

@@ -13,9 +13,12 @@ streams) and offline (recordings)::
     adapter.set_plan(plan.with_bad_channels(["EEG 013"]))       # re-planned off the hot path
 
 Modules: `units` (unit spellings → volts, amplitude check), `channels` (label matching, channel
-map), `positions` (positions from meta-data or a montage), `metadata` (a
-stream's description from its LSL XML), `interpolation` (MNE's spline
-matrices), `resampling` (libsamplerate linear or soxr QQ, timestamps), `plan` (`AdaptationPlan`), `adapter` (`Adapter`).
+map), `positions` (positions from meta-data or a montage), `coregistration` (another cap placed
+on the model's head; positions no placement can mend refused), `metadata` (a stream's
+description from its LSL XML), `interpolation` (MNE's spline matrices), `resampling`
+(libsamplerate linear or soxr QQ, timestamps), `plan` (`AdaptationPlan`), `adapter` (`Adapter`),
+`resolve` (the model's linear path re-solved for a stream's electrodes, and what the cap gives;
+imported on its own: ``from brainformer.adaptation.resolve import resolve_linear_path``).
 """
 
 from brainformer.adaptation.adapter import Adapter

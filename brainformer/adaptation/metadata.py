@@ -14,7 +14,7 @@ from typing import Any
 
 from brainformer.adaptation.errors import AdaptationError
 from brainformer.adaptation.plan import SourceDescription
-from brainformer.adaptation.positions import channel_position
+from brainformer.adaptation.positions import channel_position, position_is_broken
 
 __all__ = ["channel_metadata", "source_from_lsl_xml"]
 
@@ -71,4 +71,5 @@ def source_from_lsl_xml(xml: str) -> SourceDescription:
         positions_m=tuple(channel_position(c) if isinstance(c, dict) else None for c in channels),
         sfreq_hz=rate,
         channel_format=(root.findtext("channel_format") or "").strip(),
+        broken_positions=tuple(i for i, c in enumerate(channels) if isinstance(c, dict) and position_is_broken(c)),
     )

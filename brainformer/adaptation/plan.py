@@ -9,7 +9,8 @@ a frozen description of everything the `Adapter` does per chunk:
 - interpolation: model electrodes the stream lacks (or that went bad) computed by spherical
   splines from the electrodes it has, on the model's electrode positions (``eeg_positions_m``);
   a stream from another cap (electrodes with positions from its meta-data or from a montage,
-  labels not the model's) is mapped onto the model's electrodes the same way;
+  labels not the model's) is first placed on the model's head (`coregistration`), then mapped
+  onto the model's electrodes the same way;
 - rate: resampled to the model rate, by linear interpolation where the model's band allows it,
   else soxr QQ (`resampling.resampler_method`); an integer multiple is left to the
   preprocessing's decimation.
@@ -32,9 +33,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from brainformer.adaptation.channels import load_channel_map, listing, match_channels, normalize_label
+from brainformer.adaptation.coregistration import CapPlacement, check_positions, place_cap
 from brainformer.adaptation.errors import AdaptationError
 from brainformer.adaptation.interpolation import DEFAULT_SPLINE_REG, fit_origin, nearest_distances, spline_matrix
-from brainformer.adaptation.positions import Position, load_montage, montage_positions
+from brainformer.adaptation.positions import (
+    Position,
+    load_montage,
+    montage_fiducials,
+    montage_positions,
+    standard_template,
+)
 from brainformer.adaptation.resampling import StreamResampler, linear_error_db, resampler_method
 from brainformer.adaptation.units import amplitude_warning, unit_name, volt_factor
 
@@ -71,6 +79,8 @@ class SourceDescription:
         positions_m: electrode positions, head frame, metres (see `positions.channel_position`).
         sfreq_hz: nominal rate; 0 for an irregular stream.
         channel_format: liblsl format name (``float32``, ``double64``, ``int16``, …).
+        broken_positions: columns whose meta-data give a position that is not finite (an
+            ``Inf``, or some coordinates ``NaN`` and others not); refused where it is needed.
     """
 
     name: str
@@ -80,6 +90,7 @@ class SourceDescription:
     units: tuple[str, ...] = ()
     positions_m: tuple[Position | None, ...] = ()
     channel_format: str = "float32"
+    broken_positions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -145,7 +156,8 @@ class AdaptationOptions:
             (``"standard_1020"``) or a montage file; overrides positions from the meta-data.
         input_unit: unit of every used channel, overriding the meta-data (``"uV"``, ``"-6"``, …).
         max_missing_fraction: largest fraction of the model's electrodes that may be missing
-            (or bad) and interpolated, in [0, 1]; more is an error naming them.
+            (or bad) and interpolated, in [0, 1]; more is an error naming them. None: no limit
+            (where the expected quality of the cap decides instead, `brainformer.adaptation.resolve`).
         spline_reg: regularisation of the spherical splines (MNE's `interpolate_bads` value).
         origin_m: sphere centre for the splines (head frame, m); None: the sphere MNE fits to
             the model's electrodes.
@@ -156,7 +168,7 @@ class AdaptationOptions:
     channel_map: Mapping[str, str] | str | Path | None = None
     montage: str | Path | None = None
     input_unit: str | None = None
-    max_missing_fraction: float = 0.25
+    max_missing_fraction: float | None = 0.25
     spline_reg: float = DEFAULT_SPLINE_REG
     origin_m: tuple[float, float, float] | None = None
     resample_integer_multiples: bool = False
@@ -173,7 +185,8 @@ class AdaptationOptions:
             channel_map = dict(channel_map)
         object.__setattr__(self, "channel_map", channel_map)
         fraction = self.max_missing_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                     or not 0.0 <= fraction <= 1.0):
             raise AdaptationError(f"adaptation.max_missing_fraction = {fraction!r}: expected a fraction in [0, 1]")
         reg = self.spline_reg
         if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not (math.isfinite(reg) and reg >= 0):
@@ -190,23 +203,27 @@ class AdaptationOptions:
 
 @dataclass(frozen=True)
 class ModelEEG:
-    """What adaptation needs of a model: its EEG labels, electrode positions, rate and low-pass
-    corner (None: no low-pass; the corner bounds the band the resampler must keep clean)."""
+    """What adaptation needs of a model: its EEG labels, electrode positions, rate, low-pass
+    corner (None: no low-pass; the corner bounds the band the resampler must keep clean) and its
+    head's fiducials (nasion, LPA, RPA; None: unknown), onto which a montage's are placed."""
 
     channel_names: tuple[str, ...]
     positions_m: tuple[Position, ...] | None
     sfreq_hz: float
     lowpass_hz: float | None = None
+    fiducials_m: tuple[Position, ...] | None = None
 
     @classmethod
     def from_fields(cls, fields: Any) -> ModelEEG:
         """From `BrainformerFields`, a `BrainformerConfig` or anything with the same attributes."""
         positions = getattr(fields, "eeg_positions_m", None)
+        fiducials = getattr(fields, "eeg_fiducials_m", None)
         return cls(
             channel_names=tuple(fields.eeg_channel_names),
             positions_m=None if positions is None else tuple(tuple(float(c) for c in p) for p in positions),
             sfreq_hz=float(fields.sfreq_hz),
             lowpass_hz=None if getattr(fields, "lowpass_hz", None) is None else float(fields.lowpass_hz),
+            fiducials_m=None if fiducials is None else tuple(tuple(float(c) for c in p) for p in fiducials),
         )
 
 
@@ -238,6 +255,13 @@ class AdaptationPlan:
         resampler_delay_s: mean and largest hold-back of the resampler measured at planning,
             in seconds (0, 0 without resampling).
         warnings: one line each (units taken as volts, far electrodes, unused map keys, …).
+        spatial: `(n_model, n_used)` float64, read-only: `matrix` before the unit factors (volts
+            in, volts out): selection and interpolation only.
+        used_model_index: per used column, the model electrode it is (read by label), or -1
+            for an electrode of another cap.
+        used_positions_m: per used column, the position of an electrode of another cap as
+            placed on the model's head (None for the model's own electrodes).
+        placement: how the other cap was placed on the model's head (`CapPlacement`), or None.
     """
 
     model: ModelEEG
@@ -259,6 +283,10 @@ class AdaptationPlan:
     resample: bool
     resampler_delay_s: tuple[float, float]
     warnings: tuple[str, ...] = field(default=())
+    spatial: np.ndarray | None = None
+    used_model_index: tuple[int, ...] = ()
+    used_positions_m: tuple[Position | None, ...] = ()
+    placement: CapPlacement | None = None
 
     @property
     def n_model_channels(self) -> int:
@@ -275,7 +303,8 @@ class AdaptationPlan:
     def with_bad_channels(self, bad_channels: Sequence[str | int]) -> AdaptationPlan:
         """The plan re-made with these stream channels (labels or columns) left out as bad, their
         model electrodes interpolated: run it off the hot path, then `Adapter.set_plan`."""
-        return plan_adaptation(self.model, self.source, self.options, bad_channels=bad_channels)
+        return plan_adaptation(self.model, self.source, self.options, bad_channels=bad_channels,
+                               placement=self.placement)
 
     def amplitude_warning(self, volts: np.ndarray) -> str | None:
         """Check the first seconds of the adapter's output `(n, n_model)` (volts) for EEG
@@ -345,6 +374,8 @@ class AdaptationPlan:
             )
             far = max(d for _, _, d in self.interpolated)
             lines.append(f"  farthest model electrode from a stream electrode: {1e3 * far:.0f} mm")
+        if self.placement is not None:
+            lines.append(f"  {self.placement.describe()}")
         if self.resample:
             mean_s, max_s = self.resampler_delay_s
             band = "its whole band" if self.model.lowpass_hz is None else f"0-{self.model.lowpass_hz:g} Hz"
@@ -439,6 +470,8 @@ class _Spline(NamedTuple):
     origin: np.ndarray
     weights: np.ndarray
     interpolated: tuple[tuple[str, str, float], ...]  # (model electrode, nearest source, distance m)
+    placed: list[Position]  # the positions of `_Wiring.foreign` on the model's head
+    placement: CapPlacement | None
 
 
 def plan_adaptation(
@@ -446,6 +479,7 @@ def plan_adaptation(
     source: SourceDescription,
     options: AdaptationOptions | None = None,
     bad_channels: Sequence[str | int] = (),
+    placement: CapPlacement | None = None,
 ) -> AdaptationPlan:
     """Plan how `source` becomes the model's EEG (see the module docstring).
 
@@ -454,11 +488,15 @@ def plan_adaptation(
         source: what the stream (or file) says about itself.
         options: user choices (channel map, montage, unit override, missing limit, …).
         bad_channels: stream channels (labels or columns) to leave out as bad.
+        placement: the placement of another cap on the model's head to keep (a re-plan of the
+            same stream); None: fitted here (`coregistration.place_cap`).
 
     Raises:
         AdaptationError: one line: a non-float format, an irregular rate, no EEG channel at all,
             an unknown unit without override, more missing electrodes than allowed (named),
-            interpolation needed but no positions, an unknown montage, a bad channel map.
+            interpolation needed but no positions, an unknown montage, a bad channel map,
+            duplicated labels, positions not finite, duplicated or in implausible units, an
+            electrode off the model's head.
     """
     model = model if isinstance(model, ModelEEG) else ModelEEG.from_fields(model)
     options = options or AdaptationOptions()
@@ -470,13 +508,19 @@ def plan_adaptation(
     # Positions of the stream's channels: the montage, else the meta-data.
     montage = load_montage(options.montage) if options.montage is not None else None
     stream_positions = montage_positions(montage, source.labels) if montage is not None else list(source.positions_m)
+    _check_eeg_channels(source, match, bad_columns, stream_positions, montage is not None)
     wiring = _wire_channels(model, source, match, bad_columns, stream_positions)
     ignored = _ignored_channels(source, match, wiring, bad_columns, stream_positions, options)
-    spline = _interpolate(model, source, options, montage, wiring, stream_positions, warnings) if wiring.targets else None
+    spline = (_interpolate(model, source, options, montage, wiring, stream_positions, warnings, placement)
+              if wiring.targets else None)
     used = wiring.used
     matrix = _selection_matrix(len(model.channel_names), used, wiring, spline)
+    spatial = matrix.copy()
+    spatial.setflags(write=False)
     units = _fold_units(matrix, used, source, options, warnings)
     matrix.setflags(write=False)
+    direct = {i: j for j, i in wiring.direct}
+    placed = {} if spline is None else dict(zip(wiring.foreign, spline.placed))
     used_columns = np.array(used, dtype=np.int64)
     used_columns.setflags(write=False)
     return AdaptationPlan(
@@ -500,6 +544,10 @@ def plan_adaptation(
         resample=resample,
         resampler_delay_s=_measure_resampler_delay(float(source.sfreq_hz), output_hz, model.lowpass_hz) if resample else (0.0, 0.0),
         warnings=tuple(warnings),
+        spatial=spatial,
+        used_model_index=tuple(direct.get(i, -1) for i in used),
+        used_positions_m=tuple(placed.get(i) for i in used),
+        placement=None if spline is None else spline.placement,
     )
 
 
@@ -510,6 +558,29 @@ def _check_format(source: SourceDescription) -> None:
         )
     if source.n_channels == 0:
         raise AdaptationError(f"{source.name} has no channels")
+
+
+def _check_eeg_channels(
+    source: SourceDescription, match: Any, bad_columns: set[int], stream_positions: Sequence[Any], from_montage: bool
+) -> None:
+    """Refuse what makes the stream's EEG ambiguous: two EEG channels of one label, and positions
+    that are not finite, duplicated or in implausible units (`coregistration.check_positions`)."""
+    eeg = sorted(
+        ({i for i in match.stream_index if i >= 0} | set(match.candidates)) - bad_columns
+    )
+    first: dict[str, int] = {}
+    repeated: dict[str, list[int]] = {}
+    for i in eeg:
+        key = normalize_label(source.labels[i])
+        if key in first:
+            repeated.setdefault(key, [first[key]]).append(i)
+        first.setdefault(key, i)
+    if repeated:
+        shown = "; ".join(f"{source.labels[columns[0]]!r} at columns {', '.join(map(str, columns))}"
+                          for columns in list(repeated.values())[:6])
+        raise AdaptationError(f"{source.name}: EEG channels share a label ({shown}); each electrode needs its own")
+    broken = [] if from_montage else [source.labels[i] for i in eeg if i in set(source.broken_positions)]
+    check_positions(source.name, [source.labels[i] for i in eeg], [stream_positions[i] for i in eeg], broken)
 
 
 def _wire_channels(
@@ -560,9 +631,11 @@ def _interpolate(
     wiring: _Wiring,
     stream_positions: Sequence[Any],
     warnings: list[str],
+    placement: CapPlacement | None = None,
 ) -> _Spline:
-    """Spherical-spline weights for `wiring.targets` from every other usable electrode; warns
-    (into `warnings`) about model electrodes far from any stream electrode."""
+    """Spherical-spline weights for `wiring.targets` from every other usable electrode, the
+    electrodes of another cap placed on the model's head first (`_place_foreign`); warns (into
+    `warnings`) about model electrodes far from any stream electrode."""
     name, names, direct, targets = source.name, model.channel_names, wiring.direct, wiring.targets
     target_positions = _target_positions(model, montage)
     missing_names = [names[j] for j in targets]
@@ -575,7 +648,8 @@ def _interpolate(
             f"{listing(missing_names)} from the stream's; re-prepare the model, or give a montage with its labels"
             + hint
         )
-    if direct and len(targets) > options.max_missing_fraction * len(names):
+    limit = options.max_missing_fraction
+    if direct and limit is not None and len(targets) > limit * len(names):
         raise AdaptationError(
             f"{name}: {len(targets)} of the model's {len(names)} EEG channels are missing or bad, more than "
             f"{100 * options.max_missing_fraction:g} %: {listing(missing_names, 12)}" + hint
@@ -588,7 +662,8 @@ def _interpolate(
             f"{name}: only {len(sources)} electrodes to interpolate {listing(missing_names)} from; "
             f"need at least {MIN_SPLINE_SOURCES}"
         )
-    source_positions = np.array([direct_positions.get(i, stream_positions[i]) for i in sources], dtype=np.float64)
+    placed, placement = _place_foreign(model, source, montage, wiring, stream_positions, placement)
+    source_positions = np.array([direct_positions[i] for _, i in direct] + placed, dtype=np.float64).reshape(-1, 3)
     to_positions = np.array([target_positions[j] for j in targets], dtype=np.float64)
     origin = np.array(options.origin_m) if options.origin_m is not None else fit_origin(np.array(target_positions))
     weights = spline_matrix(source_positions, to_positions, origin, options.spline_reg)  # (n_targets, n_sources)
@@ -600,7 +675,38 @@ def _interpolate(
             f"{len(far)} interpolated model electrode(s) are more than {1e3 * FAR_ELECTRODE_M:.0f} mm from any "
             f"stream electrode: {', '.join(far[:8])}{', …' if len(far) > 8 else ''}"
         )
-    return _Spline(sources, origin, weights, interpolated)
+    return _Spline(sources, origin, weights, interpolated, placed, placement)
+
+
+def _place_foreign(
+    model: ModelEEG,
+    source: SourceDescription,
+    montage: Any,
+    wiring: _Wiring,
+    stream_positions: Sequence[Any],
+    placement: CapPlacement | None,
+) -> tuple[list[Position], CapPlacement | None]:
+    """The positions of the other cap's electrodes (`wiring.foreign`) on the model's head, and
+    how they were placed (`coregistration.place_cap`: by the montage's fiducials, by electrodes
+    shared with the model, or oriented by the standard positions of their labels; `placement`
+    kept when given). Without model positions (the montage gives the model's electrodes too)
+    they are used as they are."""
+    given = np.array([stream_positions[i] for i in wiring.foreign], dtype=np.float64).reshape(-1, 3)
+    if not len(given) or model.positions_m is None:
+        return [tuple(p) for p in given], None
+    if placement is None:
+        model_positions = np.array(model.positions_m)
+        shared = [(stream_positions[i], model_positions[j]) for j, i in wiring.direct if stream_positions[i] is not None]
+        pairs = (np.array([a for a, _ in shared]), np.array([b for _, b in shared])) if shared else None
+        labels = [source.labels[i] for i in wiring.foreign]
+        placed, placement = place_cap(
+            given, labels, model_positions, None if model.fiducials_m is None else np.array(model.fiducials_m),
+            montage_fiducials(montage) if montage is not None else None, pairs, source.name,
+            template=None if montage is not None else standard_template(labels),
+        )
+    else:
+        placed = placement.apply(given)
+    return [tuple(float(c) for c in p) for p in placed], placement
 
 
 def _target_positions(model: ModelEEG, montage: Any) -> tuple[Position, ...] | None:

@@ -142,13 +142,29 @@ def eeg_positions(raw: Any, names: Iterable[str]) -> list[list[float]] | None:
     return positions
 
 
+def eeg_fiducials(raw: Any) -> list[list[float]] | None:
+    """The head's fiducials ``[nasion, LPA, RPA]`` (head frame, metres) from the recording's
+    digitisation, or None when any of them is missing or not in the head frame."""
+    from mne.io.constants import FIFF
+
+    wanted = (FIFF.FIFFV_POINT_NASION, FIFF.FIFFV_POINT_LPA, FIFF.FIFFV_POINT_RPA)
+    found = {}
+    for point in raw.info.get("dig") or ():
+        if point["kind"] == FIFF.FIFFV_POINT_CARDINAL and point["coord_frame"] == FIFF.FIFFV_COORD_HEAD:
+            found.setdefault(int(point["ident"]), [float(v) for v in point["r"]])
+    if not all(ident in found for ident in wanted):
+        return None
+    fiducials = [found[ident] for ident in wanted]
+    return fiducials if all(math.isfinite(v) for xyz in fiducials for v in xyz) else None
+
+
 def fields_for_recording(raw: Any, model_kwargs: dict[str, Any] | None = None) -> BrainformerFields:
     """The model config's fields for this recording: its channels and rate, plus the model kwargs.
 
     Keys in `model_kwargs` win over the file (e.g. ``sfreq_hz = 550.0`` to decimate a 1100 Hz
     recording, or a subset of ``eeg_channel_names``); MEG types of named MEG channels and the
-    positions of the EEG electrodes (``eeg_positions_m``, from the montage) come from the file
-    when not given.
+    positions of the EEG electrodes (``eeg_positions_m``, from the montage) and the head's
+    fiducials (``eeg_fiducials_m``, from the digitisation) come from the file when not given.
 
     Raises:
         DataError: naming the recording, for a model kwarg that is not a valid config field or
@@ -174,6 +190,8 @@ def fields_for_recording(raw: Any, model_kwargs: dict[str, Any] | None = None) -
     kwargs.update(model_kwargs)
     if "eeg_positions_m" not in model_kwargs and isinstance(kwargs["eeg_channel_names"], (list, tuple)):
         kwargs["eeg_positions_m"] = eeg_positions(raw, kwargs["eeg_channel_names"])
+    if "eeg_fiducials_m" not in model_kwargs and kwargs.get("eeg_positions_m") is not None:
+        kwargs["eeg_fiducials_m"] = eeg_fiducials(raw)
     try:
         return BrainformerFields.from_dict(kwargs)
     except ValueError as err:

@@ -61,6 +61,7 @@ from brainformer.evaluation.delay import (
     band_effective_delays,
     effective_delay,
     lag_correlation,
+    lag_phase_locking,
     zero_phase_band,
 )
 from brainformer.evaluation.ablation import SKIP_ALONE, TRANSFORMER_ALONE, ablation_predictors, model_path_alone
@@ -88,6 +89,7 @@ __all__ = [
     "band_effective_delays",
     "effective_delay",
     "lag_correlation",
+    "lag_phase_locking",
     "zero_phase_band",
     "BLINK_WINDOW_S",
     "HEARTBEAT_WINDOW_S",

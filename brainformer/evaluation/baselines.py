@@ -99,7 +99,7 @@ def continuous_blocks(
 
 
 @dataclass
-class _GramAccumulator:
+class GramAccumulator:
     """Running `FᵀF`, `FᵀY`, `ΣF`, `ΣY`, `ΣY²` over row blocks of features F and targets Y."""
 
     gram: np.ndarray
@@ -110,7 +110,7 @@ class _GramAccumulator:
     count: int = 0
 
     @classmethod
-    def empty(cls, n_features: int, n_targets: int) -> "_GramAccumulator":
+    def empty(cls, n_features: int, n_targets: int) -> "GramAccumulator":
         return cls(
             np.zeros((n_features, n_features)), np.zeros((n_features, n_targets)),
             np.zeros(n_features), np.zeros(n_targets), np.zeros(n_targets),
@@ -126,11 +126,22 @@ class _GramAccumulator:
         self.sum_y_sq += (targets**2).sum(axis=0)
         self.count += features.shape[0]
 
-    def merged(self, other: "_GramAccumulator") -> "_GramAccumulator":
-        return _GramAccumulator(
+    def merged(self, other: "GramAccumulator") -> "GramAccumulator":
+        return GramAccumulator(
             self.gram + other.gram, self.cross + other.cross, self.sum_x + other.sum_x,
             self.sum_y + other.sum_y, self.sum_y_sq + other.sum_y_sq, self.count + other.count,
         )
+
+    def transformed(self, matrix: np.ndarray, offset: np.ndarray | None = None) -> "GramAccumulator":
+        """The sums of the features `matrix @ f + offset` (`matrix` `(m, features)`, `offset`
+        `(m,)`): what these rows would have given with those features, in closed form."""
+        offset = np.zeros(matrix.shape[0]) if offset is None else np.asarray(offset, dtype=np.float64)
+        sum_x = matrix @ self.sum_x
+        gram = matrix @ self.gram @ matrix.T + np.outer(sum_x, offset) + np.outer(offset, sum_x)
+        gram += self.count * np.outer(offset, offset)
+        cross = matrix @ self.cross + np.outer(offset, self.sum_y)
+        return GramAccumulator(gram, cross, sum_x + self.count * offset, self.sum_y.copy(), self.sum_y_sq.copy(),
+                               self.count)
 
     def centred(self, mean_x: np.ndarray, mean_y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`(Σ(F−μx)ᵀ(F−μx), Σ(F−μx)ᵀ(Y−μy), Σ(Y−μy)²)` about the given means."""
@@ -223,14 +234,14 @@ def fit_ridge_blocks(
     lags, relative_alphas = _checked_grid(lags, relative_alphas)
     mean_x, scale_x = _input_standardisation(blocks)
     fit_acc, val_acc = _fitting_and_validation_grams(blocks, validation_start, lags, mean_x, scale_x)
-    validation_mse = _validation_mse(fit_acc, val_acc, relative_alphas)
-    best = int(np.argmin(validation_mse))
+    grid_mse = validation_mse(fit_acc, val_acc, relative_alphas)
+    best = int(np.argmin(grid_mse))
     if relative_alphas.size > 1 and best in (0, relative_alphas.size - 1):
         logger.warning("ridge (lags %d…%d): the chosen penalty lies at the edge of the grid", lags[0], lags[-1])
-    weight, bias, alpha = _refit(fit_acc.merged(val_acc), float(relative_alphas[best]))
+    weight, bias, alpha = refit_ridge(fit_acc.merged(val_acc), float(relative_alphas[best]))
     return RidgeFit(
         lags=lags, input_mean=mean_x, input_scale=scale_x, weight=weight, bias=bias, alpha=alpha,
-        relative_alphas=relative_alphas, validation_mse=validation_mse,
+        relative_alphas=relative_alphas, validation_mse=grid_mse,
     )
 
 
@@ -269,7 +280,7 @@ def _fitting_and_validation_grams(
     lags: tuple[int, ...],
     mean_x: np.ndarray,
     scale_x: np.ndarray,
-) -> tuple[_GramAccumulator, _GramAccumulator]:
+) -> tuple[GramAccumulator, GramAccumulator]:
     """Pass 2: Gram matrices of the standardised lagged features, of the fitting rows and of the
     validation rows (rows of group `g` at or after `validation_start[g]`)."""
     fit_acc = val_acc = None
@@ -278,8 +289,8 @@ def _fitting_and_validation_grams(
         features = lagged_rows(standardised, lags, block.history, standardised.shape[0])
         targets = np.asarray(block.meg, dtype=np.float64)
         if fit_acc is None:
-            fit_acc = _GramAccumulator.empty(features.shape[1], targets.shape[1])
-            val_acc = _GramAccumulator.empty(features.shape[1], targets.shape[1])
+            fit_acc = GramAccumulator.empty(features.shape[1], targets.shape[1])
+            val_acc = GramAccumulator.empty(features.shape[1], targets.shape[1])
         split = int(np.clip(validation_start.get(block.group, np.iinfo(np.int64).max) - block.first_row, 0, targets.shape[0]))
         fit_acc.add(features[:split], targets[:split])
         val_acc.add(features[split:], targets[split:])
@@ -291,7 +302,7 @@ def _fitting_and_validation_grams(
     return fit_acc, val_acc
 
 
-def _validation_mse(fit_acc: _GramAccumulator, val_acc: _GramAccumulator, relative_alphas: np.ndarray) -> np.ndarray:
+def validation_mse(fit_acc: GramAccumulator, val_acc: GramAccumulator, relative_alphas: np.ndarray) -> np.ndarray:
     """`(penalties,)` validation MSE of the map fitted on the fitting rows, for each penalty.
 
     With G = V diag(e) Vᵀ and W(α) = V D Vᵀ FᵀY, D = 1/(e + α), the validation
@@ -314,7 +325,7 @@ def _validation_mse(fit_acc: _GramAccumulator, val_acc: _GramAccumulator, relati
     return sse / (val_acc.count * val_cross.shape[1])
 
 
-def _refit(acc: _GramAccumulator, relative_alpha: float) -> tuple[np.ndarray, np.ndarray, float]:
+def refit_ridge(acc: GramAccumulator, relative_alpha: float) -> tuple[np.ndarray, np.ndarray, float]:
     """`(weight (features, n_meg), bias (n_meg,), alpha)` fitted on all rows of `acc`; the penalty
     is relative to the mean eigenvalue (the trace over the features), so it carries over from the
     smaller Gram matrix it was chosen on."""

@@ -33,7 +33,7 @@ from brainformer.evaluation.metrics import EvaluationError
 
 __all__ = [
     "DEFAULT_MAX_LAG_S", "EffectiveDelay", "band_effective_delays", "delays_table", "effective_delay", "envelope",
-    "lag_correlation",
+    "lag_correlation", "lag_phase_locking",
     "zero_phase_band",
 ]
 
@@ -115,14 +115,45 @@ def lag_correlation(truth: np.ndarray, predicted: np.ndarray, sfreq_hz: float,
     return lags, mean_r
 
 
+def lag_phase_locking(truth_phase: np.ndarray, predicted_phase: np.ndarray, sfreq_hz: float,
+                      max_lag_s: float = DEFAULT_MAX_LAG_S, step_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """`(lags in samples, mean phase locking)` of `predicted_phase[t]` against `truth_phase[t − lag]`
+    (radians, `(n, channels)` each), on the same rows for every lag, as `lag_correlation`.
+
+    The locking at a lag is complex: per channel the mean of ``exp(i (predicted[t] − truth[t − lag]))``,
+    averaged over channels. Its modulus is the phase locking value (1: a constant phase
+    difference), its angle the mean phase error, and its real part the locking counted only where
+    the phases agree, which (like r) peaks at the lag where the phases line up.
+    """
+    truth_phase = np.asarray(truth_phase, dtype=np.float64)
+    predicted_phase = np.asarray(predicted_phase, dtype=np.float64)
+    if truth_phase.shape != predicted_phase.shape or truth_phase.ndim != 2:
+        raise EvaluationError(f"truth and prediction must both be (n, channels), got {truth_phase.shape} and "
+                              f"{predicted_phase.shape}")
+    max_lag = int(round(max_lag_s * sfreq_hz))
+    n = truth_phase.shape[0]
+    if n <= 2 * max_lag + 2:
+        raise EvaluationError(f"{n} samples are too few to scan lags of ±{max_lag} samples")
+    lags = np.arange(-max_lag, max_lag + 1, step_samples)
+    predicted_unit = np.exp(1j * predicted_phase[max_lag : n - max_lag])
+    truth_unit = np.exp(-1j * truth_phase)
+    locking = np.empty(lags.size, dtype=np.complex128)
+    for i, lag in enumerate(lags):
+        locking[i] = (predicted_unit * truth_unit[max_lag - lag : n - max_lag - lag]).mean(axis=0).mean()
+    return lags, locking
+
+
 def effective_delay(truth: np.ndarray, predicted: np.ndarray, sfreq_hz: float,
                     max_lag_s: float = DEFAULT_MAX_LAG_S) -> EffectiveDelay:
-    """The lag (ms) at which `predicted (n, channels)` best matches `truth (n, channels)`."""
+    """The lag (ms) at which `predicted (n, channels)` best matches `truth (n, channels)`; NaN
+    lag and r where no channel varies in both (a silent prediction, e.g. a path that is off, has
+    no delay to find, and a report of several methods must not fail on it)."""
     lags, mean_r = lag_correlation(truth, predicted, sfreq_hz, max_lag_s)
-    if not np.any(np.isfinite(mean_r)):
-        raise EvaluationError("no channel varies in both the truth and the prediction")
-    best = int(np.nanargmax(mean_r))
     lags_ms = 1e3 * lags / sfreq_hz
+    if not np.any(np.isfinite(mean_r)):
+        return EffectiveDelay(lag_ms=float("nan"), r_at_lag=float("nan"), r_at_zero=float("nan"),
+                              lags_ms=lags_ms, mean_r=mean_r)
+    best = int(np.nanargmax(mean_r))
     return EffectiveDelay(lag_ms=float(lags_ms[best]), r_at_lag=float(mean_r[best]),
                           r_at_zero=float(mean_r[lags.size // 2]), lags_ms=lags_ms, mean_r=mean_r)
 

@@ -112,6 +112,11 @@ def _scaling_from_config(config: Any, modality: str, n_channels: int) -> Channel
     return scaling
 
 
+def eeg_scaling(config: Any) -> ChannelScaling | None:
+    """The config's EEG scaling, or None without statistics."""
+    return _scaling_from_config(config, "eeg", len(config.eeg_channel_names))
+
+
 def meg_scaling(config: Any) -> ChannelScaling | None:
     """The config's MEG scaling, or None without statistics; build it once for a hot loop."""
     return _scaling_from_config(config, "meg", len(config.meg_channel_names))

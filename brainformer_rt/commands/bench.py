@@ -37,6 +37,7 @@ def bench(
     floor: bool = typer.Option(False, "--floor", help="Also run a relay with no model: the transport floor of this machine."),
     busy_poll: bool = typer.Option(False, "--busy-poll", help="The daemon serves with `serve --busy-poll`."),
     aligned: bool = typer.Option(False, "--aligned", help="Players push in step (one acquisition clock); default: independent phases."),
+    cold_cache: bool = typer.Option(False, "--cold-cache", help="First measure the daemon on an empty compiled-forward cache, its build running; then the rest on the cache it filled."),
     lsl_config: Optional[Path] = typer.Option(None, "--lsl-config", help=LSL_CONFIG_HELP),
 ) -> None:
     """End-to-end latency benchmark: player → daemon → subscriber, in one command."""
@@ -51,7 +52,7 @@ def bench(
     settings = BenchSettings(model=model or "default", duration_s=duration, n_streams=streams_n, hop_samples=hop,
                              engine=engine, also_engines=tuple(also_engines or ()),
                              also_rates_hz=tuple(also_rates or ()), device=device, peer=peer, floor=floor, busy_poll=busy_poll,
-                             aligned=aligned)
+                             aligned=aligned, cold_cache=cold_cache)
     try:
         results = run_bench(settings, lambda line: console.print(line, highlight=False))
     except BenchError as error:

@@ -3,6 +3,7 @@ latency live, report (the subscribers are `brainformer_rt.tools.listener`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -69,9 +70,11 @@ def listen_command(
     try:
         stats = _receive(console, subscriber, source, address, duration, max_messages)
         summary = stats.summary(source, address, subscriber)
+        if subscriber.feedback_channels:
+            summary["feedback"] = [dataclasses.asdict(channel) for channel in subscriber.feedback_channels]
     finally:
         subscriber.close()
-    console.print(_table(stats, summary, subscriber.channel_names))
+    console.print(_table(stats, summary, subscriber.channel_names, subscriber.feedback_channels))
     if json_path is not None:
         Path(json_path).write_text(json.dumps(summary, indent=2))
     return summary
@@ -102,8 +105,8 @@ def _receive(console: Any, subscriber: Any, source: str, address: str, duration:
                 timeout_s = 0.1 if deadline is None else min(0.1, deadline - now)
                 stats.add(subscriber.receive_all(max(timeout_s, 0.0)))
                 if live is not None and now >= next_refresh_s:
-                    live.update(_table(stats, stats.summary(source, address, subscriber), subscriber.channel_names),
-                                refresh=True)
+                    live.update(_table(stats, stats.summary(source, address, subscriber), subscriber.channel_names,
+                                       subscriber.feedback_channels), refresh=True)
                     next_refresh_s = now + REFRESH_S
     finally:
         if live is not None:
@@ -111,7 +114,9 @@ def _receive(console: Any, subscriber: Any, source: str, address: str, duration:
     return stats
 
 
-def _table(stats: Any, summary: dict, channel_names: list[str]):
+def _table(stats: Any, summary: dict, channel_names: list[str], feedback_channels: Optional[list] = None):
+    """The live and final table; a feedback stream shows every signal with its unit, measure,
+    band and delay (a MEG stream its first 4 channels)."""
     from rich.table import Table
 
     table = Table(title=f"listening to {summary['source']} {summary['address']}", show_header=False)
@@ -126,7 +131,11 @@ def _table(stats: Any, summary: dict, channel_names: list[str]):
         table.add_row("seq gaps (messages missed)", f"{summary['seq_gaps']} ({summary['messages_missed']})")
     else:
         table.add_row("reconnects", str(summary["reconnects"]))
-    if stats.newest is not None:
+    if feedback_channels:
+        for i, channel in enumerate(feedback_channels):
+            value = "–" if stats.newest is None or i >= stats.newest.data.shape[1] else f"{stats.newest.data[-1, i]:.4g}"
+            table.add_row(f"last {channel.name} ({channel.describe()})", value)
+    elif stats.newest is not None:
         newest = stats.newest.data[-1]
         for i in range(min(4, len(newest))):
             name = channel_names[i] if i < len(channel_names) else f"channel {i}"

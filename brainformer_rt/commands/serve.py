@@ -32,7 +32,9 @@ def serve(
     input_unit: Optional[str] = typer.Option(None, "--input-unit", help="Unit of the stream's EEG (uV, mV, V, -6 …), overriding its meta-data."),
     channel_map: Optional[Path] = typer.Option(None, "--channel-map", help="TOML file of \"stream label\" = \"model label\" pairs."),
     montage: Optional[str] = typer.Option(None, "--montage", help="Electrode positions of the stream: an MNE montage name (standard_1020) or a file."),
-    max_missing: Optional[float] = typer.Option(None, "--max-missing", help="Largest fraction of the model's electrodes that may be missing and interpolated (default 0.25)."),
+    max_missing: Optional[float] = typer.Option(None, "--max-missing", help="Largest fraction of the model's electrodes that may be missing and interpolated (default: no limit for a model with linear path statistics, else 0.25)."),
+    min_expected_share: Optional[float] = typer.Option(None, "--min-expected-share", help="Refuse a stream whose cap is expected to give less than this share of the model's full-cap r (default 0.5)."),
+    feedback: Optional[Path] = typer.Option(None, "--feedback", help="Feedback signals TOML (docs/feedback.md): envelope, power or phase of sensor groups, on <lsl-name>-feedback and the ZeroMQ topic feedback; replaces the config's [feedback] tables."),
 ) -> None:
     """Serve predicted MEG for one or more live EEG streams."""
     # Exits 0 after a stop, 1 on a failure while serving, 2 on unusable settings, model or stream.
@@ -53,6 +55,7 @@ def serve(
             log_format=log_format, zmq_curve_keys=zmq_curve_keys, stats_json=stats_json,
             busy_poll=busy_poll or None,  # not given: the config file (or the default) decides
             input_unit=input_unit, channel_map=channel_map, montage=montage, max_missing=max_missing,
+            min_expected_share=min_expected_share, feedback=feedback,
         )
     except SettingsError as error:
         stop.restore()

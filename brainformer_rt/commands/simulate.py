@@ -40,7 +40,7 @@ def simulate(
     unit: Optional[str] = typer.Option(None, "--unit", help="Send the EEG in this unit and declare it: uV | mV | V."),
     rate: Optional[float] = typer.Option(None, "--rate", help="Resample the EEG offline to this rate (Hz) and declare it."),
     drop: Optional[str] = typer.Option(None, "--drop", help="Leave these EEG channels out: CH,CH,…"),
-    cap: Optional[str] = typer.Option(None, "--cap", help="Interpolate the EEG onto a 32-electrode cap (standard_1020), positions in the meta-data."),
+    cap: Optional[str] = typer.Option(None, "--cap", help="Send the EEG of a standard_1020 cap (32 electrodes; standard_1020:19 for the 19 of 10-20) placed on the recording's head as serve places it; positions in the meta-data."),
     with_aux: bool = typer.Option(False, "--with-aux", help="Also play the EOG and stimulus channels."),
     flat: Optional[str] = typer.Option(
         None, "--flat", hidden=True,

@@ -32,8 +32,7 @@ from brainformer_rt.serving.signals import Interrupted, StopRequest
 
 logger = logging.getLogger(DAEMON_LOGGER_NAME)
 
-__all__ = ["ServeOutcome", "UsageError", "ServeFailure", "load_serve_settings", "serve", "run_serve",
-           "serving_output_samples"]
+__all__ = ["ServeOutcome", "UsageError", "ServeFailure", "load_serve_settings", "serve", "run_serve"]
 
 #: While waiting for a stream, a reminder is logged this often.
 WAIT_REMINDER_INTERVAL_S = 10.0
@@ -149,7 +148,7 @@ def _serve(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, an
     """Prepare, then run the loops; a stop signal at any point ends it without an error."""
     try:
         try:
-            _prepare(settings, metrics, announce, resources)
+            _prepare(settings, metrics, announce, resources, stop)
         except Exception as error:
             if not stop.is_set():
                 raise
@@ -175,13 +174,25 @@ def _serve(settings: ServeSettings, metrics: ServeMetrics, stop: StopRequest, an
                  "stop with Ctrl-C")
         log_event(logger, logging.INFO, "serving", "serving %s", names, streams=list(settings.streams),
                   engine=engine.kind, device=str(engine.device), hop_samples=hop)
-        scheduler.run()
+        try:
+            scheduler.run()
+        finally:
+            _record_feedback_counts(metrics, pipelines)
     except Interrupted:
         pass
     finally:
         stop.interrupt = False
         if stop.signal_name:
             log_event(logger, logging.INFO, "stopping", "stopping on %s", stop.signal_name, signal=stop.signal_name)
+
+
+def _record_feedback_counts(metrics: ServeMetrics, pipelines: List[StreamPipeline]) -> None:
+    """Each feedback stage's counters, for the stats JSON: samples published, resets, holes bridged."""
+    counts = {p.key: {"published": p.feedback.published, "resets": p.feedback.resets,
+                      "holes_bridged": p.feedback.holes_bridged, "samples_bridged": p.feedback.samples_bridged}
+              for p in pipelines if p.feedback is not None}
+    if counts:
+        metrics.info["feedback_counts"] = counts
 
 
 def _unscaling(config: Any) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
@@ -200,32 +211,41 @@ def _write_stats(settings: ServeSettings, metrics: ServeMetrics) -> None:
 # ----------------------------------------------------------------------------------------------
 # Preparation: everything before the loops, in the order it happens
 # ----------------------------------------------------------------------------------------------
-def _prepare(settings: ServeSettings, metrics: ServeMetrics, announce: Announce, resources: _Resources) -> None:
+def _prepare(settings: ServeSettings, metrics: ServeMetrics, announce: Announce, resources: _Resources,
+             stop: StopRequest) -> None:
     """Streams resolved (in the background) ∥ model and engine; then the streams are opened,
     validated, and the outputs made — all into ``resources``.
     Raises UsageError / ServeFailure / Interrupted."""
     _check_early(settings, metrics, resources)
+    feedback_plan = _plan_feedback(settings, metrics, announce)
     # Resolving runs in background threads while the model loads and warms up. The inlets are
     # opened only afterwards, so that no backlog piles up in them meanwhile.
     resolvers, resolve_started = _start_resolvers(settings, announce, resources)
     options = _adaptation_options(settings)
-    config, window, hop = _load_engine(settings, resources)
+    config, window, hop = _load_engine(settings, resources, stop)
+    if settings.feedback and feedback_plan is None:
+        feedback_plan = _plan_feedback(settings, metrics, announce, config)
     delay = _signal_delay(config, hop, announce)
+    linear_path = _linear_path(settings, config, announce)
     infos = _wait_for_streams(settings, resolvers, resolve_started)
-    stages = _open_streams(settings, config, infos, resources, options)
+    stages = _open_streams(settings, config, infos, resources, options, linear_path)
     for key in settings.streams:
         _log_plan(key, stages[key], announce)
     _record_info(settings, metrics, resources, config, stages, window, hop, delay)
     outputs = _output_names(settings)
     engine = resources.engine
     for key in settings.streams:
-        publishers = _make_publishers(settings, config, key, outputs[key], resources, delay)
+        publishers = _make_publishers(settings, config, key, outputs[key], resources, delay, stages[key].quality)
         resources.pipelines.append(StreamPipeline(key, resources.inlets[key], stages[key], window, hop,
                                                   settings.gap_threshold_s, metrics.streams[key], publishers,
                                                   engine.n_output_channels, gauges=metrics.gauges[key],
                                                   silence_s=settings.silence_s, max_publish=engine.output_samples,
                                                   metrics=metrics))
         resources.publishers = []  # owned by the pipeline now
+        if feedback_plan is not None:
+            pipeline = resources.pipelines[-1]
+            pipeline.feedback = _make_feedback(settings, config, key, outputs[key], resources, feedback_plan, hop,
+                                               engine.output_samples, pipeline.continuity)
 
 
 def _check_early(settings: ServeSettings, metrics: ServeMetrics, resources: _Resources) -> None:
@@ -245,6 +265,68 @@ def _check_early(settings: ServeSettings, metrics: ServeMetrics, resources: _Res
             resources.exporter = start_exporter(metrics, settings.metrics_host, settings.metrics_port)
         except ExporterError as error:
             raise UsageError(str(error)) from None
+
+
+def _plan_feedback(settings: ServeSettings, metrics: ServeMetrics, announce: Announce, config: Any = None) -> Any:
+    """The feedback signals planned against the model's channels and band, or None without
+    signals. Called before the model loads (``config`` None: the model's fields, read without
+    torch), so that a signal the model cannot serve fails at once (UsageError naming its key);
+    a model whose fields cannot be read is left to the model loader, which says why, and
+    planned again with its config (``config``)."""
+    if not settings.feedback:
+        return None
+    from brainformer.feedback import FeedbackError, plan_feedback
+    from brainformer.model_dir import load_fields
+    from brainformer_rt.serving.metrics import TimingRing
+
+    fields = config
+    if fields is None:
+        try:
+            fields = load_fields(settings.model)
+        except (ValueError, OSError):
+            return None
+    try:
+        plan = plan_feedback(settings.feedback, fields, str(settings.model))
+    except FeedbackError as error:
+        raise UsageError(str(error)) from None
+    for line in plan.describe():
+        announce(f"feedback signal {line}")
+    log_event(logger, logging.INFO, "feedback_plan", "feedback: %s", " | ".join(plan.describe()),
+              signals=[s.name for s in plan.signals], delays_ms=[round(d.delay_ms, 1) for d in plan.delays])
+    metrics.stages.setdefault("feedback", TimingRing())
+    metrics.info["feedback"] = {s.name: {"measure": s.measure, "band_hz": list(s.band_hz), "unit": s.unit,
+                                         "sensors": list(s.sensor_names), "delay_ms": round(d.delay_ms, 1)}
+                                for s, d in zip(plan.signals, plan.delays)}
+    return plan
+
+
+def _make_feedback(settings: ServeSettings, config: Any, key: str, output: Tuple[str, bytes], resources: _Resources,
+                   plan: Any, hop: int, max_samples: int, continuity: Any) -> Any:
+    """The feedback stage of one stream with its LSL outlet ``<MEG outlet>-feedback`` and ZeroMQ
+    topic ``feedback`` (several streams: ``feedback/<stream>``)."""
+    from brainformer_rt.serving.feedback import FeedbackStage
+
+    lsl_name, _ = output
+    rate_hz = float(config.sfreq_hz) / hop  # one sample per served window
+    made: List[Any] = []
+    try:
+        if settings.lsl_name:
+            from brainformer_rt.serving.publishers.lsl import LSLFeedbackPublisher
+
+            name = f"{lsl_name}-feedback"
+            made.append(LSLFeedbackPublisher(name, f"brainformer:{name}@{socket.gethostname()}", plan, rate_hz,
+                                             str(settings.model), meg_stream=lsl_name))
+            resources.publishers.append(made[-1])
+        if settings.zmq:
+            from brainformer_rt.serving.publishers.zmq import FEEDBACK_TOPIC, ZMQFeedbackTopic
+
+            topic = FEEDBACK_TOPIC if len(settings.streams) == 1 else FEEDBACK_TOPIC + b"/" + key.encode()
+            made.append(ZMQFeedbackTopic(resources.zmq_publisher, topic, plan, rate_hz, stream_name=key))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    stage = FeedbackStage(plan, made, max_samples, continuity=continuity)
+    resources.publishers = []  # owned by the stage now
+    return stage
 
 
 def _wait_limit(settings: ServeSettings) -> Optional[float]:
@@ -271,17 +353,18 @@ def _start_resolvers(settings: ServeSettings, announce: Announce, resources: _Re
     return resolvers, time.monotonic()
 
 
-def _load_engine(settings: ServeSettings, resources: _Resources) -> Tuple[Any, int, int]:
+def _load_engine(settings: ServeSettings, resources: _Resources, stop: StopRequest) -> Tuple[Any, int, int]:
     """Model loaded, engine made and warmed up (into ``resources``); ``(config, window, hop)``."""
-    import torch  # the slow imports come after the resolvers were started
+    with stop.deferred():  # a stop signal never lands inside a C extension's initialisation
+        import torch  # the slow imports come after the resolvers were started
 
-    from brainformer_rt.serving.engine import EngineError
-    from brainformer_rt.serving.engine_switch import serving_engine
+        from brainformer_rt.serving.engine import EngineError
+        from brainformer_rt.serving.engine_switch import model_label, serving_engine, serving_output_samples
 
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
-    log_event(logger, logging.INFO, "model_loading", "loading model %s", settings.model, model=str(settings.model))
-    model, config = _load(settings)
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)
+        log_event(logger, logging.INFO, "model_loading", "loading model %s", settings.model, model=str(settings.model))
+        model, config = _load(settings)
     hop = settings.hop_samples if settings.hop_samples is not None else int(config.hop_samples)
     window = int(config.window_samples)
     if not 1 <= hop <= window:
@@ -289,7 +372,8 @@ def _load_engine(settings: ServeSettings, resources: _Resources) -> Tuple[Any, i
     batch_size = settings.batch_size or len(settings.streams)
     try:
         resources.engine = engine = serving_engine(model, settings.engine, settings.device, batch_size, window,
-                                                   output_samples=serving_output_samples(model, window, hop))
+                                                   output_samples=serving_output_samples(model, window, hop),
+                                                   model_label=model_label(settings.model))
     except EngineError as error:
         raise UsageError(str(error)) from None
     log_event(logger, logging.INFO, "engine_warmup", "preparing the %s engine on %s (warm-up)", engine.kind,
@@ -354,22 +438,48 @@ def _adaptation_options(settings: ServeSettings) -> Any:
     """The ``AdaptationOptions`` of the settings (a montage is loaded, so an unknown one is
     refused now, before any stream); UsageError naming the key otherwise."""
     from brainformer.adaptation import AdaptationError
+    from brainformer.linear_path import STATISTICS_FILENAME
+    from brainformer.model_dir import resolve_model_dir
     from brainformer_rt.serving.adapt import adaptation_options
 
     try:
+        has_statistics = (resolve_model_dir(settings.model) / STATISTICS_FILENAME).is_file()
+    except (ValueError, OSError):  # the model directory's own error comes with the model
+        has_statistics = False
+    try:
         return adaptation_options(channel_map=settings.channel_map, montage=settings.montage,
                                   input_unit=settings.input_unit,
-                                  max_missing_fraction=settings.max_missing_fraction)
+                                  max_missing_fraction=settings.max_missing_fraction, has_statistics=has_statistics)
     except AdaptationError as error:
         raise UsageError(str(error)) from None
 
 
-def _log_plan(key: str, stage: Any, announce: Announce) -> None:
+def _linear_path(settings: ServeSettings, config: Any, announce: Announce) -> Tuple[Any, Any]:
+    """``(statistics, full-cap solution)`` of the model's linear path, or ``(None, None)`` for a
+    model without them (logged: its linear path stays as trained, no expected quality)."""
+    from brainformer.model_dir import resolve_model_dir
+    from brainformer_rt.serving.adapt import linear_path_of
+
+    try:
+        statistics, full = linear_path_of(resolve_model_dir(settings.model), config)
+    except ValueError as error:  # StatisticsError: a file there but unusable
+        raise UsageError(str(error)) from None
+    if statistics is None:
+        line = (f"model {settings.model!r} has no linear path statistics: its linear path is not re-solved for a "
+                "stream's own electrodes and no expected quality is given (add them with `brainformer statistics`)")
+        announce(line)
+        log_event(logger, logging.INFO, "linear_path_statistics_missing", "%s", line, model=str(settings.model))
+    return statistics, full
+
+
+def _log_plan(key: str, stages: Any, announce: Announce) -> None:
     """The adaptation plan of one stream, once: for people (several lines) and the log (one event
-    naming every ignored channel and every interpolated electrode); its warnings one by one."""
+    naming every ignored channel and every interpolated electrode); its warnings one by one; the
+    expected quality of its cap (a warning when the cap is far from complete)."""
+    from brainformer.adaptation.resolve import INCOMPLETE_SHARE
     from brainformer_rt.serving.adapt import plan_fields
 
-    plan = stage.plan
+    plan = stages.plan
     text = plan.describe()
     announce(text)
     log_event(logger, logging.INFO, "adaptation_plan", "stream %r: adaptation plan: %s", key,
@@ -377,15 +487,22 @@ def _log_plan(key: str, stage: Any, announce: Announce) -> None:
     for warning in plan.warnings:
         log_event(logger, logging.WARNING, "adaptation_warning", "stream %r: %s", key, warning, stream=key,
                   warning=warning)
+    quality = stages.quality
+    if quality is not None:
+        line = quality.describe()
+        announce(f"  {line}")
+        level = logging.WARNING if quality.share < INCOMPLETE_SHARE else logging.INFO
+        log_event(logger, level, "expected_quality", "stream %r: %s", key, line, stream=key, **quality.to_dict())
 
 
 def _open_streams(settings: ServeSettings, config: Any, infos: Dict[str, Any], resources: _Resources,
-                  options: Any = None) -> Dict[str, Any]:
+                  options: Any = None, linear_path: Tuple[Any, Any] = (None, None)) -> Dict[str, Any]:
     """Inlets opened (in parallel, into ``resources``) and planned against the model (the
-    adaptation plan from each inlet's full meta-data); ``{stream: EEGPreprocessStage}``."""
+    adaptation plan from each inlet's full meta-data, the linear path re-solved for its
+    electrodes); ``{stream: StreamStages}``."""
     from brainformer_rt.serving.adapt import IncompatibleStreamError, stream_source
     from brainformer_rt.serving.inlet import EEGInlet
-    from brainformer_rt.serving.preprocess import EEGPreprocessStage
+    from brainformer_rt.serving.pipeline import open_stages
 
     def open_inlet(key: str) -> Any:
         inlet = EEGInlet(infos[key], max_chunk_samples=settings.max_chunk_samples, recover=True,
@@ -401,8 +518,9 @@ def _open_streams(settings: ServeSettings, config: Any, infos: Dict[str, Any], r
     for key in settings.streams:
         try:
             inlet = resources.inlets[key]
-            stages[key] = EEGPreprocessStage(config, inlet.description, settings.max_chunk_samples,
-                                             source=stream_source(inlet), options=options)
+            stages[key] = open_stages(config, inlet.description, settings.max_chunk_samples,
+                                      source=stream_source(inlet), options=options, statistics=linear_path[0],
+                                      full=linear_path[1], min_expected_share=settings.min_expected_share)
         except (IncompatibleStreamError, ValueError) as error:  # AdaptationError is a ValueError
             raise UsageError(str(error)) from None
     return stages
@@ -426,10 +544,12 @@ def _record_info(settings: ServeSettings, metrics: ServeMetrics, resources: _Res
     metrics.describe_engine = resources.engine.describe
 
 
-def _plan_info(stage: Any) -> Dict[str, Any]:
+def _plan_info(stages: Any) -> Dict[str, Any]:
     from brainformer_rt.serving.adapt import plan_fields
 
-    return plan_fields(stage.plan)
+    info = plan_fields(stages.plan)
+    info["expected_quality"] = None if stages.quality is None else stages.quality.to_dict()
+    return info
 
 
 def _output_names(settings: ServeSettings) -> Dict[str, Tuple[str, bytes]]:
@@ -453,18 +573,6 @@ def _load(settings: ServeSettings):
     if getattr(config, "head", "regression") != "regression":
         raise UsageError(f"model {settings.model!r} has head {config.head!r}; serve needs a regression-head model")
     return model, config
-
-
-def serving_output_samples(model: Any, window_samples: int, hop_samples: int) -> int:
-    """Newest samples the engine predicts per window: two hops (so a window merged with a late one
-    still publishes every sample), or the whole window for a model whose forward has no
-    ``last_samples``. A window publishes only its newest hop; the decoder work for older segments
-    and the skip path's rows for older samples would be thrown away."""
-    import inspect
-
-    if "last_samples" not in inspect.signature(model.forward).parameters:
-        return window_samples
-    return min(window_samples, 2 * hop_samples)
 
 
 class _Background:
@@ -508,9 +616,10 @@ def _raise_connect_error(key: str, outcome: Any) -> None:
 
 
 def _make_publishers(settings: ServeSettings, config: Any, key: str, output: Tuple[str, bytes],
-                     resources: _Resources, delay: Optional[Dict[str, Any]]) -> List[Any]:
+                     resources: _Resources, delay: Optional[Dict[str, Any]], quality: Any = None) -> List[Any]:
     """The LSL outlet and ZeroMQ topic of one stream (registered in ``resources`` as made), each
-    carrying the ``delay`` in its meta-data."""
+    carrying the ``delay`` in its meta-data; the outlet's meta-data also carry the expected quality
+    of the stream's cap (``quality``, or none)."""
     lsl_name, topic = output
     names = list(config.meg_channel_names)
     types = list(config.meg_channel_types)
@@ -521,7 +630,8 @@ def _make_publishers(settings: ServeSettings, config: Any, key: str, output: Tup
             from brainformer_rt.serving.publishers.lsl import LSLPublisher
 
             made.append(LSLPublisher(lsl_name, f"brainformer:{lsl_name}@{socket.gethostname()}", names, types,
-                                     float(config.sfreq_hz), model_name, delay=delay))
+                                     float(config.sfreq_hz), model_name, delay=delay,
+                                     expected_quality=None if quality is None else quality.to_dict()))
             resources.publishers.append(made[-1])
         if settings.zmq:
             from brainformer_rt.serving.publishers.zmq import ZMQPublisher

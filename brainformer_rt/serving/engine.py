@@ -45,6 +45,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from brainformer_rt.serving.aot_cache import (PackageLock, acquire_unless_ready, aot_cache_dir, ensure_cache_dir,
+                                            log_path, sidecar_path)
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ENGINE_KINDS", "EngineError", "Engine", "EagerEngine", "CompileEngine", "AotEngine", "CudaGraphEngine",
@@ -156,6 +159,8 @@ class Engine:
         self.n_input_channels = int(n_input_channels)
         self.n_output_channels: Optional[int] = None
         self.setup_s: Optional[float] = None
+        #: How the user named the model (``default``, a directory), where a cache records it.
+        self.model_label: Optional[str] = None
         self._bucket_for = [0] + [next(b for b in self.buckets if b >= k) for k in range(1, self.batch_size + 1)]
         self._host_in: Optional[torch.Tensor] = None
         self._host_out: Optional[torch.Tensor] = None
@@ -346,7 +351,7 @@ def aot_inductor_configs() -> Dict[str, object]:
     product, inductor's C++ GEMM template (a kernel generated for that product's fixed shapes and
     weights) against the oneDNN call it would otherwise make, and keeps the faster: the serving
     forward's products are small, so a call's fixed cost weighs more than its arithmetic (figures
-    in the README). It makes a build several times longer; ``BRAINFORMER_AOT_AUTOTUNE=0`` builds
+    in docs/engines.md). It makes a build several times longer; ``BRAINFORMER_AOT_AUTOTUNE=0`` builds
     without it.
     """
     autotune = os.environ.get("BRAINFORMER_AOT_AUTOTUNE", "1")
@@ -358,15 +363,6 @@ def aot_inductor_configs() -> Dict[str, object]:
         configs.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN",
                        max_autotune_report_choices_stats=False)
     return configs
-
-
-def aot_cache_dir() -> Path:
-    """Where ``aot`` keeps its compiled packages: ``$BRAINFORMER_CACHE/aot``, else
-    ``$XDG_CACHE_HOME/brainformer/aot``, else ``~/.cache/brainformer/aot``."""
-    root = os.environ.get("BRAINFORMER_CACHE")
-    if root:
-        return Path(root) / "aot"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "brainformer" / "aot"
 
 
 class _ServingStep(torch.nn.Module):
@@ -394,19 +390,25 @@ class AotEngine(Engine):
     disk (:func:`aot_cache_dir`), keyed by everything that shapes the library: the model's code,
     weights and config, the shapes, the output span, the torch version, the build settings, the
     number of torch threads and the CPU's vector instructions (both compiled into the kernels).
-    A later start with the same key loads the package instead of compiling. The cache holds shared libraries
-    that this process loads: keep it private (it is created with mode 0700).
+    A later start with the same key loads the package instead of compiling. One process builds a
+    key at a time; whoever needs it meanwhile waits for that build (:mod:`.aot_cache`: the lock,
+    the record beside each package, stale files). The cache holds shared libraries that this
+    process loads: keep it private (it is created with mode 0700).
     """
 
     kind = "aot"
 
+    def _key_facts(self, bucket: int) -> Dict[str, object]:
+        """What shapes ``bucket``'s library, besides the model's code and weights (hashed too)."""
+        return {"format": 2, "torch": torch.__version__, "bucket": bucket, "window_samples": self.window_samples,
+                "n_input_channels": self.n_input_channels, "last_samples": self._last_samples,
+                "threads": torch.get_num_threads(), "model": type(self.model).__name__,
+                "cpu": [platform.machine(), torch.backends.cpu.get_cpu_capability()],
+                "inductor": aot_inductor_configs()}
+
     def _cache_key(self, bucket: int) -> str:
         digest = hashlib.sha256()
-        facts = {"format": 2, "torch": torch.__version__, "bucket": bucket, "window_samples": self.window_samples,
-                 "n_input_channels": self.n_input_channels, "last_samples": self._last_samples,
-                 "threads": torch.get_num_threads(), "model": type(self.model).__name__,
-                 "cpu": [platform.machine(), torch.backends.cpu.get_cpu_capability()],
-                 "inductor": aot_inductor_configs()}
+        facts = self._key_facts(bucket)
         config = getattr(self.model, "config", None)
         if config is not None and hasattr(config, "to_json_string"):
             facts["config"] = config.to_json_string(use_diff=False)
@@ -425,17 +427,18 @@ class AotEngine(Engine):
         return aot_cache_dir() / f"{self._cache_key(bucket)}.pt2"
 
     def compile_package(self, bucket: int, path: Path) -> None:
-        """Export and compile ``bucket``'s step into ``path`` (written beside it, then renamed:
-        a half-written package is never loaded)."""
+        """Export and compile ``bucket``'s step into ``path`` (written beside it as
+        ``KEY.tmp-*.pt2``, then renamed: a half-written package is never loaded; the temporary
+        file is removed on every way out, a signal turned into an exception included)."""
         import torch._inductor
 
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_cache_dir(path.parent)
         started = time.perf_counter()
         example = torch.zeros((bucket, self.window_samples, self.n_input_channels), dtype=torch.float32)
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecations
             program = torch.export.export(_ServingStep(self.model.eval(), self._last_samples), (example,))
-            handle, partial = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
+            handle, partial = tempfile.mkstemp(prefix=f"{path.stem}.tmp-", suffix=".pt2", dir=path.parent)
             os.close(handle)
             try:
                 torch._inductor.aoti_compile_and_package(program, package_path=partial,
@@ -446,12 +449,51 @@ class AotEngine(Engine):
                     os.unlink(partial)
         logger.info("aot: compiled bucket %d in %.1f s into %s", bucket, time.perf_counter() - started, path)
 
+    def build_package(self, bucket: int, lock: Optional[PackageLock] = None, model_label: Optional[str] = None,
+                      on_wait=None) -> Path:
+        """``bucket``'s package in the cache, compiled by this process unless it is there.
+
+        One process builds a package at a time: without ``lock`` (the key's lock, already held)
+        this takes it, and while another process builds the same package it waits for that
+        build (``on_wait(pid)`` once) instead of compiling it twice. Next to the package it
+        writes what it was built for (``KEY.json``, for ``engine status``); the lock is released
+        on every way out.
+        """
+        path = self.package_path(bucket)
+        if lock is None:
+            lock = acquire_unless_ready(path.parent, path.stem, path.exists, on_wait=on_wait)
+            if lock is None:  # in the cache, or built meanwhile by the process we waited for
+                return path
+        try:
+            lock.write_owner(os.getpid())
+            if not path.exists():
+                started = time.time()
+                self.compile_package(bucket, path)
+                self._write_facts(bucket, path, model_label, started)
+            log_path(path.parent, path.stem).unlink(missing_ok=True)  # an earlier failure's
+        finally:
+            lock.release()
+        return path
+
+    def _write_facts(self, bucket: int, path: Path, model_label: Optional[str], started: float) -> None:
+        facts = {**self._key_facts(bucket), "key": path.stem, "output_samples": self.output_samples,
+                 "model_dir": model_label or self.model_label or type(self.model).__name__,
+                 "autotune": "max_autotune" in aot_inductor_configs(),
+                 "built_at": time.time(), "build_s": round(time.time() - started, 1)}
+        target = sidecar_path(path.parent, path.stem)
+        handle, partial = tempfile.mkstemp(prefix=f"{path.stem}.tmp-", suffix=".json", dir=path.parent)
+        try:
+            with os.fdopen(handle, "w") as file:
+                json.dump(facts, file, indent=1)
+            os.replace(partial, target)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+
     def _package(self, bucket: int) -> Path:
         """The compiled package of one bucket: from the cache, or compiled now and cached."""
-        path = self.package_path(bucket)
-        if not path.exists():
-            self.compile_package(bucket, path)
-        return path
+        return self.build_package(bucket, on_wait=lambda pid: logger.info(
+            "aot: waiting for process %s, which builds the package of bucket %d", pid or "?", bucket))
 
     def _prepare(self) -> None:
         self._runners = {}

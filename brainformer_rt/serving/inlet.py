@@ -21,7 +21,8 @@ Design notes (measured facts in the project's platform notes):
   non-blocking ``time_correction(0)``) and again after every reconnect; a reconnect is counted
   (``reconnects``) when a discontinuity comes with that flag. liblsl needs a few seconds after a
   reconnect to re-estimate the offset, so a second restart within that time is seen as a
-  discontinuity only.
+  discontinuity only. When the estimate is in, the inlet says so (``reconnect_detection_armed``,
+  logged as the event of that name).
 
 Importing this module imports pylsl: point liblsl at the loopback configuration first
 (:func:`brainformer_rt.serving.lsl_config.use_loopback_config`).
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 MIN_RESOLVE_WAIT_S = 1.0
 # time_correction() is refreshed at most this often; in between the last offset is reused.
 CLOCK_REFRESH_INTERVAL_S = 5.0
+# Until liblsl's clock-offset estimate exists (reconnects cannot be told yet), pulls check for it this often.
+RECONNECT_ARM_CHECK_INTERVAL_S = 0.1
 FLOAT_FORMATS = ("float32", "double64")
 
 
@@ -325,6 +328,9 @@ class EEGInlet:
         self.reconnects = 0  # connections liblsl re-established to a restarted outlet
         self.last_gap_s = 0.0
         self.clock_offset_s = 0.0  # added to source timestamps to get local_clock() time
+        # liblsl's clock-offset estimate exists, so a restart of the source will count as a reconnect.
+        self.reconnect_detection_armed = False
+        self._next_arm_check_s = 0.0
 
     @classmethod
     def from_stream(cls, name_or_type: str, wait_s: float | None = 10.0, **kwargs) -> "EEGInlet":
@@ -365,8 +371,7 @@ class EEGInlet:
             self.correct_clock = description.hostname != socket.gethostname()
         if self.correct_clock:
             self._refresh_clock_offset(timeout_s)  # the slow first call, off the hot path
-        else:
-            self._arm_reconnect_detection()
+        self._arm_reconnect_detection()
         dtype = np.float32 if self.description.channel_format == "float32" else np.float64
         self._data = np.zeros((self.max_chunk_samples, self.description.n_channels), dtype=dtype)
         self._timestamps = np.zeros(self.max_chunk_samples, dtype=np.float64)
@@ -382,10 +387,22 @@ class EEGInlet:
     def _arm_reconnect_detection(self) -> None:
         """Start liblsl's background time-offset estimation without waiting for it: liblsl flags
         a reconnect (``was_clock_reset``) only while an estimate exists."""
+        self.reconnect_detection_armed = False
+        self._check_reconnect_detection()
+
+    def _check_reconnect_detection(self) -> None:
+        """Has liblsl's offset estimate arrived? (A non-blocking ``time_correction``, which also
+        starts the estimation.) Logged once it has: from then on a restart of the source is
+        counted as a reconnect."""
         try:
             self._inlet.time_correction(0.0)
-        except LSLTimeoutError:
-            pass  # expected: the estimate arrives in the background
+        except LSLTimeoutError:  # expected at first: the estimate arrives in the background
+            self._next_arm_check_s = time.monotonic() + RECONNECT_ARM_CHECK_INTERVAL_S
+            return
+        self.reconnect_detection_armed = True
+        logger.info("LSL stream %r: liblsl's clock-offset estimate is in; a restart of the source will be "
+                    "recognised as a reconnect", self.description.name,
+                    extra={"event": "reconnect_detection_armed", "stream": self.description.name})
 
     def _refresh_clock_offset(self, timeout_s: float) -> None:
         try:
@@ -411,6 +428,8 @@ class EEGInlet:
         if self.correct_clock and time.monotonic() >= self._next_clock_refresh_s:
             # liblsl's background estimate: cheap, and only every few seconds.
             self._refresh_clock_offset(0.0)
+        if not self.reconnect_detection_armed and time.monotonic() >= self._next_arm_check_s:
+            self._check_reconnect_detection()
         try:
             _, source_timestamps = self._inlet.pull_chunk(
                 timeout=timeout_s, max_samples=self.max_chunk_samples, dest_obj=self._data,

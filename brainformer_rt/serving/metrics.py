@@ -142,7 +142,9 @@ class StreamGauges:
     the last second. ``last_outage_s``: last sample before the newest reset → first prediction
     published after it. ``bad_channels``: stream channels left out as bad now;
     ``interpolated_channels``: model electrodes interpolated now (missing from the stream, bad,
-    or another cap); ``resampler_delay_s``: mean hold-back of the resampler (0: no resampling).
+    or another cap); ``resampler_delay_s``: mean hold-back of the resampler (0: no resampling);
+    ``expected_r``: the expected r of the stream's cap as it is now (the linear path re-solved
+    for its electrodes; NaN for a model without statistics).
     """
 
     buffer_fill: float = 0.0
@@ -155,6 +157,7 @@ class StreamGauges:
     bad_channels: int = 0
     interpolated_channels: int = 0
     resampler_delay_s: float = 0.0
+    expected_r: float = math.nan
 
     def to_dict(self) -> Dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

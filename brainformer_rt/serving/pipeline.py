@@ -1,14 +1,17 @@
-"""One served stream's state machine: inlet → gap check → preprocessing → ring buffer → windower.
+"""One served stream's state machine: inlet → gap check → adaptation → preprocessing → ring
+buffer → windower, and, after the batched forward, the stream's own linear path.
 
 How the loops drive it, and what each fault does to it, is in docs/internals.md ("The serve
-daemon: loops and faults").
+daemon: loops and faults"). :func:`open_stages` makes a stream's two signal stages from its
+meta-data: the adaptation (``adapt.py``) and the preprocessing (``preprocess.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -17,7 +20,7 @@ from brainformer_rt.serving.metrics import StreamCounters, StreamGauges
 
 logger = logging.getLogger(DAEMON_LOGGER_NAME)
 
-__all__ = ["StreamPipeline", "LOG_REPEAT_INTERVAL_S", "FOREIGN_CLOCK_THRESHOLD_S"]
+__all__ = ["StreamPipeline", "StreamStages", "open_stages", "LOG_REPEAT_INTERVAL_S", "FOREIGN_CLOCK_THRESHOLD_S"]
 
 #: A repeating fault (NaN chunks, NaN predictions) is logged at most once per this many seconds.
 LOG_REPEAT_INTERVAL_S = 5.0
@@ -26,13 +29,109 @@ LOG_REPEAT_INTERVAL_S = 5.0
 FOREIGN_CLOCK_THRESHOLD_S = 1.0
 
 
+@dataclass
+class StreamStages:
+    """The two signal stages of one stream, in pipe order: ``adapt`` (a
+    :class:`~brainformer_rt.serving.adapt.SourceAdapter`: the stream's units, channels, cap and rate
+    → the model's EEG in volts; the stream's linear path and expected quality) and ``preprocess``
+    (an :class:`~brainformer_rt.serving.preprocess.EEGPreprocessStage`: the training filters).
+    :class:`StreamPipeline` runs them as two steps; :meth:`process` runs both for offline use."""
+
+    adapt: Any
+    preprocess: Any
+
+    @property
+    def plan(self) -> Any:
+        """The adaptation plan made when the stream opened."""
+        return self.adapt.base_plan
+
+    @property
+    def quality(self) -> Any:
+        """The cap's expected quality (``CapQuality``), None for a model without statistics."""
+        return self.adapt.quality
+
+    @property
+    def decimation(self) -> int:
+        return self.adapt.decimation
+
+    @property
+    def n_channels(self) -> int:
+        return self.adapt.n_channels
+
+    @property
+    def input_sfreq_hz(self) -> float:
+        return self.adapt.input_sfreq_hz
+
+    @property
+    def output_sfreq_hz(self) -> float:
+        """The model's rate: after adaptation and decimation."""
+        return self.adapt.output_sfreq_hz / self.adapt.decimation
+
+    @property
+    def input_per_output(self) -> float:
+        """Input samples per model-rate sample (the decimation, or the resampling ratio)."""
+        return self.input_sfreq_hz / self.output_sfreq_hz
+
+    def process(self, data: np.ndarray, timestamps: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Raw ``(n, n_stream_channels)`` → preprocessed ``(m, n_eeg)`` float32 and timestamps:
+        both stages, one after the other."""
+        return self.preprocess.process(*self.adapt.apply(data, timestamps))
+
+    def reset(self) -> None:
+        self.adapt.reset()
+        self.preprocess.reset()
+
+    def close(self) -> None:
+        self.adapt.close()
+
+
+def open_stages(config: Any, description: Any = None, max_chunk_samples: int = 4096, *, source: Any = None,
+                options: Any = None, statistics: Any = None, full: Any = None,
+                min_expected_share: Optional[float] = None) -> StreamStages:
+    """A stream's adaptation and preprocessing stages, planned against the model.
+
+    Args:
+        config: the model's ``BrainformerConfig`` (or fields).
+        description: the inlet's ``StreamDescription`` (used when ``source`` is None).
+        max_chunk_samples: initial size of the adapter's buffers.
+        source: the stream's ``SourceDescription`` from its full meta-data
+            (:func:`~brainformer_rt.serving.adapt.stream_source`; positions included).
+        options: ``AdaptationOptions`` (input unit, channel map, montage, missing limit).
+        statistics, full, min_expected_share: the model's linear path statistics, their
+            full-cap solution and the floor of the expected quality (see ``SourceAdapter``).
+
+    Raises:
+        IncompatibleStreamError: one line, for a stream that cannot be served.
+    """
+    from brainformer.adaptation import AdaptationError, SourceDescription
+    from brainformer.preprocessing import PreprocessingError
+    from brainformer_rt.serving.adapt import IncompatibleStreamError, SourceAdapter
+    from brainformer_rt.serving.preprocess import EEGPreprocessStage
+
+    if source is None:
+        source = SourceDescription.from_stream(description)
+    try:
+        adapt = SourceAdapter(config, source, options, max_chunk_samples, statistics=statistics, full=full,
+                              min_expected_share=min_expected_share)
+    except AdaptationError as error:
+        raise IncompatibleStreamError(str(error)) from None
+    try:
+        preprocess = EEGPreprocessStage(config, adapt.output_sfreq_hz)
+    except PreprocessingError as error:
+        adapt.close()
+        raise IncompatibleStreamError(f"{source.name}: {error}") from None
+    return StreamStages(adapt, preprocess)
+
+
 class StreamPipeline:
-    """One served stream: inlet → gap check → preprocessing → ring buffer → windower → sinks.
+    """One served stream: inlet → gap check → adaptation → preprocessing → ring buffer →
+    windower → (batched forward) → its linear path → sinks.
 
     Args:
         key: the stream as given in the settings (``--stream``); names metrics and outputs.
         inlet: an open ``EEGInlet``.
-        stage: its ``EEGPreprocessStage`` (validated against the model).
+        stages: its adaptation and preprocessing stages (:func:`open_stages`, validated against
+            the model).
         window_samples, hop_samples: model window and serving hop (model-rate samples).
         gap_threshold_s: see :class:`~brainformer_rt.serving.preprocess.GapDetector`.
         counters: this stream's ``StreamCounters`` in the daemon's metrics.
@@ -44,13 +143,13 @@ class StreamPipeline:
         silence_s: input silent for longer than this is logged once and counted (``silences``).
         metrics: the daemon's ``ServeMetrics``, for the ``adapt`` stage timing (None: not timed).
 
-    State (all of it): the stages' own (preprocessing, ring buffer, windower, gap detector), the
+    State (all of it): the stages' own (adaptation, preprocessing, ring buffer, windower, gap detector), the
     hand-off slot (``pending_*``, used with several streams, guarded by the scheduler's
     condition lock), and the bookkeeping listed in :meth:`_reset_variables` (outages, NaN input,
     silence, the timestamp offset of the current segment).
     """
 
-    def __init__(self, key: str, inlet: Any, stage: Any, window_samples: int, hop_samples: int,
+    def __init__(self, key: str, inlet: Any, stages: StreamStages, window_samples: int, hop_samples: int,
                  gap_threshold_s: float, counters: StreamCounters, publishers: Sequence[Any],
                  n_output_channels: int, gauges: Optional[StreamGauges] = None, silence_s: float = 1.0,
                  max_publish: Optional[int] = None, metrics: Any = None) -> None:
@@ -60,30 +159,34 @@ class StreamPipeline:
 
         self.key = key
         self.inlet = inlet
-        self.stage = stage
+        self.stages = stages
+        self.adapt = stages.adapt
+        self.preprocess = stages.preprocess
         self.window_samples = window_samples
         self.hop_samples = hop_samples
         self.counters = counters
         self.gauges = gauges if gauges is not None else StreamGauges()
         self.silence_s = silence_s
         self.publishers = list(publishers)
-        self.ring = RingBuffer(max(4 * window_samples, 1024), stage.n_channels)
+        self.ring = RingBuffer(max(4 * window_samples, 1024), stages.n_channels)
         self.windower = Windower(window_samples, hop_samples, max_publish)
-        self.gaps = GapDetector(stage.input_sfreq_hz, gap_threshold_s, inlet.max_chunk_samples)
+        self.gaps = GapDetector(stages.input_sfreq_hz, gap_threshold_s, inlet.max_chunk_samples)
         self.physical = np.empty((window_samples, n_output_channels), dtype=np.float32)  # un-scaled output rows
         # The hand-off slot (several streams; guarded by the scheduler's condition lock).
-        self.pending_window = np.empty((window_samples, stage.n_channels), dtype=np.float32)
+        self.pending_window = np.empty((window_samples, stages.n_channels), dtype=np.float32)
         self.pending_timestamps = np.empty(window_samples, dtype=np.float64)
         self.throttle = EventThrottle(LOG_REPEAT_INTERVAL_S)
         self.metrics = metrics
+        #: The feedback stage fed with every published hop (``serving/feedback.py``), or None.
+        self.feedback: Optional[Any] = None
         #: Input samples per model-rate sample (decimation or resampling ratio).
-        self.input_per_output = float(getattr(stage, "input_per_output", getattr(stage, "decimation", 1)))
-        adapter = getattr(stage, "adapter", None)
-        if adapter is not None and hasattr(adapter, "request_bad_channels"):
-            adapter.on_replanned = self._replanned
-            adapter.on_amplitude_warning = self._amplitude_warning
-            self.gauges.interpolated_channels = adapter.n_interpolated
-            self.gauges.resampler_delay_s = adapter.base_plan.resampler_delay_s[0]
+        self.input_per_output = float(stages.input_per_output)
+        self.adapt.on_replanned = self._replanned
+        self.adapt.on_amplitude_warning = self._amplitude_warning
+        self.gauges.interpolated_channels = self.adapt.n_interpolated
+        self.gauges.resampler_delay_s = self.adapt.base_plan.resampler_delay_s[0]
+        if self.adapt.quality is not None:
+            self.gauges.expected_r = self.adapt.quality.r
         self._reset_variables()
 
     def _reset_variables(self) -> None:
@@ -158,19 +261,20 @@ class StreamPipeline:
                 data, timestamps = data[start:], timestamps[start:]
                 counters.last_reset_timestamp = float(timestamps[0])
         try:
-            out, out_timestamps = self.stage.process(data, timestamps)
+            adapted, adapted_timestamps = self.adapt.apply(data, timestamps)
         except NonFiniteInputError:
             self._nan_input(timestamps.shape[0], previous_arrival)
             return
+        out, out_timestamps = self.preprocess.process(adapted, adapted_timestamps)
         if self.metrics is not None:
-            self.metrics.add_adapt(self.key, self.stage.last_adapt_s)
+            self.metrics.add_adapt(self.key, self.adapt.last_apply_s)
         self.ring.write(out, out_timestamps)
         counters.samples_preprocessed += out.shape[0]
         if arrival_s is not None and not self._offset_decided:
             self._lag_min_s = min(self._lag_min_s, arrival_s - float(timestamps[-1]))
         if self._nan_outage:
             self._count_nan_refill(timestamps.shape[0])
-        if self.stage.flat.changed:
+        if self.adapt.flat.changed:
             self._flat_changed()
         gauges.buffer_fill = min(1.0, (self.ring.total_written - self.windower.origin) / self.window_samples)
 
@@ -191,7 +295,7 @@ class StreamPipeline:
         self._begin_outage(previous_arrival)
         ready, suppressed = self.throttle.ready("nan")
         if ready:
-            channels = self.stage.non_finite_channels()
+            channels = self.adapt.non_finite_channels()
             log_event(logger, logging.WARNING, "nan_input",
                       "stream %r: %d samples with NaN/Inf in %s dropped; resetting, no prediction until a full "
                       "finite window%s", self.key, n_samples, _channel_list(channels),
@@ -221,22 +325,18 @@ class StreamPipeline:
             self.throttle.forget("nan")
 
     def _flat_changed(self) -> None:
-        names = self.stage.flat_channel_names()
+        names = self.adapt.flat_channel_names()
         self.gauges.flat_channels = len(names)
-        adapter = getattr(self.stage, "adapter", None)
-        replanning = adapter is not None and hasattr(adapter, "request_bad_channels")
         if names:
             log_event(logger, logging.WARNING, "flat_channels",
-                      "stream %r: %s flat for the last second (no change at all); %s", self.key,
-                      _channel_list(names), "re-planning with it interpolated from the other electrodes"
-                      if replanning else "predictions go on, built from a channel without signal",
+                      "stream %r: %s flat for the last second (no change at all); re-planning with it "
+                      "interpolated from the other electrodes", self.key, _channel_list(names),
                       stream=self.key, channels=names, flat_channels=len(names),
                       flat_windows=self.counters.flat_windows)
         else:
             log_event(logger, logging.INFO, "flat_channels", "stream %r: no flat channel any more", self.key,
                       stream=self.key, channels=[], flat_channels=0, flat_windows=self.counters.flat_windows)
-        if replanning:
-            adapter.request_bad_channels(names)  # off the hot path: the worker thread re-plans
+        self.adapt.request_bad_channels(names)  # off the hot path: the worker thread re-plans
 
     def _replanned(self, plan: Any, bad: Sequence[str], error: Optional[str]) -> None:
         """From the adapter's worker thread: a re-plan for ``bad`` stream channels was swapped in
@@ -254,19 +354,24 @@ class StreamPipeline:
         counters.channels_interpolated += newly
         gauges.bad_channels = len(bad)
         gauges.interpolated_channels = len(plan.interpolated)
+        quality = self.adapt.quality
+        expected = {} if quality is None else {"expected_quality": quality.to_dict()}
+        if quality is not None:
+            gauges.expected_r = quality.r
+        said = "" if quality is None else f"; linear path re-solved: expected r {quality.r:.3f} ({100 * quality.share:.0f} % of the full cap)"
         if bad:
             log_event(logger, logging.WARNING, "adaptation_replanned",
-                      "stream %r: %s left out as bad; %d model electrode(s) now interpolated (%s); swapped in "
+                      "stream %r: %s left out as bad; %d model electrode(s) now interpolated (%s)%s; swapped in "
                       "between two chunks, no gap", self.key, _channel_list(bad), len(plan.interpolated),
                       ", ".join(f"{m!r} from nearest {s!r} {1e3 * d:.0f} mm" for m, s, d in plan.interpolated[:8])
-                      + (f", … ({len(plan.interpolated)} in all)" if len(plan.interpolated) > 8 else ""),
+                      + (f", … ({len(plan.interpolated)} in all)" if len(plan.interpolated) > 8 else ""), said,
                       stream=self.key, channels=list(bad), interpolated=[m for m, _, _ in plan.interpolated],
-                      replans=counters.replans, channels_interpolated=counters.channels_interpolated)
+                      replans=counters.replans, channels_interpolated=counters.channels_interpolated, **expected)
         else:
             log_event(logger, logging.INFO, "adaptation_replanned",
-                      "stream %r: every channel back; the start-up plan is in use again", self.key,
+                      "stream %r: every channel back; the start-up plan is in use again%s", self.key, said,
                       stream=self.key, channels=[], interpolated=[m for m, _, _ in plan.interpolated],
-                      replans=counters.replans, channels_interpolated=counters.channels_interpolated)
+                      replans=counters.replans, channels_interpolated=counters.channels_interpolated, **expected)
 
     def _amplitude_warning(self, line: str) -> None:
         log_event(logger, logging.WARNING, "amplitude_warning", "stream %r: %s", self.key, line,
@@ -365,17 +470,23 @@ class StreamPipeline:
     def reset(self) -> None:
         """Start over after a gap: fresh filter state, empty buffer, wait for a full window, and
         decide the new segment's timestamp offset afresh."""
-        self.stage.reset()
+        self.stages.reset()
         self.ring.clear()
         self.windower.reset(self.ring.total_written)
         self.gauges.buffer_fill = 0.0
         self.generation += 1
         self._reset_segment_variables()
 
+    def continuity(self) -> tuple:
+        """``(segment, samples_left_out, windows_left_out)``: counters that change whenever
+        published predictions were left out (a reset; samples of skipped or stale windows; NaN
+        predictions): what the feedback stage checks before each hop."""
+        return (self.generation, self.counters.samples_unpublished, self.counters.nan_windows)
+
     def close(self) -> None:
-        close_stage = getattr(self.stage, "close", None)
-        if close_stage is not None:
-            close_stage()
+        self.stages.close()
+        if self.feedback is not None:
+            self.feedback.close()
         for publisher in self.publishers:
             try:
                 publisher.close()

@@ -1,200 +1,60 @@
-"""Preprocessing stage: source adaptation, the shared causal filters, plus gap and flat checks.
+"""Preprocessing stage: the shared causal filters on the adapted EEG, plus the gap check.
 
 The signal processing itself is :mod:`brainformer.preprocessing` (the one causal path shared with
-training); the stream is first adapted to the model's channels, units and rate by
-:mod:`brainformer_rt.serving.adapt` (the :mod:`brainformer.adaptation` library). This stage adds
-what only a live stream needs:
+training). The stream reaches this stage already adapted to the model's channels, units and rate
+by the adaptation stage before it (:mod:`brainformer_rt.serving.adapt`, its own step of the
+stream's pipe, ``pipeline.py``). This module holds:
 
-- :class:`EEGPreprocessStage`: per chunk, adapt (units, channels, interpolation, resampling),
-  then run the stateful :class:`~brainformer.preprocessing.StreamingPreprocessor`;
+- :class:`EEGPreprocessStage`: per chunk of adapted EEG, the stateful
+  :class:`~brainformer.preprocessing.StreamingPreprocessor` (reference, filters, decimation,
+  scaling);
 - :class:`GapDetector`: finds discontinuities in the input timestamps, after which the stream is
-  reset (see ``pipeline.py``), and estimates how many samples were lost in each;
-- :class:`FlatChannelMonitor`: finds stream channels whose raw value did not change for a whole
-  second (a disconnected electrode, a saturated amplifier).
-
-A flat channel is never dropped from the output: the pipeline asks the adapter to re-plan
-without it (its model electrode interpolated from the others, in a worker thread, swapped in
-between two chunks) and to restore it when it changes again. Where that cannot be done (the
-model has no electrode positions, too many electrodes are bad) it is served as it is — harmless
-to the filters: after the average reference it carries minus the mean of the other channels, and
-the high-pass removes its constant part — with a warning. Windows served while a channel is flat
-are counted either way (``flat_windows``).
+  reset (see ``pipeline.py``), and estimates how many samples were lost in each.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from brainformer.preprocessing import PreprocessingError, eeg_preprocessor
-from brainformer_rt.serving.adapt import IncompatibleStreamError, SourceAdapter
+from brainformer.preprocessing import eeg_preprocessor
 from brainformer_rt.serving.timestamps import timestamp_jumps
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["EEGPreprocessStage", "GapDetector", "FlatChannelMonitor"]
+__all__ = ["EEGPreprocessStage", "GapDetector"]
 
 #: A forward timestamp step longer than the silence seen here by more than this is a clock jump.
 CLOCK_JUMP_SLACK_S = 1.0
 
 
 class EEGPreprocessStage:
-    """Source adaptation + the shared streaming preprocessing, for one stream.
+    """The shared streaming preprocessing of one stream's adapted EEG.
 
     Args:
-        config: the model's ``BrainformerConfig``.
-        description: the inlet's ``StreamDescription`` (used when ``source`` is None).
-        max_chunk_samples: initial size of the adapter's buffers.
-        source: the stream's ``SourceDescription`` from its full meta-data
-            (:func:`~brainformer_rt.serving.adapt.stream_source`; positions included).
-        options: ``AdaptationOptions`` (input unit, channel map, montage, missing limit).
+        config: the model's ``BrainformerConfig`` (or fields).
+        input_sfreq_hz: the rate of the adapted EEG: the model's, or an integer multiple of it
+            that this stage decimates.
 
     Raises:
-        IncompatibleStreamError: one line, for a stream that cannot be served.
+        PreprocessingError: a rate the filters cannot be built for (one line).
 
-    State (all of it): the :class:`~brainformer_rt.serving.adapt.SourceAdapter` (plan, buffers,
-    resampler state), the preprocessor's filter state, the flat-channel monitor and its
-    gather buffer; :meth:`reset` forgets the signal in all three (the plan stays).
+    State (all of it): the preprocessor's filter state; :meth:`reset` forgets it.
     """
 
-    def __init__(self, config: Any, description: Any, max_chunk_samples: int = 4096, *,
-                 source: Any = None, options: Any = None) -> None:
-        from brainformer.adaptation import AdaptationError, SourceDescription
+    def __init__(self, config: Any, input_sfreq_hz: float) -> None:
+        self.preprocessor = eeg_preprocessor(config, input_sfreq_hz)
+        self.input_sfreq_hz = float(input_sfreq_hz)
+        self.n_channels = len(config.eeg_channel_names)
 
-        if source is None:
-            source = SourceDescription.from_stream(description)
-        try:
-            self.adapter = SourceAdapter(config, source, options, max_chunk_samples)
-        except AdaptationError as error:
-            raise IncompatibleStreamError(str(error)) from None
-        self.name = getattr(description, "name", source.name)
-        self.plan = self.adapter.base_plan
-        self.decimation = self.adapter.decimation
-        self.input_sfreq_hz = self.adapter.input_sfreq_hz
-        #: Rate after adaptation and decimation: the model's.
-        self.output_sfreq_hz = self.adapter.output_sfreq_hz / self.decimation
-        #: Input samples per model-rate sample (the decimation, or the resampling ratio).
-        self.input_per_output = self.input_sfreq_hz / self.output_sfreq_hz
-        self.channel_names = self.adapter.channel_names
-        self.n_channels = self.adapter.n_channels
-        columns = self.adapter.monitored_columns
-        self._monitored = np.empty((max(1, int(max_chunk_samples)), len(columns)), dtype=self.plan.stream_dtype)
-        self.flat = FlatChannelMonitor(len(columns), block_samples=max(1, int(round(self.input_sfreq_hz))))
-        try:
-            self.preprocessor = eeg_preprocessor(config, self.adapter.output_sfreq_hz)
-        except PreprocessingError as error:
-            raise IncompatibleStreamError(f"{source.name}: {error}") from None
-
-    def process(self, data: np.ndarray, timestamps: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Raw ``data (n, n_stream_channels)`` with ``timestamps (n,)`` → preprocessed
-        ``(m, n_eeg)`` float32 in model order and the ``(m,)`` timestamps of the EEG instants
-        they represent (``m ≈ n / input_per_output``).
-
-        Raises ``brainformer.preprocessing.NonFiniteInputError`` for NaN/Inf (state untouched;
-        :meth:`non_finite_channels` names the culprits).
-        """
-        adapted, adapted_timestamps = self.adapter.apply(data, timestamps)
-        out = self.preprocessor.process(adapted, adapted_timestamps)
-        self._watch(data)  # after the NaN check: a NaN chunk never reaches the monitor
-        return out
-
-    def _watch(self, data: np.ndarray) -> None:
-        """The stream's EEG columns (raw) into the flat-channel monitor."""
-        n = data.shape[0]
-        if n > self._monitored.shape[0]:
-            self._monitored = np.empty((max(n, 2 * self._monitored.shape[0]), self._monitored.shape[1]),
-                                       self._monitored.dtype)
-        monitored = self._monitored[:n]
-        np.take(data, self.adapter.monitored_columns, axis=1, out=monitored)
-        self.flat.update(monitored)
-
-    @property
-    def last_adapt_s(self) -> float:
-        """Duration of the adaptation of the last chunk (the ``adapt`` stage timing)."""
-        return self.adapter.last_apply_s
-
-    def non_finite_channels(self) -> list[str]:
-        """Stream labels of the channels holding NaN/Inf in the chunk last given to :meth:`process`."""
-        return self.adapter.non_finite_channels()
-
-    def flat_channel_names(self) -> list[str]:
-        """Stream labels of the EEG channels currently flat (see :class:`FlatChannelMonitor`)."""
-        return [self.adapter.monitored_labels[i] for i in np.flatnonzero(self.flat.flat)]
+    def process(self, adapted: np.ndarray, timestamps: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+        """Adapted ``(m, n_eeg)`` float32 volts in model order with the ``(m,)`` timestamps of
+        their EEG instants → preprocessed ``(m', n_eeg)`` float32 and their timestamps
+        (``m' = m / decimation``)."""
+        return self.preprocessor.process(adapted, timestamps)
 
     def reset(self) -> None:
         """Forget the signal (after a gap): the next sample starts a fresh segment."""
-        self.adapter.reset()
         self.preprocessor.reset()
-        self.flat.reset()
-
-    def close(self) -> None:
-        """Stop the adapter's worker thread."""
-        self.adapter.close()
-
-
-class FlatChannelMonitor:
-    """Finds channels whose raw value did not change at all during a block of input samples.
-
-    Per chunk it folds the per-channel minimum and maximum into two ``(n_channels,)`` arrays (no
-    allocation); at the end of every ``block_samples`` block the channels with maximum ==
-    minimum are flat until a later block shows them changing.
-
-    Args:
-        n_channels: channels of the chunks given to :meth:`update`.
-        block_samples: samples per decision (the daemon uses one second of input).
-
-    Attributes:
-        flat: ``(n_channels,)`` bool, the decision of the last complete block.
-        changed: True when the last :meth:`update` completed a block whose decision differs from
-            the previous one (the caller logs the change).
-    """
-
-    def __init__(self, n_channels: int, block_samples: int) -> None:
-        if block_samples < 1:
-            raise ValueError(f"block_samples must be >= 1, got {block_samples}")
-        self.block_samples = int(block_samples)
-        self.flat = np.zeros(n_channels, dtype=bool)
-        self.changed = False
-        self._low = np.empty(n_channels, dtype=np.float64)
-        self._high = np.empty(n_channels, dtype=np.float64)
-        self._chunk_low = np.empty(n_channels, dtype=np.float64)
-        self._chunk_high = np.empty(n_channels, dtype=np.float64)
-        self._decision = np.zeros(n_channels, dtype=bool)
-        self._filled = 0
-
-    @property
-    def n_flat(self) -> int:
-        return int(np.count_nonzero(self.flat))
-
-    def update(self, chunk: np.ndarray) -> None:
-        """Fold ``chunk (n, n_channels)`` (finite values) into the current block."""
-        self.changed = False
-        if chunk.shape[0] == 0:
-            return
-        if self._filled == 0:
-            np.minimum.reduce(chunk, axis=0, out=self._low)
-            np.maximum.reduce(chunk, axis=0, out=self._high)
-        elif chunk.shape[0] == 1:  # the common 1-sample chunk: two ufunc calls instead of four
-            np.minimum(self._low, chunk[0], out=self._low)
-            np.maximum(self._high, chunk[0], out=self._high)
-        else:
-            np.minimum.reduce(chunk, axis=0, out=self._chunk_low)
-            np.maximum.reduce(chunk, axis=0, out=self._chunk_high)
-            np.minimum(self._low, self._chunk_low, out=self._low)
-            np.maximum(self._high, self._chunk_high, out=self._high)
-        self._filled += chunk.shape[0]
-        if self._filled >= self.block_samples:
-            np.equal(self._low, self._high, out=self._decision)
-            self.changed = not np.array_equal(self._decision, self.flat)
-            np.copyto(self.flat, self._decision)
-            self._filled = 0
-
-    def reset(self) -> None:
-        """Start a new block (after a gap); the last decision stays until the next block ends."""
-        self._filled = 0
-        self.changed = False
 
 
 class GapDetector:

@@ -42,6 +42,7 @@ brainformer_last_outage_seconds               gauge      last input before the n
 brainformer_bad_channels                      gauge      stream channels left out as bad now
 brainformer_interpolated_channels             gauge      model electrodes interpolated now
 brainformer_resampler_delay_seconds           gauge      mean hold-back of the input resampler
+brainformer_expected_r                        gauge      expected r of the stream's cap as it is now
 brainformer_serving                           gauge      1 while serving, 0 while starting
 brainformer_filter_group_delay_seconds        gauge      the filters' group delay on the prediction, per
   {point, frequency_hz}                                  point (band edges, centre, theta/alpha/beta)
@@ -225,6 +226,8 @@ class ServeCollector(Collector):
                                       lambda g: g.interpolated_channels),
             "resampler_delay_seconds": ("Mean hold-back of the input resampler (0: no resampling).",
                                         lambda g: g.resampler_delay_s),
+            "expected_r": ("Expected r of the stream's cap as it is now (the linear path re-solved for its "
+                           "electrodes; NaN without the model's statistics).", lambda g: g.expected_r),
         }
         for key, (doc, read) in gauges.items():
             family = GaugeMetricFamily(f"brainformer_{key}", doc, labels=["stream"])

@@ -96,16 +96,22 @@ class Scheduler:
     # -- shared: forward + publish ------------------------------------------------------------------
     def _serve_batch(self, items: List[Tuple[StreamPipeline, int, np.ndarray, int]]) -> None:
         """Windows are in ``engine.input_buffer[:k]``; ``items[i] = (pipeline, n_publish,
-        timestamps (T,), generation)`` for row ``i``. Forward once, then un-scale and publish each
-        row's newest ``n_publish`` samples with their input timestamps."""
+        timestamps (T,), generation)`` for row ``i``. Forward once, then add each stream's linear
+        path correction (``SourceAdapter.correct``), un-scale and publish each row's newest
+        ``n_publish`` samples with their input timestamps."""
         k = len(items)
         started = time.perf_counter()
         predictions = self.engine.infer(self.engine.input_buffer[:k], out=self._predictions[:k])
         forwarded = time.perf_counter()
         self.metrics.add_forward(forwarded - started, k)
         T, S = self.window_samples, self.output_samples
+        windows = self.engine.input_buffer  # the forward reads them and leaves them as they were
+        feedback = []  # (stage, predictions, timestamps) of the rows published: after every row's MEG
         for row, (pipeline, n_publish, timestamps, generation) in enumerate(items):
             scaled = predictions[row, S - n_publish:]  # (n_publish, n_meg); n_publish <= S (windower)
+            # This stream's own linear path (re-solved for its electrodes): a correction of the
+            # batched forward's rows, so streams of other caps share the forward.
+            pipeline.adapt.correct(windows[row], scaled)
             if not math.isfinite(float(scaled.sum())):
                 # Counted as served (the forward ran) and as a NaN window; nothing is published.
                 pipeline.counters.nan_windows += 1
@@ -125,7 +131,13 @@ class Scheduler:
             self.metrics.add_e2e(pipeline.key, pipeline.age_s(now, float(timestamps[-1])))
             pipeline.counters.samples_published += n_publish
             pipeline.published(now, generation)
+            if pipeline.feedback is not None:
+                feedback.append((pipeline.feedback, physical, out_timestamps))
         self.metrics.add_stage("publish", time.perf_counter() - forwarded)
+        # The feedback stages run once every stream's MEG went out: no MEG waits for them.
+        for stage, physical, out_timestamps in feedback:
+            stage.step(physical, out_timestamps)
+            self.metrics.add_stage("feedback", stage.last_step_s)
 
     def _unscale(self, scaled: np.ndarray, out: np.ndarray) -> np.ndarray:
         return unscale_meg_into(scaled, self._meg_mean, self._meg_std, self._unscale_work, out)

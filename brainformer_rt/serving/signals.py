@@ -8,9 +8,10 @@ caller flips ``interrupt`` off once its loops run and check the event themselves
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 __all__ = ["Interrupted", "StopRequest"]
 
@@ -64,6 +65,23 @@ class StopRequest:
 
     def is_set(self) -> bool:
         return self.event.is_set()
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block that a signal does not interrupt: it is answered (``Interrupted``) right after.
+
+        For importing C extensions (torch, transformers): an exception raised from the handler
+        while a module's initialisation runs Python code can leave that extension half set up,
+        its native locks held, and whatever touches it next (the clean-up, an import) hanging.
+        Importing takes seconds; a stop that waits for it is still a stop.
+        """
+        interrupt, self.interrupt = self.interrupt, False
+        try:
+            yield
+        finally:
+            self.interrupt = interrupt
+        if interrupt and self.event.is_set():
+            raise Interrupted(self.signal_name or "stop")
 
     def _handle(self, signum: int, frame: Any) -> None:
         already = self.event.is_set()

@@ -8,6 +8,10 @@ acts on the newest. ``ZMQ_CONFLATE`` is not an option: it does not support multi
 Latency of a message = ``local_clock()`` when it was read − timestamp of its newest sample, which
 is the timestamp of the EEG sample that sample was predicted from.
 
+Feedback streams (LSL type ``Feedback``, ZeroMQ messages whose header has ``kind`` =
+``"feedback"``) are read the same way; their signals' names, units, measures, bands and delays
+(from the stream's meta-data or the header) are in ``feedback_channels``.
+
 The command (`brainformer-rt listen`) is in `brainformer_rt.commands.listen`.
 """
 
@@ -22,6 +26,7 @@ import pylsl
 import zmq
 
 from brainformer_rt.serving.inlet import EEGInlet, StreamDescription, find_stream
+from brainformer_rt.serving.publishers.lsl import FEEDBACK_STREAM_TYPE
 from brainformer_rt.serving.publishers.zmq import decode_message
 
 logger = logging.getLogger(__name__)
@@ -46,6 +51,48 @@ class Received:
         return self.received_s - float(self.timestamps[-1])
 
 
+@dataclass(frozen=True)
+class FeedbackChannel:
+    """One signal of a feedback stream: its name, unit, measure, band and measured delay."""
+
+    name: str
+    unit: str
+    measure: str
+    band_hz: str
+    delay_ms: float | None
+
+    def describe(self) -> str:
+        delay = "" if self.delay_ms is None else f", delay {self.delay_ms:g} ms"
+        return f"{self.measure} {self.band_hz} Hz, {self.unit}{delay}"
+
+
+def feedback_channels_from_xml(xml: str) -> list[FeedbackChannel]:
+    """The signals of a feedback stream from its full LSL meta-data (``StreamInfo.as_xml()``)."""
+    import xml.etree.ElementTree as ElementTree
+
+    root = ElementTree.fromstring(xml)
+    channels = []
+    for channel in root.findall("./desc/channels/channel"):
+        delay = (channel.findtext("delay_ms") or "").strip()
+        channels.append(FeedbackChannel(
+            name=(channel.findtext("label") or "").strip(), unit=(channel.findtext("unit") or "").strip(),
+            measure=(channel.findtext("measure") or "").strip(),
+            band_hz="–".join((channel.findtext("band_hz") or "").split()),
+            delay_ms=float(delay) if delay else None))
+    return channels
+
+
+def feedback_channels_from_header(header: dict) -> list[FeedbackChannel]:
+    """The signals of a feedback message's header (those sent in message 0 and every 100th)."""
+    names = header.get("channels", [])
+    units = header.get("units", [""] * len(names))
+    measures = header.get("measures", [""] * len(names))
+    bands = header.get("bands_hz", [[]] * len(names))
+    delays = header.get("delays_ms", [None] * len(names))
+    return [FeedbackChannel(name, unit, measure, "–".join(f"{b:g}" for b in band), delay)
+            for name, unit, measure, band, delay in zip(names, units, measures, bands, delays)]
+
+
 class LSLSubscriber:
     """Reads an LSL stream (found by exact name) and hands out everything that arrived.
 
@@ -66,10 +113,13 @@ class LSLSubscriber:
         self.max_chunk_samples = max_chunk_samples
         self._inlet: EEGInlet | None = None
         self.description: StreamDescription | None = None
+        self.feedback_channels: list[FeedbackChannel] = []
 
     def open(self) -> StreamDescription:
         self._inlet = EEGInlet(find_stream(self.name, self.wait_s, by=("name",)), self.max_chunk_samples)
         self.description = self._inlet.open()
+        if self.description.type == FEEDBACK_STREAM_TYPE:
+            self.feedback_channels = feedback_channels_from_xml(self._inlet.full_xml)
         return self.description
 
     @property
@@ -139,6 +189,7 @@ class ZMQSubscriber:
         self._socket: zmq.Socket | None = None
         self._last_seq: dict[bytes, int] = {}
         self.channel_names: list[str] = []
+        self.feedback_channels: list[FeedbackChannel] = []
         self.seq_gaps = 0
         self.messages_missed = 0
         self.malformed = 0
@@ -206,6 +257,8 @@ class ZMQSubscriber:
         self._last_seq[topic] = seq
         if "channels" in header:
             self.channel_names = list(header["channels"])
+            if header.get("kind") == "feedback":
+                self.feedback_channels = feedback_channels_from_header(header)
 
     def close(self) -> None:
         if self._socket is not None:

@@ -343,10 +343,14 @@ class Player:
 #: ``standard_1020`` montage.
 CAP_32 = ("Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "FC5", "FC1", "FC2", "FC6", "T7", "C3", "Cz", "C4", "T8",
           "TP9", "CP5", "CP1", "CP2", "CP6", "TP10", "P7", "P3", "Pz", "P4", "P8", "PO9", "O1", "Oz", "O2", "PO10")
+#: The 19 electrodes of the classic 10-20 system.
+CAP_19 = ("Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "T7", "C3", "Cz", "C4", "T8", "P7", "P3", "Pz", "P4", "P8",
+          "O1", "O2")
 #: ``--unit`` → (factor from volts, the XDF unit declared).
 TEST_UNITS = {"V": (1.0, "volts"), "mV": (1e3, "millivolts"), "uV": (1e6, "microvolts")}
-#: ``--cap`` values.
-TEST_CAPS = ("standard_1020",)
+#: ``--cap`` values → (montage, its electrodes).
+TEST_CAPS = {"standard_1020": ("standard_1020", CAP_32), "standard_1020:32": ("standard_1020", CAP_32),
+             "standard_1020:19": ("standard_1020", CAP_19)}
 
 
 def prepared_recording(path: str | Path, unit: str | None = None, rate_hz: float | None = None, drop: Sequence[str] = (),
@@ -359,8 +363,12 @@ def prepared_recording(path: str | Path, unit: str | None = None, rate_hz: float
         unit: ``V`` | ``mV`` | ``uV``: data scaled and the unit declared (XDF spelling).
         rate_hz: resampled offline (MNE, FFT) to this rate, declared as the stream's.
         drop: EEG channels left out.
-        cap: ``standard_1020``: the EEG interpolated onto the 32 electrodes of `CAP_32` (MNE
-            ``interpolate_to(method="spline")``), positions in ``location`` X/Y/Z (mm).
+        cap: ``standard_1020`` (or ``standard_1020:32``) or ``standard_1020:19``: the EEG on
+            the 32 electrodes of `CAP_32` (the 19 of `CAP_19`) of a cap of that montage placed on
+            the recording's head as ``serve`` places it (its fiducials onto the recording's, then
+            a rigid + scale fit: `coregistration.place_montage`), computed by spherical splines
+            from the recording's electrodes; positions in ``location`` X/Y/Z (mm, the
+            recording's head frame).
         with_aux: also the EOG and stimulus channels (types ``EOG``, ``STIM``).
         flat: ``(channel, seconds)``: from that moment of the stream on, the channel holds its
             value (a disconnected electrode).
@@ -375,18 +383,22 @@ def prepared_recording(path: str | Path, unit: str | None = None, rate_hz: float
     _check_source_options(path, unit, rate_hz, cap)
     raw = mne.io.read_raw_fif(path, allow_maxshield=True, preload=True, verbose="error")
     eeg = raw.copy().pick("eeg", exclude=())
-    unknown = [name for name in drop if name not in eeg.ch_names]
-    if unknown:
-        raise ValueError(f"--drop: {', '.join(repr(n) for n in unknown)} are not EEG channels of {path.name}")
+    positions = None
     if cap is not None:
-        eeg = _onto_cap(eeg, cap)
+        names, data, placed = _onto_cap(raw, eeg, cap)
+        positions = [tuple(float(v) for v in 1e3 * p) for p in placed]
+    else:
+        names, data = list(eeg.ch_names), eeg.get_data()  # (n_eeg, n_samples)
     if drop:
-        eeg.drop_channels(list(drop))
-    positions = [tuple(1e3 * float(v) for v in ch["loc"][:3]) for ch in eeg.info["chs"]] if cap else None
-    names = list(eeg.ch_names)
+        unknown = [name for name in drop if name not in names]
+        if unknown:
+            raise ValueError(f"--drop: {', '.join(repr(n) for n in unknown)} are not EEG channels of the stream")
+        keep = [i for i, name in enumerate(names) if name not in drop]
+        names, data = [names[i] for i in keep], data[keep]
+        positions = None if positions is None else [positions[i] for i in keep]
     types = ["EEG"] * len(names)
     factor, unit_label = TEST_UNITS.get(unit or "V")
-    data = eeg.get_data() * factor  # (n_eeg, n_samples)
+    data = data * factor
     if with_aux:
         aux = raw.copy().pick(["eog", "stim"], exclude=())
         aux_types = ["EOG" if t == "eog" else "STIM" for t in aux.get_channel_types()]
@@ -420,18 +432,23 @@ def _check_source_options(path: Path, unit: str | None, rate_hz: float | None, c
         raise ValueError(f"--rate must be a positive number of Hz, got {rate_hz!r}")
 
 
-def _onto_cap(eeg: Any, cap: str) -> Any:
-    """The EEG interpolated (MNE, spherical splines) onto the `CAP_32` electrodes of ``cap``."""
-    import mne
+def _onto_cap(raw: Any, eeg: Any, cap: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(labels, EEG (n_cap, n_samples), positions (n_cap, 3) m)`` of the `TEST_CAPS` cap
+    ``cap`` placed on the recording's head: its electrodes where that cap sits on this head
+    (`coregistration.place_montage`), their EEG by spherical splines from the recording's."""
+    from brainformer.adaptation.coregistration import place_montage
+    from brainformer.adaptation.interpolation import fit_origin, spline_matrix
+    from brainformer.data.readers import eeg_fiducials, eeg_positions
 
-    from brainformer.adaptation.positions import standard_montage
-
-    with mne.utils.use_log_level("error"):
-        known = standard_montage(cap).get_positions()
-        ch_pos = {name: pos for name, pos in known["ch_pos"].items() if name in CAP_32}
-        montage = mne.channels.make_dig_montage(ch_pos=ch_pos, nasion=known["nasion"], lpa=known["lpa"],
-                                                rpa=known["rpa"], coord_frame="head")
-        return eeg.interpolate_to(montage, method="spline")
+    montage, labels = TEST_CAPS[cap]
+    head = eeg_positions(eeg, eeg.ch_names)
+    if head is None:
+        raise ValueError("--cap: the recording's EEG electrodes have no head-frame positions to place a cap on")
+    head = np.asarray(head)
+    fiducials = eeg_fiducials(raw)
+    placed, _ = place_montage(montage, labels, head, None if fiducials is None else np.asarray(fiducials))
+    weights = spline_matrix(head, placed, fit_origin(head))  # (n_cap, n_eeg)
+    return list(labels), weights @ eeg.get_data(), placed
 
 
 def _flatten(data: np.ndarray, names: Sequence[str], flat: Sequence[tuple[str, float]], sfreq: float) -> None:

@@ -85,15 +85,17 @@ def test_other_cap_equals_interpolate_to(eeg_raw, default_fields, model_position
     model_montage = mne.channels.make_dig_montage(
         ch_pos=dict(zip(default_fields.eeg_channel_names, model_positions)), coord_frame="head"
     )
-    expected = cap_eeg.copy().interpolate_to(
-        model_montage, method="spline", origin=plan.origin_m, reg=plan.options.spline_reg
+    # The cap as the plan placed it on the model's head (brainformer.adaptation.coregistration).
+    cap_positions = np.array(plan.used_positions_m)
+    placed = cap_eeg.copy().set_montage(
+        mne.channels.make_dig_montage(ch_pos=dict(zip(cap_eeg.ch_names, cap_positions)), coord_frame="head")
     )
+    expected = placed.interpolate_to(model_montage, method="spline", origin=plan.origin_m, reg=plan.options.spline_reg)
     assert expected.ch_names == list(default_fields.eeg_channel_names)
     want = expected.get_data().T[:N]
     got = _adapt(plan, cap_eeg.get_data().T[:N])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
     # Distances: each model electrode to its nearest cap electrode.
-    cap_positions = np.array([ch["loc"][:3] for ch in cap_eeg.info["chs"]])
     d = np.linalg.norm(model_positions[:, None] - cap_positions[None], axis=-1)
     assert [s for _, s, _ in plan.interpolated] == [cap_eeg.ch_names[k] for k in d.argmin(1)]
     np.testing.assert_allclose([x for _, _, x in plan.interpolated], d.min(1), rtol=1e-9)

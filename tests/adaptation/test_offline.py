@@ -7,7 +7,7 @@ import pytest
 
 from brainformer.adaptation import StreamResampler
 from brainformer.preprocessing import (
-    PreprocessingError, eeg_preprocessor, needs_resampling, preprocess_recording,
+    PreprocessingError, eeg_preprocessor, meg_preprocessor, needs_resampling, preprocess_recording,
 )
 
 
@@ -39,4 +39,10 @@ def test_other_rate_is_resampled_by_the_streaming_resampler(short, default_field
     np.testing.assert_allclose(recording.eeg, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
     np.testing.assert_allclose(recording.times, want_times, rtol=0, atol=1e-9)
     np.testing.assert_allclose(np.diff(recording.times), 1 / 500.0, rtol=1e-9)
-    assert recording.meg.shape == (len(want), fields.n_meg_channels)
+    # The MEG too: SSP applied, then the same resampler and the MEG preprocessing at 500 Hz.
+    meg = short.copy().apply_proj(verbose="error").get_data(picks=list(fields.meg_channel_names)).T
+    meg_resampled, _ = StreamResampler(short.info["sfreq"], 500.0, meg.shape[1], np.float64,
+                                       lowpass_hz=fields.lowpass_hz).process(meg, None, last=True)
+    want_meg, _ = meg_preprocessor(fields, 500.0).process(meg_resampled, None)
+    assert recording.meg.shape == want_meg.shape == (len(want), fields.n_meg_channels)
+    np.testing.assert_allclose(recording.meg, want_meg, rtol=1e-6, atol=1e-6 * np.abs(want_meg).max())

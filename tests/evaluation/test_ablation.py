@@ -51,8 +51,15 @@ def test_ablation_predictors_serve_each_path():
     eeg = np.random.default_rng(1).standard_normal((120, 4)).astype(np.float32)
     predictors = ablation_predictors(model, eeg)
     assert set(predictors) == {SKIP_ALONE, TRANSFORMER_ALONE}
-    np.testing.assert_allclose(predictors[SKIP_ALONE](40, 120), predict_as_served(model_path_alone(model, "skip"), eeg, 40, 120))
-    assert predictors[TRANSFORMER_ALONE](40, 120).shape == (80, 6)
+    skip = predictors[SKIP_ALONE](40, 120)
+    np.testing.assert_allclose(skip, predict_as_served(model_path_alone(model, "skip"), eeg, 40, 120))
+    transformer = predictors[TRANSFORMER_ALONE](40, 120)
+    np.testing.assert_allclose(transformer, predict_as_served(model_path_alone(model, "transformer"), eeg, 40, 120))
+    np.testing.assert_allclose(skip + transformer, predict_as_served(model, eeg, 40, 120), rtol=1e-4, atol=1e-4)
+    # The skip path alone is the causal lagged map of its weights: row t = Σ_k W[:, :, k] x[t - 4 + k] + b.
+    weight, bias = model.linear_skip.weight.detach().numpy(), model.linear_skip.bias.detach().numpy()
+    by_hand = np.stack([sum(weight[:, :, k] @ eeg[t - 4 + k] for k in range(5)) + bias for t in range(40, 120)])
+    np.testing.assert_allclose(skip, by_hand, rtol=1e-4, atol=1e-4)
 
 
 def test_a_model_without_skip_path_has_nothing_to_ablate():

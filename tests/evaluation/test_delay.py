@@ -55,3 +55,63 @@ def test_lag_correlation_scores_every_lag_on_the_same_rows_and_refuses_short_or_
         lag_correlation(noise(100), noise(100), SFREQ_HZ, max_lag_s=0.1)
     with pytest.raises(EvaluationError, match="both be"):
         lag_correlation(noise(1000), noise(1000, channels=3), SFREQ_HZ)
+
+
+def test_phase_locking_finds_a_constant_phase_error_and_the_lag_of_a_delayed_phase():
+    """A phase offset by a constant: locking value 1, mean error that constant, at every lag
+    where the truth is the same signal; a copy delayed by 12 samples: the real part of the
+    locking peaks at lag 12."""
+    from brainformer.evaluation.delay import lag_phase_locking
+
+    sfreq_hz = 600.0
+    rng = np.random.default_rng(0)
+    phase = np.cumsum(2 * np.pi * (10.0 + rng.normal(0, 3.0, 6000)) / sfreq_hz)[:, None]  # a drifting 10 Hz rhythm
+    lags, locking = lag_phase_locking(phase, phase + 0.5, sfreq_hz, max_lag_s=0.05)
+    zero = int(np.flatnonzero(lags == 0)[0])
+    assert abs(locking[zero]) == pytest.approx(1.0)
+    assert np.angle(locking[zero]) == pytest.approx(0.5)
+    delayed = np.vstack([np.zeros((12, 1)), phase[:-12]])
+    lags, locking = lag_phase_locking(phase, delayed, sfreq_hz, max_lag_s=0.05)
+    assert lags[int(np.argmax(locking.real))] == 12
+    assert abs(locking[int(np.argmax(locking.real))]) == pytest.approx(1.0, abs=1e-3)
+
+
+def direct_lag_correlation(truth: np.ndarray, predicted: np.ndarray, max_lag: int, lags: np.ndarray) -> np.ndarray:
+    """The definition, one lag at a time: mean over non-constant channels of corr(predicted[t], truth[t − lag])
+    on the rows where every lag exists."""
+    n = truth.shape[0]
+    p = predicted[max_lag : n - max_lag]
+    out = []
+    for lag in lags:
+        t = truth[max_lag - lag : n - max_lag - lag]
+        keep = (p.std(axis=0) > 0) & (t.std(axis=0) > 0)
+        out.append(np.mean([np.corrcoef(p[:, c], t[:, c])[0, 1] for c in np.flatnonzero(keep)]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("step", [1, 5])
+def test_lag_correlation_is_the_correlation_at_each_lag_and_leaves_constant_channels_out(step):
+    truth = noise(3000, 5, seed=3) + 10.0  # an offset: the centring must not matter
+    predicted = 0.5 * np.roll(truth, 9, axis=0) + noise(3000, 5, seed=4)
+    truth[:, 2] = 7.0  # a constant truth channel
+    predicted[:, 4] = -1.5  # a constant prediction
+    lags, mean_r = lag_correlation(truth, predicted, SFREQ_HZ, max_lag_s=0.05, step_samples=step)
+    assert lags.tolist() == list(range(-30, 31, step))
+    np.testing.assert_allclose(mean_r, direct_lag_correlation(truth, predicted, 30, lags), rtol=0, atol=1e-10)
+    if step == 1:
+        assert lags[np.argmax(mean_r)] == 9
+
+
+def test_lag_correlation_of_a_prediction_with_no_varying_channel_is_nan():
+    truth = noise(500, 2)
+    _, mean_r = lag_correlation(truth, np.ones_like(truth), SFREQ_HZ, max_lag_s=0.01)
+    assert np.isnan(mean_r).all()
+
+
+def test_a_silent_prediction_has_no_delay_and_does_not_fail_the_others():
+    # A path that is off (e.g. a model's skip path alone when it has none) predicts zeros: its
+    # delay is NaN, every band included, so a report of several methods still completes.
+    truth = noise(3000)
+    delays = band_effective_delays(truth, np.zeros_like(truth), SFREQ_HZ)
+    assert all(np.isnan(d.lag_ms) and np.isnan(d.r_at_lag) and np.isnan(d.r_at_zero) for d in delays.values())
+    assert not np.isnan(effective_delay(truth, truth, SFREQ_HZ).lag_ms)

@@ -53,6 +53,30 @@ def test_evaluate_command_writes_json_and_plots(tiny_model_dir, sample_fif, tmp_
         assert np.isfinite(cardiac["r_mean"])
     for comparison in metrics["comparisons"].values():
         assert {"clean", "cardiac"} <= set(comparison) and np.isfinite(comparison["clean"]["r_mean"]["value"])
+    # The summaries are those of the per-channel scores, by sensor type, on all and clean samples;
+    # the comparisons are the differences of the methods' summaries.
+    types = np.asarray(json.loads((tiny_model_dir / "config.json").read_text())["meg_channel_types"])
+    for method in ("model", "ridge", "lagged_ridge"):
+        entry, clean = metrics[method], metrics[method]["clean"]
+        r, r2, clean_r = (np.asarray(v, float) for v in (entry["per_channel"]["r"], entry["per_channel"]["r2"],
+                                                           clean["per_channel"]["r"]))
+        assert entry["r_mean"] == pytest.approx(np.nanmean(r)) and entry["r2_mean"] == pytest.approx(np.nanmean(r2))
+        for kind in ("mag", "grad"):
+            assert entry[kind]["r_mean"] == pytest.approx(np.nanmean(r[types == kind]))
+            assert entry[kind]["r2_mean"] == pytest.approx(np.nanmean(r2[types == kind]))
+            assert clean[f"r_{kind}"] == pytest.approx(np.nanmean(clean_r[types == kind]))
+        assert clean["r_mean"] == pytest.approx(np.nanmean(clean_r))
+    for baseline in ("ridge", "lagged_ridge"):
+        difference = metrics["comparisons"][f"model_minus_{baseline}"]
+        for key in ("r_mean", "r2_mean"):
+            assert difference[key]["value"] == pytest.approx(metrics["model"][key] - metrics[baseline][key])
+        for subset in ("clean", "cardiac"):
+            assert difference[subset]["r_mean"]["value"] == pytest.approx(
+                metrics["model"][subset]["r_mean"] - metrics[baseline][subset]["r_mean"])
+    # The recording's 4 blinks all lie in its first 15 s, before the held-out part (19.0-24.0 s,
+    # holding 4 of its 23 R peaks): there, every sample is clean or cardiac.
+    assert artefacts["blinks_in_scored_rows"] == 0 and artefacts["heartbeats_in_scored_rows"] == 4
+    assert artefacts["n_clean"] + artefacts["n_cardiac"] == n_test
     assert "clean" in result.output and "cardiac" in result.output and "heartbeats" in result.output
     assert sorted(p.name for p in plots.iterdir()) == [
         "clean_vs_all.png", "r_by_type.png", "topomap_clean_r.png", "topomap_r.png", "traces.png"

@@ -42,9 +42,15 @@ def test_predict_as_served_keeps_the_newest_hop_of_each_window():
             window = torch.from_numpy(eeg[end - 64 : end])[None]
             expected = model(input_values=window).predictions[0, -new:].numpy()
             np.testing.assert_allclose(served[end - new - 100 : end - 100], expected, atol=1e-5)
-    # Windows that would start before the recording are zero-padded, not refused.
+    # Windows that would start before the recording are zero-padded, not refused: rows 10…25 are
+    # the newest 16 of the window ending at 26 (38 zero rows, then rows 0…25), rows 26…39 the
+    # newest 14 of the one ending at 40 (24 zero rows, then rows 0…39).
     early = predict_as_served(model, eeg, 10, 40, hop_samples=16)
-    assert early.shape == (30, 2) and np.all(np.isfinite(early))
+    with torch.no_grad():
+        for lo, end, new in [(10, 26, 16), (26, 40, 14)]:
+            padded = np.concatenate([np.zeros((64 - end, 3), np.float32), eeg[:end]])
+            expected = model(input_values=torch.from_numpy(padded)[None]).predictions[0, -new:].numpy()
+            np.testing.assert_allclose(early[lo - 10 : end - 10], expected, atol=1e-5)
 
 
 def test_lagged_ridge_beats_instantaneous_on_a_delayed_map():

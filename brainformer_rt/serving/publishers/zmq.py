@@ -332,6 +332,61 @@ class ZMQTopic:
         pass
 
 
+#: Topic of the feedback signals (one stream; with several streams ``feedback/<stream>``).
+FEEDBACK_TOPIC = b"feedback"
+
+
+class ZMQFeedbackTopic(ZMQTopic):
+    """Feedback signals (``brainformer.feedback``) on a topic of a :class:`ZMQPublisher`'s socket.
+
+    Messages are those of the MEG topics (``[topic, header, payload]``; payload float32
+    ``(n_samples, n_signals)``, one sample per served window), with ``kind`` = ``"feedback"`` in
+    the header and, in message 0 and every ``CHANNELS_EVERY``-th: ``channels`` (the signals'
+    names), ``units``, ``measures``, ``bands_hz`` and ``delays_ms`` (each signal's measured
+    effective delay). ``close()`` does nothing: the socket belongs to the publisher. Publish from
+    the thread that publishes the MEG (ZeroMQ sockets are not thread-safe).
+    """
+
+    def __init__(self, publisher: ZMQPublisher, topic: bytes | str, plan, sfreq_hz: float, stream_name: str = ""):
+        if not sfreq_hz > 0:
+            raise ValueError(f"sfreq_hz must be positive, got {sfreq_hz!r}")
+        super().__init__(publisher, _TopicState(topic.encode() if isinstance(topic, str) else topic, stream_name))
+        self.n_channels = len(plan.signals)
+        self.sfreq_hz = float(sfreq_hz)
+        self._channels = {
+            "channels": [signal.name for signal in plan.signals],
+            "units": [signal.unit for signal in plan.signals],
+            "measures": [signal.measure for signal in plan.signals],
+            "bands_hz": [list(signal.band_hz) for signal in plan.signals],
+            "delays_ms": [round(delay.delay_ms, 1) for delay in plan.delays],
+        }
+
+    def publish(self, data: np.ndarray, timestamps: np.ndarray) -> bool:
+        """Send ``data (n, n_signals)`` float32 whose samples carry ``timestamps (n,)``; never
+        blocks; False (and a counted drop) when ZeroMQ refused it."""
+        state = self._state
+        n = len(timestamps)
+        if data.shape != (n, self.n_channels):
+            raise ValueError(f"data must have shape ({n}, {self.n_channels}), got {data.shape}")
+        header = {
+            "seq": state.seq, "t0": float(timestamps[0]), "t_last": float(timestamps[-1]), "sfreq": self.sfreq_hz,
+            "n_samples": n, "n_channels": self.n_channels, "dtype": "float32", "model": self.publisher.model_name,
+            "stream": state.stream_name, "kind": "feedback",
+        }
+        if state.seq % CHANNELS_EVERY == 0:
+            header.update(self._channels)
+        state.seq += 1
+        try:
+            self.publisher._socket.send_multipart(
+                [state.topic, json.dumps(header, separators=(",", ":")).encode(), np.ascontiguousarray(data, np.float32)],
+                flags=zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            state.messages_dropped += 1
+            return False
+        state.messages_sent += 1
+        return True
+
+
 CURVE_SERVER_KEY = "server.key_secret"
 CURVE_AUTHORIZED_DIR = "authorized"
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from brainformer_rt.serving.metrics import json_ready
 from brainformer_rt.tools._proc import stop_all
@@ -53,7 +55,7 @@ def run_bench(settings: BenchSettings, progress: Optional[Callable[[str], None]]
         "latency_definition": LATENCY_DEFINITION,
         "systems": {},
     }
-    with tempfile.TemporaryDirectory(prefix="brainformer-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="brainformer-bench-") as tmp, _own_caches(settings, Path(tmp)):
         directory = Path(tmp)
         players = []
         try:
@@ -63,6 +65,7 @@ def run_bench(settings: BenchSettings, progress: Optional[Callable[[str], None]]
                 players.append(start_player(i, stream, facts, settings.aligned, directory))
             truth = _zero_phase_truth(settings, facts, progress)
             for index, system in enumerate(_systems(settings)):
+                waited_s = _wait_for_builds(progress)
                 progress(f"{system.name}: starting (model {settings.model}, hop {facts.hop_samples}"
                          + (f", {settings.threads} torch thread(s)" if system.kind != "relay" else ", no model")
                          + (f", source at {system.rate_hz:g} Hz" if system.rate_hz else "") + ") …")
@@ -72,6 +75,7 @@ def run_bench(settings: BenchSettings, progress: Optional[Callable[[str], None]]
                          if truth is not None and system.kind != "relay" and system.rate_hz is None else None)
                 results["systems"][system.name] = _run_system(system, settings, facts, streams, players,
                                                               f"{run_id}-{index}", directory, progress, probe)
+                results["systems"][system.name]["waited_for_build_s"] = waited_s
         finally:
             stop_all(players, STOP_TIMEOUT_S)
         results["players"] = [player_summary(p, s) for p, s in zip(players, streams)]
@@ -94,11 +98,32 @@ class _System:
     rate_hz: Optional[float] = None
 
 
+@contextlib.contextmanager
+def _own_caches(settings: BenchSettings, directory: Path) -> Iterator[None]:
+    """With ``cold_cache``: the bench's own, empty compiled-forward and inductor caches for every
+    process it starts (they copy this environment), so that the first daemon phase meets them
+    empty and the next ones what its build put there; the user's caches are left alone."""
+    if not settings.cold_cache:
+        yield
+        return
+    own = {"BRAINFORMER_CACHE": str(directory / "cache"), "TORCHINDUCTOR_CACHE_DIR": str(directory / "inductor")}
+    before = {name: os.environ.get(name) for name in own}
+    os.environ.update(own)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _systems(settings: BenchSettings) -> List[_System]:
-    """The daemon (then one daemon per other engine, then per other source rate), then the naive
-    loop, then the relay: never two at the same time, since on a small machine they would share
-    the cores and distort each other."""
-    return ([_System("daemon", "daemon")]
+    """The daemon on a cold cache (with ``cold_cache``), the daemon (then one daemon per other
+    engine, then per other source rate), then the naive loop, then the relay: never two at the
+    same time, since on a small machine they would share the cores and distort each other."""
+    return ([_System("daemon-cold", "daemon")] if settings.cold_cache else []) + ([_System("daemon", "daemon")]
             + [_System(f"daemon-{engine}", "daemon", engine=engine) for engine in settings.also_engines]
             + [_System(f"daemon@{rate:g}Hz", "daemon", rate_hz=float(rate)) for rate in settings.also_rates_hz]
             + ([_System("naive", "naive")] if settings.peer == "naive" else [])
@@ -138,8 +163,26 @@ def _run_system(system: _System, settings: BenchSettings, facts: ModelFacts, str
         stop_all(own_players, STOP_TIMEOUT_S)
 
 
+def _wait_for_builds(progress: Callable[[str], None]) -> float:
+    """Seconds waited for the compiled-forward builds running in the package cache to end (a
+    daemon with ``--engine auto`` on a cold cache leaves its build running when it stops): each
+    system is measured without a build it did not start itself."""
+    from brainformer_rt.serving.aot_cache import BUILD_TIMEOUT_S, aot_cache_dir, running_builders
+
+    cache = aot_cache_dir()
+    builders = running_builders(cache)
+    if not builders:
+        return 0.0
+    progress(f"waiting for the compiled-forward build (pid {', '.join(str(b.pid) for b in builders)}) to end, so "
+             "that the next system runs without it …")
+    started = time.monotonic()
+    while running_builders(cache) and time.monotonic() - started < BUILD_TIMEOUT_S:
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
 def _settings_entry(settings: BenchSettings, facts: ModelFacts) -> Dict[str, Any]:
-    daemons = "daemon" + "".join(f", then the daemon with --engine {e}" for e in settings.also_engines) + "".join(
+    daemons = ("the daemon on a cold cache (its build running), then " if settings.cold_cache else "") + "daemon" + "".join(f", then the daemon with --engine {e}" for e in settings.also_engines) + "".join(
         f", then the daemon serving the recording played at {r:g} Hz" for r in settings.also_rates_hz)
     order = ((f"{daemons} first, then the naive loop (one process per stream), one after the other "
               "on the same player streams") if settings.peer == "naive" else daemons)

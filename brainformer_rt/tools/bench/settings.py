@@ -75,6 +75,10 @@ class BenchSettings:
         recording: the recording played (None: the bundled one).
         aligned: players push in step (``simulate --aligned``: one acquisition clock, so windows
             of all streams are due together); default: each player starts at its own phase.
+        cold_cache: first a daemon phase ``daemon-cold`` on an empty compiled-forward cache and an
+            empty inductor cache (as on a machine that never compiled this model), whose build
+            runs while it is measured; then the other phases on the cache that build filled (the
+            bench's own, removed at the end). First-run latency as a new user meets it.
     """
 
     model: str = "default"
@@ -93,6 +97,7 @@ class BenchSettings:
     chunk_samples: Optional[int] = None
     recording: Optional[str] = None
     aligned: bool = False
+    cold_cache: bool = False
 
     def validate(self) -> "BenchSettings":
         if not (isinstance(self.duration_s, (int, float)) and math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -118,6 +123,8 @@ class BenchSettings:
             raise BenchError(f"warmup_s must be >= 0 seconds, got {self.warmup_s!r}")
         if self.threads < 1:
             raise BenchError(f"threads must be >= 1, got {self.threads!r}")
+        if self.cold_cache and self.engine not in ("auto", "aot", "compile"):
+            raise BenchError(f"--cold-cache measures a compiling engine (auto, aot or compile), not --engine {self.engine}")
         if self.chunk_samples is not None and self.chunk_samples < 1:
             raise BenchError(f"chunk_samples must be >= 1, got {self.chunk_samples!r}")
         return self

@@ -230,12 +230,17 @@ def transport_floor(results: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 FORWARD_MEDIAN_GOAL_MS = 1.0
 ABOVE_FLOOR_GOAL_MS = 0.5
 NAIVE_RATIO_GOAL = 0.8
+#: The goals of the daemon on a cold cache (``--cold-cache``), its build running: no worse than
+#: the naive loop at the median, p99 at most 1.5× its.
+COLD_MEDIAN_RATIO_GOAL = 1.0
+COLD_P99_RATIO_GOAL = 1.5
 
 
 def engine_goals(results: Dict[str, Any]) -> Dict[str, Any]:
     """Per daemon phase: forward median ≤ 1 ms; LSL e2e p99 ≤ relay p99 + forward p99 + 0.5 ms;
-    LSL e2e median and p99 ≤ 0.8 × the naive loop's; and, for ``auto``, whether every timed
-    forward ran after the switch to the compiled path."""
+    LSL e2e median and p99 ≤ 0.8 × the naive loop's (``daemon-cold``, serving while its build
+    runs: median ≤ 1.0 ×, p99 ≤ 1.5 ×); and, for ``auto``, whether every timed forward ran after
+    the switch to the compiled path."""
     systems = results["systems"]
     relay = systems.get("relay", {}).get("outputs", {}).get("lsl", {}).get("pooled")
     naive = systems.get("naive", {}).get("outputs", {}).get("lsl", {}).get("pooled")
@@ -252,9 +257,11 @@ def engine_goals(results: Dict[str, Any]) -> Dict[str, Any]:
         if naive is not None and naive["median_ms"] and naive["p99_ms"]:
             median_ratio = e2e["median_ms"] / naive["median_ms"] if e2e["median_ms"] is not None else None
             p99_ratio = e2e["p99_ms"] / naive["p99_ms"] if e2e["p99_ms"] is not None else None
+            median_goal, p99_goal = ((COLD_MEDIAN_RATIO_GOAL, COLD_P99_RATIO_GOAL) if name == "daemon-cold"
+                                     else (NAIVE_RATIO_GOAL, NAIVE_RATIO_GOAL))
             entry.update(naive_median_ratio=median_ratio, naive_p99_ratio=p99_ratio,
-                         naive_ratio_met=(_at_most(median_ratio, NAIVE_RATIO_GOAL)
-                                          and _at_most(p99_ratio, NAIVE_RATIO_GOAL)))
+                         naive_median_goal=median_goal, naive_p99_goal=p99_goal,
+                         naive_ratio_met=_at_most(median_ratio, median_goal) and _at_most(p99_ratio, p99_goal))
         entry["switch"] = _switch_entry(system, results["settings"]["warmup_s"])
         goals[name] = entry
     return goals

@@ -21,7 +21,7 @@ from brainformer.adaptation import AdaptationError, AdaptationOptions, SourceDes
 from brainformer.model_dir import load_fields
 from brainformer.preprocessing import eeg_preprocessor
 from brainformer_rt.serving.adapt import IncompatibleStreamError, SourceAdapter, adaptation_options
-from brainformer_rt.serving.preprocess import EEGPreprocessStage
+from brainformer_rt.serving.pipeline import open_stages
 from tests.rt.conftest import run_cli
 
 pytestmark = pytest.mark.timeout(300)
@@ -71,7 +71,7 @@ def feed(stage, data, sfreq_hz, chunk=16):
 def test_a_stream_like_the_training_recording_is_served_bit_for_bit_as_before(fields, recording):
     eeg, names, *_ = recording
     assert names == list(fields.eeg_channel_names)
-    stage = EEGPreprocessStage(fields, None, source=source(names))
+    stage = open_stages(fields, None, source=source(names))
     assert stage.plan.is_selection and not stage.plan.resample and stage.decimation == 1
     out, times, timestamps = feed(stage, eeg, fields.sfreq_hz)
     reference, reference_times = eeg_preprocessor(fields, fields.sfreq_hz).process(eeg, timestamps)
@@ -89,7 +89,7 @@ def test_extra_channels_and_microvolts_are_handled_and_the_plan_is_logged(fields
     order = np.random.default_rng(0).permutation(len(names))[:-2]  # two electrodes missing
     labels = [names[i] for i in order] + aux_names
     data = np.concatenate([eeg[:, order] * np.float32(1e6), aux], axis=1)
-    stage = EEGPreprocessStage(fields, None, source=source(labels, ["EEG"] * len(order) + aux_types,
+    stage = open_stages(fields, None, source=source(labels, ["EEG"] * len(order) + aux_types,
                                                            ["microvolts"] * len(order) + [""] * len(aux_names)))
     missing = sorted(set(names) - set(labels))
     with caplog.at_level(logging.INFO, logger="brainformer_rt"):
@@ -185,13 +185,13 @@ def test_streams_that_cannot_be_served_are_refused_in_one_line(fields, recording
     elif labels == "drop20":
         labels = names[20:]
     with pytest.raises(IncompatibleStreamError) as error:
-        EEGPreprocessStage(fields, None, source=source(labels, **kwargs), options=options)
+        open_stages(fields, None, source=source(labels, **kwargs), options=options)
     assert needle in str(error.value) and "\n" not in str(error.value)
 
 
 def test_an_unknown_unit_is_served_with_input_unit(fields, recording):
     names = recording[1]
-    stage = EEGPreprocessStage(fields, None, source=source(names, units=["furlong"] * 60),
+    stage = open_stages(fields, None, source=source(names, units=["furlong"] * 60),
                                options=adaptation_options(input_unit="uV"))
     assert {factor for _, _, factor in stage.plan.units} == {1e-6}
     stage.close()
@@ -233,7 +233,8 @@ def test_serve_and_check_exit_2_with_one_line(eeg_names, case):
         fmt, needle = "int16", "int16"
     outlet = _outlet(name, labels, fmt, units)
     try:
-        checked = run_cli("check", "--stream", name, "--model", "default", "--wait", STREAM_WAIT_S)
+        limit = ["--max-missing", "0.25"] if case == "too-many-missing" else []  # else the expected quality decides
+        checked = run_cli("check", "--stream", name, "--model", "default", "--wait", STREAM_WAIT_S, *limit)
         assert checked.exit_code == 2, checked.output
         errors = [line for line in checked.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and needle in errors[0], checked.stderr
@@ -284,7 +285,7 @@ def test_adaptation_settings_from_the_toml_and_the_flags(tmp_path):
         ("uV", "standard_1020", str(channel_map), 0.1)
     settings = build_serve_settings(path, stream=["EEG"], input_unit="mV", max_missing=0.5)
     assert settings.input_unit == "mV" and settings.max_missing_fraction == 0.5
-    assert build_serve_settings(None, stream=["EEG"]).max_missing_fraction == 0.25
+    assert build_serve_settings(None, stream=["EEG"]).max_missing_fraction is None  # the expected quality decides
     for text, needle in [('input_unit = "furlong"\n', "input_unit = 'furlong' is invalid"),
                          ("max_missing_fraction = 1.5\n", "max_missing_fraction = 1.5 is invalid"),
                          ('channel_map = "absent.toml"\n', "channel_map = 'absent.toml' is invalid"),

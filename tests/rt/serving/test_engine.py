@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from brainformer_rt.serving.engine import EngineError, aot_inductor_configs, batch_buckets, make_engine, resolve_kind
+from brainformer_rt.serving.engine import (
+    EngineError, aot_inductor_configs, batch_buckets, make_engine, resolve_device, resolve_kind,
+)
 from tests.rt.conftest import small_model
 
 pytestmark = pytest.mark.timeout(120)
-
-
+#: Hang timeouts of the tests that compile (inductor runs gcc): a minute or two on a quiet 2-core
+#: machine, five times that on a loaded one.
+COMPILE_TIMEOUT_S = 600
 
 
 def reference(model, windows: np.ndarray) -> np.ndarray:
@@ -95,18 +98,38 @@ def test_bad_windows_are_refused_with_the_expected_shape():
         engine.infer(np.zeros((1, 64, 8), np.float64))
 
 
-def test_cuda_kinds_without_cuda_fail_clearly():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    with pytest.raises(EngineError, match="CUDA is not available"):
-        make_engine(small_model(), "cuda-graph", "cpu", 1, 64)
-    with pytest.raises(EngineError, match="CUDA is not available"):
-        make_engine(small_model(), "eager", "cuda", 1, 64)
+def test_kinds_resolve_the_same_on_every_machine():
+    """What `auto` means and which pairs are refused depend on the device asked for, not on the
+    machine: checked everywhere (a CUDA device object needs no GPU)."""
     assert resolve_kind("auto", torch.device("cpu")) == "eager"
+    assert resolve_kind("auto", torch.device("cuda")) == "cuda-graph"
+    assert [resolve_kind(kind, torch.device("cpu")) for kind in ("eager", "compile", "aot")] == ["eager", "compile", "aot"]
+    assert [resolve_kind(kind, torch.device("cuda")) for kind in ("eager", "compile", "cuda-graph")] == [
+        "eager", "compile", "cuda-graph"]
     with pytest.raises(EngineError, match="'aot' runs on the CPU; on CUDA use --engine cuda-graph"):
         resolve_kind("aot", torch.device("cuda"))
-    with pytest.raises(EngineError, match="engine must be one of"):
+    with pytest.raises(EngineError, match="engine must be one of auto, eager, compile, aot, cuda-graph, got 'tensorrt'"):
         make_engine(small_model(), "tensorrt", "cpu", 1, 64)
+    with pytest.raises(EngineError, match="device must be one of auto, cpu, cuda .*got 'tpu'"):
+        make_engine(small_model(), "eager", "tpu", 1, 64)
+    # cuda-graph on the CPU: refused on both kinds of machine, each time with what to do there.
+    needs = "needs --device cuda" if torch.cuda.is_available() else "needs CUDA, but CUDA is not available"
+    with pytest.raises(EngineError, match=needs):
+        resolve_kind("cuda-graph", torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA; this one has it")
+def test_cuda_kinds_without_cuda_fail_clearly():
+    with pytest.raises(EngineError, match="CUDA is not available"):
+        make_engine(small_model(), "cuda-graph", "cpu", 1, 64)
+    with pytest.raises(EngineError, match="device 'cuda' asked for, but CUDA is not available .*use --device cpu"):
+        make_engine(small_model(), "eager", "cuda", 1, 64)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_auto_device_is_cuda_where_there_is_one():
+    assert resolve_device("auto").type == "cuda" and resolve_device("cuda:0") == torch.device("cuda:0")
 
 
 def test_batch_buckets():
@@ -116,6 +139,7 @@ def test_batch_buckets():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(COMPILE_TIMEOUT_S)
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
 def test_compile_agrees_with_eager(windows):
     """torch.compile (inductor, CPU) gives the eager numbers within float tolerance."""
@@ -136,7 +160,7 @@ def test_compile_agrees_with_eager(windows):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(2 * COMPILE_TIMEOUT_S)  # two autotuned builds
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
 def test_aot_agrees_with_eager_and_reuses_its_cached_package(windows, tmp_path, monkeypatch, caplog):
     """AOTInductor gives the eager numbers; a second engine for the same model loads the cached
@@ -194,9 +218,8 @@ REPO = Path(__file__).resolve().parents[3]
 GPU_CHECK = REPO / "benchmarks" / "gpu_check.py"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA; this one has it")
 def test_gpu_check_without_cuda_exits_clearly(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
     result = subprocess.run([sys.executable, str(GPU_CHECK), "--json", str(tmp_path / "out.json")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -10,7 +10,8 @@ import pytest
 from brainformer.configuration_brainformer import BrainformerConfig
 from brainformer.preprocessing import NonFiniteInputError, eeg_preprocessor
 from brainformer_rt.serving.inlet import StreamDescription
-from brainformer_rt.serving.preprocess import EEGPreprocessStage, GapDetector
+from brainformer_rt.serving.pipeline import open_stages
+from brainformer_rt.serving.preprocess import GapDetector
 
 SFREQ_HZ = 600.614990234375
 
@@ -44,7 +45,7 @@ def test_stage_equals_the_shared_preprocessor_on_reordered_volts(config, recordi
     timestamps = 1000.0 + np.arange(data_v.shape[0]) / SFREQ_HZ
     order = np.random.default_rng(2).permutation(len(names))
     stream_uv = np.ascontiguousarray(data_v[:, order] * np.float32(1e6))
-    stage = EEGPreprocessStage(config, describe([names[i] for i in order], units=["uV"] * len(names)),
+    stage = open_stages(config, describe([names[i] for i in order], units=["uV"] * len(names)),
                                max_chunk_samples=8)
     outputs, output_times = [], []
     rng = np.random.default_rng(3)
@@ -64,17 +65,17 @@ def test_stage_equals_the_shared_preprocessor_on_reordered_volts(config, recordi
 def test_stage_reset_restarts_like_a_fresh_stage(config, recording_eeg):
     data_v, names = recording_eeg
     timestamps = np.arange(data_v.shape[0]) / SFREQ_HZ
-    stage = EEGPreprocessStage(config, describe(names))
+    stage = open_stages(config, describe(names))
     stage.process(data_v[:500], timestamps[:500])
     stage.reset()
     after_reset, _ = stage.process(data_v[500:900], timestamps[500:900])
-    fresh, _ = EEGPreprocessStage(config, describe(names)).process(data_v[500:900], timestamps[500:900])
+    fresh, _ = open_stages(config, describe(names)).process(data_v[500:900], timestamps[500:900])
     np.testing.assert_array_equal(after_reset, fresh)
 
 
 def test_stage_decimates_a_double_rate_stream(config, recording_eeg):
     data_v, names = recording_eeg
-    stage = EEGPreprocessStage(config, describe(names, sfreq_hz=2 * SFREQ_HZ, channel_format="double64"))
+    stage = open_stages(config, describe(names, sfreq_hz=2 * SFREQ_HZ, channel_format="double64"))
     timestamps = np.arange(100) / (2 * SFREQ_HZ)
     out, out_ts = stage.process(data_v[:100].astype(np.float64), timestamps)
     assert out.shape == (50, 60) and out.dtype == np.float32
@@ -84,8 +85,8 @@ def test_stage_decimates_a_double_rate_stream(config, recording_eeg):
 def test_stage_refuses_nan_without_touching_its_state(config, recording_eeg):
     data_v, names = recording_eeg
     timestamps = np.arange(300) / SFREQ_HZ
-    stage = EEGPreprocessStage(config, describe(names))
-    reference = EEGPreprocessStage(config, describe(names))
+    stage = open_stages(config, describe(names))
+    reference = open_stages(config, describe(names))
     stage.process(data_v[:100], timestamps[:100])
     reference.process(data_v[:100], timestamps[:100])
     bad = data_v[100:200].copy()

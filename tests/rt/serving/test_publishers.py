@@ -6,7 +6,6 @@ import numpy as np
 import pylsl
 import pytest
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from brainformer_rt.serving.inlet import StreamDescription, find_stream
 from brainformer_rt.serving.publishers.lsl import LSLPublisher
@@ -25,8 +24,8 @@ SFREQ_HZ = 600.614990234375
 def test_lsl_outlet_meta_data_seen_by_a_real_inlet(stream_name):
     publisher = LSLPublisher(stream_name, f"src-{uuid.uuid4()}", NAMES, TYPES, SFREQ_HZ, "tiny-model")
     try:
-        inlet = pylsl.StreamInlet(find_stream(stream_name, wait_s=5.0))
-        info = inlet.info(5.0)
+        inlet = pylsl.StreamInlet(find_stream(stream_name, wait_s=30.0))
+        info = inlet.info(30.0)
         description = StreamDescription.from_info(info)
         assert description.type == "MEG"
         assert description.channel_labels == tuple(NAMES)
@@ -43,10 +42,10 @@ def test_lsl_publish_preserves_every_timestamp_exactly(stream_name):
     publisher = LSLPublisher(stream_name, f"src-{uuid.uuid4()}", NAMES, TYPES, SFREQ_HZ, "tiny-model")
     assert not publisher.have_consumers()
     # A plain inlet: no clock correction, so the stamps can be compared bit for bit.
-    inlet = pylsl.StreamInlet(find_stream(stream_name, wait_s=5.0))
-    inlet.open_stream(5.0)
+    inlet = pylsl.StreamInlet(find_stream(stream_name, wait_s=30.0))
+    inlet.open_stream(30.0)
     try:
-        assert publisher.wait_for_consumers(5.0)
+        assert publisher.wait_for_consumers(30.0)
         rng = np.random.default_rng(1)
         # Irregular spacing on purpose: liblsl must not re-derive stamps from the nominal rate.
         sent_timestamps = pylsl.local_clock() + np.cumsum(rng.uniform(0.001, 0.003, 48))
@@ -55,12 +54,11 @@ def test_lsl_publish_preserves_every_timestamp_exactly(stream_name):
             publisher.publish(sent[start:start + 16], sent_timestamps[start:start + 16])
         publisher.publish(sent[:1], np.array([sent_timestamps[-1] + 0.01]))  # a single sample
         received, received_timestamps = [], []
-        for _ in range(50):
+        deadline = time.monotonic() + 30.0
+        while sum(map(len, received_timestamps)) < 49 and time.monotonic() < deadline:
             data, stamps = inlet.pull_chunk(timeout=0.5, max_samples=64, min_samples=1, as_numpy=True)
             received.append(data)
             received_timestamps.append(stamps)
-            if sum(map(len, received_timestamps)) >= 49:
-                break
         np.testing.assert_array_equal(np.concatenate(received), np.concatenate([sent, sent[:1]]))
         np.testing.assert_array_equal(np.concatenate(received_timestamps),
                                       np.append(sent_timestamps, sent_timestamps[-1] + 0.01))
@@ -86,20 +84,26 @@ def test_lsl_publisher_rejects_bad_channels_and_shapes(stream_name):
 # ---------------------------------------------------------------- ZeroMQ
 
 
-def connected_subscriber(address: str, topic: bytes) -> zmq.Socket:
-    """A SUB socket whose subscription has reached the publisher (no slow-joiner loss)."""
+#: A topic of the test's own, on which a new subscriber is synchronised with the publisher.
+SYNC_TOPIC = b"sync"
+
+
+def connected_subscriber(publisher: ZMQPublisher, topic: bytes) -> zmq.Socket:
+    """A SUB socket on ``topic`` whose subscription has reached ``publisher`` (no slow-joiner
+    loss): it also subscribes to ``SYNC_TOPIC``, on which the publisher sends (through a topic
+    of its own, so the tested topic's ``seq`` is untouched) until one arrives; subscriptions
+    travel in order, so ``topic``'s has arrived too. :func:`receive` skips late sync messages."""
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
-    monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
     sub.setsockopt(zmq.SUBSCRIBE, topic)
-    sub.connect(address)
-    assert monitor.poll(5000), "subscriber never connected"
-    assert recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
-    sub.disable_monitor()
-    monitor.close(linger=0)
-    # The subscription frame follows the handshake on the same connection; give the publisher's
-    # I/O thread a moment to register it (a synchronisation wait, not a timing assertion).
-    time.sleep(0.2)
+    sub.setsockopt(zmq.SUBSCRIBE, SYNC_TOPIC)
+    sub.connect(publisher.address)
+    sync = publisher.add_topic(SYNC_TOPIC, "sync")
+    deadline = time.monotonic() + 30.0
+    while not (sub.poll(20) and sub.recv_multipart()[0] == SYNC_TOPIC):
+        assert time.monotonic() < deadline, "the subscription never reached the publisher"
+        sync.publish(np.zeros((1, len(NAMES)), np.float32), np.zeros(1))
+    sub.setsockopt(zmq.UNSUBSCRIBE, SYNC_TOPIC)
     return sub
 
 
@@ -109,16 +113,19 @@ def make_zmq_publisher(topic=b"meg") -> ZMQPublisher:
 
 
 def receive(sub: zmq.Socket, n_messages: int) -> list[list[bytes]]:
+    """The next ``n_messages`` messages (sync messages skipped), with a hang timeout."""
     messages = []
     while len(messages) < n_messages:
-        assert sub.poll(5000), f"only {len(messages)} of {n_messages} messages arrived"
-        messages.append(sub.recv_multipart())
+        assert sub.poll(30_000), f"only {len(messages)} of {n_messages} messages arrived"
+        frames = sub.recv_multipart()
+        if frames[0] != SYNC_TOPIC:
+            messages.append(frames)
     return messages
 
 
 def test_zmq_wire_format_seen_by_a_real_subscriber():
     publisher = make_zmq_publisher(topic=b"meg/EEG-sim")
-    sub = connected_subscriber(publisher.address, b"meg/EEG-sim")
+    sub = connected_subscriber(publisher, b"meg/EEG-sim")
     try:
         assert publisher.address.startswith("tcp://127.0.0.1:")
         rng = np.random.default_rng(2)
@@ -143,7 +150,8 @@ def test_zmq_wire_format_seen_by_a_real_subscriber():
         first = json.loads(messages[0][1])
         assert first["channels"] == NAMES and first["channel_types"] == TYPES
         assert all("channels" not in json.loads(m[1]) for m in messages[1:])
-        assert publisher.messages_sent == 3 and publisher.messages_dropped == 0
+        sync = publisher.add_topic(SYNC_TOPIC, "sync")
+        assert publisher.messages_sent - sync.messages_sent == 3 and publisher.messages_dropped == 0
     finally:
         sub.close(linger=0)
         publisher.close()
@@ -151,7 +159,7 @@ def test_zmq_wire_format_seen_by_a_real_subscriber():
 
 def test_zmq_channels_repeat_every_100th_message():
     publisher = make_zmq_publisher()
-    sub = connected_subscriber(publisher.address, b"meg")
+    sub = connected_subscriber(publisher, b"meg")
     try:
         headers = []
         for batch in range(0, 201, 50):  # batches below the send high-water mark (100)
