@@ -40,6 +40,8 @@ def newest(model, windows: np.ndarray, samples: int) -> np.ndarray:
         return model(torch.from_numpy(windows)).predictions.numpy()[:, -samples:]
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
 def test_eager_and_compile_serve_the_newest_samples(windows):
     model = gain_head_model()
     eager = make_engine(model, "eager", "cpu", batch_size=2, window_samples=64, output_samples=16).setup()
