@@ -252,7 +252,14 @@ def _size(v: Mapping[str, Any]) -> dict[str, Any]:
     if out["dropout"] >= 1.0:
         _fail("dropout", v["dropout"], "a probability in [0, 1)")
     out["position_embedding"] = _choice("position_embedding", v["position_embedding"], _POSITION_EMBEDDINGS)
+    out["final_norm"] = _bool("final_norm", v["final_norm"])
     return out
+
+
+def _bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        _fail(field, value, "true or false")
+    return value
 
 
 def _head(v: Mapping[str, Any], window_samples: int) -> dict[str, Any]:
@@ -263,9 +270,23 @@ def _head(v: Mapping[str, Any], window_samples: int) -> dict[str, Any]:
         "n_quantization_levels": _int("n_quantization_levels", v["n_quantization_levels"], 2),
         "quantization_clip": _float("quantization_clip", v["quantization_clip"], minimum=0.0),
         "skip_lags": _int("skip_lags", v["skip_lags"], 0),
+        "gain_filters": _int("gain_filters", v["gain_filters"], 0),
+        "gain_filter_past_samples": _int("gain_filter_past_samples", v["gain_filter_past_samples"], 1),
+        "gain_filter_lookahead_samples": _int("gain_filter_lookahead_samples", v["gain_filter_lookahead_samples"], 0),
+        "envelope_filters": _int("envelope_filters", v["envelope_filters"], 0),
+        "envelope_filter_samples": _int("envelope_filter_samples", v["envelope_filter_samples"], 1),
     }
-    if out["skip_lags"] > window_samples:
-        _fail("skip_lags", v["skip_lags"], f"at most window_samples ({window_samples})")
+    # The taps of a disabled filter bank are not checked: a short window keeps the defaults.
+    for name, used in (("skip_lags", True), ("gain_filter_past_samples", out["gain_filters"] > 0),
+                       ("envelope_filter_samples", out["envelope_filters"] > 0)):
+        if used and out[name] > window_samples:
+            _fail(name, v[name], f"at most window_samples ({window_samples})")
+    if out["gain_filters"] and out["gain_filter_lookahead_samples"] >= window_samples:
+        _fail("gain_filter_lookahead_samples", v["gain_filter_lookahead_samples"], f"less than window_samples ({window_samples})")
+    if out["head"] == "tokens":
+        for name in ("gain_filters", "envelope_filters"):
+            if out[name]:
+                _fail(name, v[name], "0 with head='tokens' (the regression head only)")
     return out
 
 
@@ -400,6 +421,7 @@ class BrainformerFields(DerivedFields):
     router_dim: int = 10
     dropout: float = 0.1
     position_embedding: str = "learned"
+    final_norm: bool = True
     # Head.
     head: str = "regression"
     loss: str = "mse"
@@ -407,6 +429,11 @@ class BrainformerFields(DerivedFields):
     n_quantization_levels: int = 255
     quantization_clip: float = 4.0
     skip_lags: int = 0
+    gain_filters: int = 0
+    gain_filter_past_samples: int = 32
+    gain_filter_lookahead_samples: int = 0
+    envelope_filters: int = 0
+    envelope_filter_samples: int = 64
     # Preprocessing.
     highpass_hz: float | None = 1.0
     lowpass_hz: float | None = 40.0

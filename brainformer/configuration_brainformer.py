@@ -132,6 +132,9 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
         dropout (`float`, defaults to 0.1): Dropout probability, in [0, 1).
         position_embedding (`str`, defaults to `"learned"`):
             Segment position embedding: `"learned"` or `"sinusoidal"`.
+        final_norm (`bool`, defaults to `True`):
+            A LayerNorm on the encoder's and the decoder's output tokens. It makes the tokens
+            blind to the EEG's scale; the gain head and the envelope features carry it instead.
 
     Head:
         head (`str`, defaults to `"regression"`):
@@ -145,6 +148,24 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
         skip_lags (`int`, defaults to 0):
             Length in samples of a causal lagged-linear EEG → MEG skip path added to the
             regression output; 0 disables it.
+        gain_filters (`int`, defaults to 0):
+            The gain head (regression only; 0 disables it): `gain_filters` learned linear filters
+            of the EEG whose outputs the trunk weighs, per MEG channel and output sample, and adds
+            to the prediction, `Σ_k scale[c, k] · gain[c, k](t) · (filter_k ∗ EEG)(t)`. Its output
+            grows with the EEG's amplitude, as a gain times a linear filter of the EEG does: what
+            a projection of LayerNormed tokens cannot express. The gains start at zero.
+        gain_filter_past_samples (`int`, defaults to 32):
+            Taps of each gain filter into the past, the current sample included (≤ `window_samples`).
+        gain_filter_lookahead_samples (`int`, defaults to 0):
+            Taps into the future inside the window (zeros beyond its newest sample): a served
+            window's older samples may use the newer ones it holds.
+        envelope_filters (`int`, defaults to 0):
+            Learned amplitude features (0 disables them): `envelope_filters` causal filters of
+            the EEG (a spatial filter, then a temporal one), each output squared and averaged
+            over each segment, in log, embedded and added to every EEG token and MEG query of
+            that segment.
+        envelope_filter_samples (`int`, defaults to 64):
+            Taps of each envelope filter's temporal part (≤ `window_samples`).
 
     Preprocessing:
         highpass_hz (`float` or `None`, defaults to 1.0): Butterworth high-pass cut-off.
@@ -206,12 +227,18 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
         router_dim: int = _DEFAULTS.router_dim,
         dropout: float = _DEFAULTS.dropout,
         position_embedding: str = _DEFAULTS.position_embedding,
+        final_norm: bool = _DEFAULTS.final_norm,
         head: str = _DEFAULTS.head,
         loss: str = _DEFAULTS.loss,
         huber_delta: float = _DEFAULTS.huber_delta,
         n_quantization_levels: int = _DEFAULTS.n_quantization_levels,
         quantization_clip: float = _DEFAULTS.quantization_clip,
         skip_lags: int = _DEFAULTS.skip_lags,
+        gain_filters: int = _DEFAULTS.gain_filters,
+        gain_filter_past_samples: int = _DEFAULTS.gain_filter_past_samples,
+        gain_filter_lookahead_samples: int = _DEFAULTS.gain_filter_lookahead_samples,
+        envelope_filters: int = _DEFAULTS.envelope_filters,
+        envelope_filter_samples: int = _DEFAULTS.envelope_filter_samples,
         highpass_hz: float | None = _DEFAULTS.highpass_hz,
         lowpass_hz: float | None = _DEFAULTS.lowpass_hz,
         filter_order: int = _DEFAULTS.filter_order,

@@ -83,9 +83,12 @@ class BrainformerDSWEmbedding(nn.Module):
         self.value_embedding = nn.Linear(config.patch_len, config.d_model)
         self.channel_embedding = nn.Parameter(torch.zeros(n_channels, config.d_model))
         self.position_embedding = BrainformerSegmentPositionEmbedding(config)
+        self.envelope_embedding = nn.Linear(config.envelope_filters, config.d_model) if config.envelope_filters else None
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, values: torch.Tensor) -> torch.Tensor:
+    def forward(self, values: torch.Tensor, envelope: torch.Tensor | None = None) -> torch.Tensor:
+        """`envelope`: `(batch, segments, envelope_filters)` amplitude features, added to every
+        channel's token of the segment (with `config.envelope_filters`)."""
         batch, _, channels = values.shape
         # (batch, segments, patch_len, channels) -> (batch, segments, channels, patch_len)
         segments = values.reshape(batch, self.n_segments, self.patch_len, channels).transpose(2, 3)
@@ -94,7 +97,59 @@ class BrainformerDSWEmbedding(nn.Module):
         # under AOTInductor than the one matrix product it is.
         tokens = self.value_embedding(segments.contiguous())  # (batch, segments, channels, d_model)
         tokens = tokens + self.channel_embedding + self.position_embedding()[:, None, :]
+        if self.envelope_embedding is not None:
+            tokens = tokens + self.envelope_embedding(envelope)[:, :, None, :]
         return self.dropout(tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear filters of the EEG: the skip path, the gain head's filters, the envelope features
+# ---------------------------------------------------------------------------------------------
+
+
+def _lagged_inputs(values: torch.Tensor, past: int, future: int, n_out: int) -> torch.Tensor:
+    """`(batch, time, channels)` → `(batch, n_out, channels · (past + future))` for the newest `n_out`
+    samples: row t holds, per channel, `x[t − past + 1] … x[t + future]`, zeros outside the window.
+
+    One matrix product with these rows applies a filter bank, cheaper on the CPU than Conv1d
+    (whose kernel for these shapes, slow_conv2d, costs more than the whole transformer).
+    """
+    batch = values.shape[0]
+    padded = F.pad(values, (0, 0, past - 1, future))  # (batch, past-1+time+future, channels)
+    padded = padded[:, padded.shape[1] - (n_out + past - 1 + future):]  # what the newest n_out outputs see
+    return padded.unfold(1, past + future, 1).reshape(batch, n_out, -1)  # (batch, n_out, channels*taps)
+
+
+class BrainformerEnvelopeFeatures(nn.Module):
+    """Learned amplitude features: `envelope_filters` causal filters of the EEG, each a spatial
+    filter followed by a temporal one (`envelope_filter_samples` taps), their output squared,
+    averaged over each segment and taken in log.
+
+    `(batch, time, n_eeg)` → `(batch, segments, envelope_filters)`. The LayerNorms of the trunk see
+    every token at unit scale; these features tell it how strong a rhythm is (a pair of filters
+    can learn a band's quadrature, whose summed squares are its envelope). Separable, so the
+    features of a whole window cost about as little as one token layer.
+    """
+
+    def __init__(self, config: BrainformerConfig):
+        super().__init__()
+        self.taps = config.envelope_filter_samples
+        self.n_segments = config.n_segments
+        self.spatial = nn.Parameter(torch.zeros(config.envelope_filters, config.n_eeg_channels))
+        # (filters, taps): tap `taps - 1 - k` multiplies the spatially filtered input k samples in the past.
+        self.temporal = nn.Parameter(torch.zeros(config.envelope_filters, self.taps))
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        batch, time, _ = values.shape
+        projected = F.linear(values, self.spatial)  # (batch, time, filters)
+        lagged = _lagged_inputs(projected, self.taps, 0, time).unflatten(-1, (-1, self.taps))  # (batch, time, filters, taps)
+        filtered = (lagged * self.temporal).sum(-1)  # (batch, time, filters)
+        power = filtered.square().reshape(batch, self.n_segments, time // self.n_segments, -1).mean(2)
+        return torch.log(power + ENVELOPE_POWER_FLOOR)  # (batch, segments, filters)
+
+
+#: Added to the envelope features' power before the log (scaled units²): a silent input stays finite.
+ENVELOPE_POWER_FLOOR = 1e-6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,10 +346,10 @@ class BrainformerEncoder(nn.Module):
         super().__init__()
         self.embedding = BrainformerDSWEmbedding(config, config.n_eeg_channels)
         self.layers = nn.ModuleList(BrainformerEncoderLayer(config) for _ in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.d_model)
+        self.final_norm = nn.LayerNorm(config.d_model) if config.final_norm else nn.Identity()
 
-    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(input_values)
+    def forward(self, input_values: torch.Tensor, envelope: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embedding(input_values, envelope)
         for layer in self.layers:
             x = layer(x)
         return self.final_norm(x)
@@ -305,7 +360,8 @@ class BrainformerDecoder(nn.Module):
 
     Its input is one learned query per MEG channel plus the segment position, optionally plus
     `inputs_embeds (batch, segments, n_meg, d_model)` (the embedded previous-segment tokens of the
-    tokens head). The time stage is causal when `causal` (tokens head).
+    tokens head) and the segment's embedded amplitude features (`config.envelope_filters`). The
+    time stage is causal when `causal` (tokens head).
     """
 
     def __init__(self, config: BrainformerConfig, causal: bool):
@@ -314,10 +370,11 @@ class BrainformerDecoder(nn.Module):
         self.position_embedding = BrainformerSegmentPositionEmbedding(config)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(BrainformerDecoderLayer(config, causal) for _ in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.d_model)
+        self.envelope_embedding = nn.Linear(config.envelope_filters, config.d_model) if config.envelope_filters else None
+        self.final_norm = nn.LayerNorm(config.d_model) if config.final_norm else nn.Identity()
 
     def forward(self, encoder_states: torch.Tensor, inputs_embeds: torch.Tensor | None = None,
-                last_segments: int | None = None) -> torch.Tensor:
+                last_segments: int | None = None, envelope: torch.Tensor | None = None) -> torch.Tensor:
         """`last_segments`: return `(batch, last_segments, n_meg, d_model)`, the newest segments only.
         Every layer but the last needs all segments (the next time stage reads them); the last one
         computes its queries, channel stage and feed-forward for the newest segments only, which
@@ -327,6 +384,8 @@ class BrainformerDecoder(nn.Module):
             x = queries.expand(encoder_states.shape[0], -1, -1, -1)
         else:
             x = inputs_embeds + queries
+        if self.envelope_embedding is not None:
+            x = x + self.envelope_embedding(envelope)[:, :, None, :]  # (batch, segments, n_meg, d_model)
         x = self.dropout(x)
         for index, layer in enumerate(self.layers):
             x = layer(x, encoder_states, last_segments if index == len(self.layers) - 1 else None)
@@ -423,6 +482,17 @@ class BrainformerPreTrainedModel(PreTrainedModel):
             _init.normal_(module.router, mean=0.0, std=std)
         elif isinstance(module, BrainformerDecoder):
             _init.normal_(module.channel_queries, mean=0.0, std=std)
+        elif isinstance(module, BrainformerEnvelopeFeatures):
+            # Unit-variance outputs on unit-variance inputs, whatever the channels and taps.
+            _init.normal_(module.spatial, mean=0.0, std=module.spatial.shape[1] ** -0.5)
+            _init.normal_(module.temporal, mean=0.0, std=module.temporal.shape[1] ** -0.5)
+        elif isinstance(module, BrainformerGainHead):
+            # Filters start as random projections of unit scale; the gains at zero (runs after
+            # the Linear branch above: `apply` visits children first), so the head adds nothing.
+            _init.normal_(module.filters, mean=0.0, std=module.filters[0].numel() ** -0.5)
+            _init.zeros_(module.gain_projection.weight)
+            _init.zeros_(module.gain_projection.bias)
+            _init.ones_(module.channel_scale)
 
     def _check_input_values(self, input_values: torch.Tensor) -> None:
         expected = (self.config.window_samples, self.config.n_eeg_channels)
@@ -463,6 +533,7 @@ class BrainformerModel(BrainformerPreTrainedModel):
 
     def __init__(self, config: BrainformerConfig):
         super().__init__(config)
+        self.envelope = BrainformerEnvelopeFeatures(config) if config.envelope_filters else None
         self.encoder = BrainformerEncoder(config)
         self.decoder = BrainformerDecoder(config, causal=config.head == "tokens")
         self.post_init()
@@ -481,8 +552,9 @@ class BrainformerModel(BrainformerPreTrainedModel):
         self._check_input_values(input_values)
         if last_segments is not None and not 1 <= last_segments <= self.config.n_segments:
             raise ValueError(f"last_segments = {last_segments!r}; expected 1 … n_segments={self.config.n_segments}")
-        encoder_states = self.encoder(input_values)
-        decoder_states = self.decoder(encoder_states, decoder_inputs_embeds, last_segments)
+        envelope = None if self.envelope is None else self.envelope(input_values)  # (batch, segments, filters)
+        encoder_states = self.encoder(input_values, envelope)
+        decoder_states = self.decoder(encoder_states, decoder_inputs_embeds, last_segments, envelope)
         return BrainformerModelOutput(last_hidden_state=decoder_states, encoder_last_hidden_state=encoder_states)
 
 
@@ -492,11 +564,46 @@ def _segments_to_time(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
 
 
+class BrainformerGainHead(nn.Module):
+    """Gain × linear filter: `Σ_k scale[c, k] · gain[c, k](t) · (filter_k ∗ EEG)(t)` for MEG channel c.
+
+    `gain_filters` learned spatio-temporal filters of the EEG (`gain_filter_past_samples` taps
+    into the past, `gain_filter_lookahead_samples` into the future inside the window), weighed by
+    gains the trunk reads off each MEG token, one per filter and output sample of its segment, and
+    a learned per-channel scale. The term grows with the EEG's amplitude, as the field of a source
+    whose strength the EEG's rhythms modulate does; a constant gain makes it a rank-`gain_filters`
+    linear filter. The gain projection starts at zero: a fresh head adds nothing.
+
+    `(batch, segments', n_meg, d_model)` tokens (the newest segments') and EEG `(batch, time,
+    n_eeg)` → `(batch, n_out, n_meg)` for the newest `n_out` samples.
+    """
+
+    def __init__(self, config: BrainformerConfig):
+        super().__init__()
+        self.past = config.gain_filter_past_samples
+        self.future = config.gain_filter_lookahead_samples
+        self.patch_len = config.patch_len
+        # (filters, n_eeg, past + future): tap `past - 1` multiplies the current sample.
+        self.filters = nn.Parameter(torch.zeros(config.gain_filters, config.n_eeg_channels, self.past + self.future))
+        self.gain_projection = nn.Linear(config.d_model, config.patch_len * config.gain_filters)
+        self.channel_scale = nn.Parameter(torch.ones(config.n_meg_channels, config.gain_filters))
+
+    def forward(self, hidden: torch.Tensor, input_values: torch.Tensor, n_out: int) -> torch.Tensor:
+        # (batch, segments', n_meg, patch_len, filters) -> (batch, n_out, n_meg, filters)
+        gains = _segments_to_time(self.gain_projection(hidden).unflatten(-1, (self.patch_len, -1)))
+        gains = gains[:, gains.shape[1] - n_out:]
+        filtered = F.linear(_lagged_inputs(input_values, self.past, self.future, n_out), self.filters.flatten(1))
+        # (batch, n_out, 1, filters) · (n_meg, filters) · gains, summed over the filters
+        return (gains * (filtered[:, :, None, :] * self.channel_scale)).sum(-1)
+
+
 class BrainformerForMEGPrediction(BrainformerPreTrainedModel):
     """Regression head (`config.head == "regression"`): one forward per window, non-autoregressive.
 
     Each decoder token is projected to its segment's `patch_len` samples. With
-    `config.skip_lags > 0` a causal lagged-linear EEG → MEG path is added to the output.
+    `config.gain_filters > 0` the gain head (`BrainformerGainHead`) adds the trunk's gains on
+    linear filters of the EEG, and with `config.skip_lags > 0` a causal lagged-linear EEG → MEG
+    path is added to the output.
     """
 
     def __init__(self, config: BrainformerConfig):
@@ -504,6 +611,7 @@ class BrainformerForMEGPrediction(BrainformerPreTrainedModel):
         super().__init__(config)
         self.brainformer = BrainformerModel(config)
         self.projection = nn.Linear(config.d_model, config.patch_len)
+        self.gain_head = BrainformerGainHead(config) if config.gain_filters else None
         if config.skip_lags > 0:
             # Left padding only (applied in forward), so output sample t sees inputs t-skip_lags+1 … t.
             self.linear_skip = nn.Conv1d(config.n_eeg_channels, config.n_meg_channels, config.skip_lags)
@@ -554,14 +662,10 @@ class BrainformerForMEGPrediction(BrainformerPreTrainedModel):
         predictions = _segments_to_time(self.projection(hidden))  # (batch, segments' samples, n_meg)
         if n_out < predictions.shape[1]:
             predictions = predictions[:, predictions.shape[1] - n_out:]
+        if self.gain_head is not None:
+            predictions = predictions + self.gain_head(hidden, input_values, n_out)
         if self.linear_skip is not None:
-            # Computed as one matmul over stacked lags rather than through Conv1d, whose CPU
-            # kernel for these shapes (slow_conv2d) costs more than the whole transformer.
-            lags = self.config.skip_lags
-            batch = input_values.shape[0]
-            padded = F.pad(input_values, (0, 0, lags - 1, 0))  # (batch, lags-1+time, n_eeg)
-            padded = padded[:, padded.shape[1] - (n_out + lags - 1):]  # what the newest n_out outputs see
-            lagged = padded.unfold(1, lags, 1).reshape(batch, n_out, -1)  # (batch, n_out, n_eeg*lags)
+            lagged = _lagged_inputs(input_values, self.config.skip_lags, 0, n_out)  # (batch, n_out, n_eeg*lags)
             weight = self.linear_skip.weight.reshape(self.linear_skip.weight.shape[0], -1)  # (n_meg, n_eeg*lags)
             predictions = predictions + F.linear(lagged, weight, self.linear_skip.bias)
 

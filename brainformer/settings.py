@@ -165,6 +165,10 @@ class DataSettings:
         )
 
 
+#: `training.lr_scheduler` values (the Hugging Face scheduler each names: `_HF_SCHEDULERS` in training).
+LR_SCHEDULERS = ("cosine", "linear", "constant")
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     """Optimisation settings (section ``[training]``).
@@ -173,6 +177,11 @@ class TrainingSettings:
         epochs: passes over the training windows.
         batch_size: windows per optimisation step.
         learning_rate: peak AdamW learning rate.
+        lr_scheduler: how the learning rate moves after the warm-up: ``"cosine"`` (to zero at the
+            end), ``"linear"`` (to zero) or ``"constant"`` (held: a small signal found late still
+            gets a full step).
+        max_steps: optimiser steps to run; 0: as many as `epochs` give. When set it replaces the
+            epochs (the data are revisited as often as needed).
         weight_decay: AdamW weight decay.
         warmup_ratio: fraction of the steps spent warming the learning rate up.
         seed: seed of every random generator (initialisation, shuffling, augmentation).
@@ -202,6 +211,8 @@ class TrainingSettings:
     epochs: int = 40
     batch_size: int = 16
     learning_rate: float = 1e-3
+    lr_scheduler: str = "cosine"
+    max_steps: int = 0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     seed: int = 0
@@ -223,6 +234,9 @@ class TrainingSettings:
         _require(self.epochs >= 1, "training.epochs", self.epochs, "an integer >= 1")
         _require(self.batch_size >= 1, "training.batch_size", self.batch_size, "an integer >= 1")
         _require(self.learning_rate > 0, "training.learning_rate", self.learning_rate, "a number > 0")
+        _require(self.lr_scheduler in LR_SCHEDULERS, "training.lr_scheduler", self.lr_scheduler,
+                 "one of " + ", ".join(repr(name) for name in LR_SCHEDULERS))
+        _require(self.max_steps >= 0, "training.max_steps", self.max_steps, "an integer >= 0 (0: the epochs decide)")
         _require(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, "a number >= 0")
         _require(0 <= self.warmup_ratio < 1, "training.warmup_ratio", self.warmup_ratio, "a fraction in [0, 1)")
         _require(self.seed >= 0, "training.seed", self.seed, "an integer >= 0")

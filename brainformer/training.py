@@ -297,7 +297,10 @@ def _make_trainer_class():
                 outputs = model(input_values=inputs["input_values"], labels=labels)
                 scores = outputs.logits
             else:
-                outputs = model(input_values=inputs["input_values"])
+                # Only the newest samples are scored, so only they are computed: the decoder's
+                # last layer runs for their segments alone (equal to the whole window's values).
+                last = min(self.loss_last_samples, plain.config.window_samples)
+                outputs = model(input_values=inputs["input_values"], last_samples=last)
                 scores = outputs.predictions
             loss = _newest_samples_loss(plain, scores, labels, self.loss_last_samples)
             outputs.loss = loss  # the newest samples' loss, not the whole window's
@@ -379,6 +382,10 @@ class TrainResult:
     world_size: int = 1
 
 
+#: `training.lr_scheduler` → the Trainer's `lr_scheduler_type` (each with the warm-up first).
+_HF_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
 def _training_arguments(settings: ExperimentSettings, output_dir: Path, report_to: str, has_validation: bool, progress: bool):
     from transformers import TrainingArguments
 
@@ -393,7 +400,8 @@ def _training_arguments(settings: ExperimentSettings, output_dir: Path, report_t
         per_device_eval_batch_size=max(training.batch_size, 32),
         learning_rate=training.learning_rate,
         weight_decay=training.weight_decay,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=_HF_SCHEDULERS[training.lr_scheduler],
+        max_steps=training.max_steps if training.max_steps > 0 else -1,
         max_grad_norm=1.0,
         seed=training.seed,
         data_seed=training.seed,

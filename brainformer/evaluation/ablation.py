@@ -1,8 +1,8 @@
 """The model's two paths scored apart: the lagged-linear skip path alone, the transformer alone.
 
 A `BrainformerForMEGPrediction` with `skip_lags > 0` sums two paths, a causal lagged-linear map
-EEG → MEG and the transformer's output projection. Zeroing one of them in a copy of the trained
-model gives the other one's prediction, served exactly as the whole model is served
+EEG → MEG and the transformer's output (its projection, plus its gain head when it has one).
+Zeroing one of them in a copy of the trained model gives the other one's prediction, served exactly as the whole model is served
 (`predict_as_served`), so "skip + transformer − skip alone" is the transformer's own contribution
 in R², measured on the same test rows as the baselines.
 """
@@ -31,11 +31,17 @@ def model_path_alone(model: Any, path: str) -> Any:
     if path not in ("skip", "transformer"):
         raise EvaluationError(f"path {path!r}: expected 'skip' or 'transformer'")
     alone = copy.deepcopy(model).eval()
-    # Zeroing the other path's last linear map removes its whole contribution to the output.
-    removed = alone.projection if path == "skip" else alone.linear_skip
+    # Zeroing the other path's last linear maps removes its whole contribution to the output.
+    if path == "skip":
+        removed = [alone.projection]
+        if getattr(alone, "gain_head", None) is not None:
+            removed.append(alone.gain_head.gain_projection)
+    else:
+        removed = [alone.linear_skip]
     with torch.no_grad():
-        removed.weight.zero_()
-        removed.bias.zero_()
+        for layer in removed:
+            layer.weight.zero_()
+            layer.bias.zero_()
     return alone
 
 

@@ -19,7 +19,11 @@ API (everything else is private)::
     r2 = noise_ceiling(truth, config)                               # (n_meg,) R² of noiseless vs measured MEG
     r2 = causal_limit(truth, config, lags)                          # (n_meg,) best linear filter on these past lags
     r2 = linear_limit(truth, config)                                # (n_meg,) best non-causal linear filter
+    r2 = hop_limit(truth, config, lags, hop_samples)                # (n_meg,) same, plus the future inside the served hop
     r2 = informed_limit(truth, config)                              # (n_meg,) best predictor of any kind
+    r2 = envelope_informed_limit(truth, config)                     # (n_meg,) best linear filter told the bursts' power
+    share = planted_share(truth, config)                            # (n_meg,) the planted term's share (simulate(planted_share=))
+    meg = planted_meg(truth, config)                                # (n, n_meg) the planted term, preprocessed
     source = SyntheticSource("ds000117", seed=0)                    # live, endless
     eeg = source.read_eeg(n_samples)                                # (n, n_eeg) float32 volts
 
@@ -28,9 +32,11 @@ Modules, in dependency order:
     `spectra`: the filtered-noise processes and their exact spectra;
     `truth`: `SimulationTruth`, the ground truth and its sidecar file;
     `plan`: one subject's anatomy, generators and noise levels (from the ``subject`` number);
+    `planted`: the planted non-linear term (off by default), computed from the EEG;
     `generator`: the stateful generator drawing the activity (from the ``seed``);
     `offline`: `simulate` and `write_simulation`, a whole recording;
-    `oracle`: the Wiener oracle and its predictions, the causal, linear and informed limits, the noise ceiling;
+    `oracle`: the Wiener oracle and its predictions, the causal, hop, linear, envelope-informed and
+        informed limits, the noise ceiling, the planted term's share;
     `source`: `SyntheticSource`, the live endless source.
 
 Determinism: the same (layout, duration, rate, seed, subject, spacing) gives the same samples on
@@ -44,7 +50,20 @@ from __future__ import annotations
 
 from brainformer.simulation.layouts import DEFAULT_SPACING_MM, LAYOUTS, HeadModel, default_sfreq_hz, head_model, layout_info
 from brainformer.simulation.offline import simulate, write_simulation
-from brainformer.simulation.oracle import OracleMap, causal_limit, informed_limit, linear_limit, noise_ceiling, oracle_map, oracle_prediction, wiener_oracle
+from brainformer.simulation.oracle import (
+    OracleMap,
+    causal_limit,
+    envelope_informed_limit,
+    hop_limit,
+    informed_limit,
+    linear_limit,
+    noise_ceiling,
+    oracle_map,
+    oracle_prediction,
+    planted_meg,
+    planted_share,
+    wiener_oracle,
+)
 from brainformer.simulation.source import SyntheticSource
 from brainformer.simulation.truth import SimulationTruth, is_simulated, load_truth, truth_path
 
@@ -57,6 +76,8 @@ __all__ = [
     "SyntheticSource",
     "causal_limit",
     "default_sfreq_hz",
+    "envelope_informed_limit",
+    "hop_limit",
     "head_model",
     "informed_limit",
     "is_simulated",
@@ -66,6 +87,8 @@ __all__ = [
     "noise_ceiling",
     "oracle_map",
     "oracle_prediction",
+    "planted_meg",
+    "planted_share",
     "simulate",
     "truth_path",
     "wiener_oracle",

@@ -14,6 +14,7 @@ import scipy.signal
 
 from brainformer.simulation.layouts import LAYOUTS
 from brainformer.simulation.plan import _Plan
+from brainformer.simulation.planted import _PlantedState, _PlantedTerm
 from brainformer.simulation.spectra import _BurstProcess
 
 CHUNK_SECONDS = 2.0
@@ -28,12 +29,15 @@ class _ActivityGenerator:
 
     All state lives here: one random stream per kind of draw (so chunking never changes which
     number goes where) and the filter states. EEG-only mode skips the MEG streams and sums;
-    the EEG is the same either way.
+    the EEG is the same either way. With a `planted` term (MEG only) its source time course of
+    the last chunk is `planted_source`; the EEG and the rest of the MEG do not change.
     """
 
-    def __init__(self, plan: _Plan, seed: int, with_meg: bool) -> None:
+    def __init__(self, plan: _Plan, seed: int, with_meg: bool, planted: _PlantedTerm | None = None) -> None:
         self.plan = plan
         self.with_meg = with_meg
+        self.planted = _PlantedState(planted) if planted is not None and with_meg else None
+        self.planted_source: np.ndarray | None = None
         children = np.random.SeedSequence([seed, LAYOUTS.index(plan.truth.layout)]).spawn(len(_STREAMS))
         self.rng = {name: np.random.Generator(np.random.PCG64(child)) for name, child in zip(_STREAMS, children)}
         n_sections = plan.pink_sos.shape[0]
@@ -107,6 +111,10 @@ class _ActivityGenerator:
             meg = background @ plan.background_factor_meg.T + components @ plan.leads_meg.T
             meg += self.rng["meg_white"].standard_normal((n, n_meg)) * plan.noise_white_sd_meg
             meg += self._pink("meg_pink", n, n_meg, "meg_pink_state") * plan.noise_pink_sd_meg
+            if self.planted is not None:
+                # Computed from the EEG as recorded (sensor noise included): a function of it alone.
+                self.planted_source = self.planted.source(eeg)
+                meg += np.outer(self.planted_source, self.planted.term.meg_pattern)
         self.samples_generated += n
         return eeg, meg
 

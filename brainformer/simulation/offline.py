@@ -11,6 +11,7 @@ callback (the `simulate-data` command does).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import tempfile
@@ -33,6 +34,7 @@ from brainformer.simulation.layouts import (
     layout_info,
 )
 from brainformer.simulation.plan import _plan
+from brainformer.simulation.planted import CALIBRATION_SECONDS, CALIBRATION_SEED, _PlantedTerm, calibrated_term, check_planted_share
 from brainformer.simulation.truth import SimulationTruth, truth_path
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ def simulate(
     *,
     subject: int = 0,
     spacing_mm: float = DEFAULT_SPACING_MM,
+    planted_share: float = 0.0,
     progress: ProgressCallback | None = None,
     out_array: np.ndarray | None = None,
 ) -> tuple[Any, SimulationTruth]:
@@ -64,6 +67,9 @@ def simulate(
         seed: the activity (time courses and noise); same seed → same samples.
         subject: the anatomy-level draw (orientations, generator sites and rhythms, noise levels).
         spacing_mm: source grid spacing (finer = more sources, slower forward).
+        planted_share: 0 (default) for none, else add the planted non-linear term
+            (`brainformer.simulation.planted`) holding this share of each MEG channel's variance
+            in 1–40 Hz; the EEG is the same either way. Its time course goes into the truth.
         progress: optional ``progress(samples_done, samples_total)``, called after each chunk.
         out_array: optional preallocated float64 `(n_channels, n_samples)` array (e.g. a
             `numpy.memmap`) to build the recording in; channels in the layout's order.
@@ -80,17 +86,31 @@ def simulate(
     seed = _check_nonnegative_int("seed", seed)
     subject = _check_nonnegative_int("subject", subject)
     spacing_mm = _check_spacing(spacing_mm)
+    planted_share = check_planted_share(planted_share)
     info = layout_info(layout, sfreq_hz)
     eeg_idx, meg_idx, _ = _channel_groups(info)
     data = _output_array(out_array, len(info["ch_names"]), n_samples)
     plan = _plan(layout, sfreq_hz, subject, spacing_mm)
-    generator = _ActivityGenerator(plan, seed, with_meg=True)
+    planted = _planted_term(layout, sfreq_hz, subject, spacing_mm, planted_share) if planted_share > 0 else None
+    generator = _ActivityGenerator(plan, seed, with_meg=True, planted=planted)
+    planted_source = np.empty(n_samples, dtype=np.float32) if planted is not None else None
     # Plain slices when the channel groups are contiguous (they are for both layouts): no gathers.
-    _fill(data, generator, _rows(eeg_idx), _rows(meg_idx), max(1, int(CHUNK_SECONDS * sfreq_hz)), progress)
+    _fill(data, generator, _rows(eeg_idx), _rows(meg_idx), max(1, int(CHUNK_SECONDS * sfreq_hz)), progress, planted_source)
     raw = mne.io.RawArray(data, info, copy="auto", verbose="error")
     logger.info("simulated %s: %d samples at %g Hz, seed %d, subject %d", layout, n_samples, sfreq_hz, seed, subject)
     truth = dataclasses.replace(plan.truth, seed=seed)
+    if planted is not None:
+        truth = dataclasses.replace(truth, planted_share=planted_share, planted_meg_pattern=planted.meg_pattern,
+                                    planted_source=planted_source)
     return raw, truth
+
+
+@functools.lru_cache(maxsize=8)
+def _planted_term(layout: str, sfreq_hz: float, subject: int, spacing_mm: float, share: float) -> _PlantedTerm:
+    """The planted term of a subject, calibrated on EEG of its own seed (cached: minutes of EEG)."""
+    plan = _plan(layout, sfreq_hz, subject, spacing_mm)
+    eeg, _ = _ActivityGenerator(plan, CALIBRATION_SEED, with_meg=False).generate(int(CALIBRATION_SECONDS * sfreq_hz))
+    return calibrated_term(plan, eeg, share)
 
 
 def _output_array(out_array: np.ndarray | None, n_channels: int, n_samples: int) -> np.ndarray:
@@ -109,14 +129,18 @@ def _fill(
     meg_rows: slice | list[int],
     chunk: int,
     progress: ProgressCallback | None,
+    planted_source: np.ndarray | None = None,
 ) -> None:
-    """Write the generator's EEG and MEG into `data` `(channels, n_samples)`, `chunk` samples at a time."""
+    """Write the generator's EEG and MEG into `data` `(channels, n_samples)`, `chunk` samples at a
+    time, and the planted source into `planted_source` `(n_samples,)` when given."""
     n_samples = data.shape[1]
     for start in range(0, n_samples, chunk):
         stop = min(start + chunk, n_samples)
         eeg, meg = generator.generate(stop - start)
         data[eeg_rows, start:stop] = eeg.T
         data[meg_rows, start:stop] = meg.T
+        if planted_source is not None:
+            planted_source[start:stop] = generator.planted_source
         if progress is not None:
             progress(stop, n_samples)
 
@@ -134,6 +158,7 @@ def write_simulation(
     seed: int,
     out: str | Path,
     *,
+    planted_share: float = 0.0,
     progress: ProgressCallback | None = None,
 ) -> tuple[Path, SimulationTruth, int]:
     """Simulate, write the FIF at `out` and its truth sidecar; returns (sidecar path, truth, samples).
@@ -146,6 +171,7 @@ def write_simulation(
     rate = _check_sfreq(sfreq_hz, layout)
     n_samples = _n_samples(duration_s, rate)
     _check_nonnegative_int("seed", seed)
+    check_planted_share(planted_share)
     if not (out.name.endswith(".fif") or out.name.endswith(".fif.gz")):
         raise ValueError(f"--out {out}: the file name must end in .fif (or .fif.gz)")
     if out.exists() and out.is_dir():
@@ -161,7 +187,8 @@ def write_simulation(
             backing.close()
             logger.info("building %.1f GB in a memory-mapped temporary file %s", nbytes / 1e9, backing.name)
             out_array = np.memmap(backing.name, dtype=np.float64, mode="w+", shape=(n_channels, n_samples))
-        raw, truth = simulate(layout, duration_s, rate, seed, progress=progress, out_array=out_array)
+        raw, truth = simulate(layout, duration_s, rate, seed, planted_share=planted_share, progress=progress,
+                              out_array=out_array)
         with warnings.catch_warnings():
             # MNE prefers names ending in raw.fif; any .fif name reads back the same.
             warnings.filterwarnings("ignore", message=".*does not conform to MNE naming conventions.*")

@@ -178,25 +178,233 @@ def causal_limit(truth: SimulationTruth, config: Any, lags: Sequence[int]) -> np
     matrix of C_ee over lag differences and P the C_me of each lag, the explained variance of MEG
     channel m is ``(P R⁻¹ Pᵀ)_mm``.
     """
-    lags = np.asarray(sorted(set(int(lag) for lag in lags)), dtype=np.int64)
-    if lags.size == 0 or lags[0] < 0:
-        raise ValueError(f"lags must be samples into the past (>= 0), at least one; got {list(lags)}")
-    differences = np.arange(-int(lags[-1]), int(lags[-1]) + 1)
+    lags = sorted(set(int(lag) for lag in lags))
+    if not lags or lags[0] < 0:
+        raise ValueError(f"lags must be samples into the past (>= 0), at least one; got {lags}")
+    return _lagged_filter_limit(truth, config, lags)
+
+
+def hop_limit(truth: SimulationTruth, config: Any, lags: Sequence[int], hop_samples: int) -> np.ndarray:
+    """`(n_meg,)` expected R² of the best linear filter on the past `lags` plus whatever future
+    the served hop holds, averaged over the hop's samples: what a model serving the newest
+    `hop_samples` of each window can reach linearly.
+
+    A window is served once it is complete, so the sample `j` places before its newest one is
+    predicted with `j` samples of its own future in the window (0 … `hop_samples` − 1): a model
+    may use them, a causal lagged ridge does not. Each position's best filter (past `lags` and
+    future lags −1 … −j) is solved as in `causal_limit`; the mean over positions is this limit.
+    """
+    lags = sorted(set(int(lag) for lag in lags))
+    if not lags or lags[0] < 0:
+        raise ValueError(f"lags must be samples into the past (>= 0), at least one; got {lags}")
+    if isinstance(hop_samples, bool) or not isinstance(hop_samples, (int, np.integer)) or hop_samples < 1:
+        raise ValueError(f"hop_samples must be an integer >= 1, got {hop_samples!r}")
+    covariances = _lag_covariances(truth, config, lags[-1], int(hop_samples) - 1)
+    per_position = [_lagged_filter_limit(truth, config, list(range(-j, 0)) + lags, covariances) for j in range(hop_samples)]
+    return np.mean(per_position, axis=0)
+
+
+def _lag_covariances(truth: SimulationTruth, config: Any, max_past: int, max_future: int) -> dict[str, Any]:
+    """The true covariance functions of the preprocessed data over lags −`max_future` …
+    `max_past`: `c_ee (2·span + 1, n_eeg, n_eeg)` over lag differences −span … span (span =
+    max_past + max_future), `c_me (span + 1, n_meg, n_eeg)` over lags −max_future … max_past,
+    `total (n_meg,)` the MEG variances."""
+    span = max_past + max_future
+    differences = np.arange(-span, span + 1)
     n_eeg, n_meg = len(config.eeg_channel_names), len(config.meg_channel_names)
     c_ee = np.zeros((differences.size, n_eeg, n_eeg))
-    c_me = np.zeros((lags.size, n_meg, n_eeg))
+    c_me = np.zeros((span + 1, n_meg, n_eeg))
     total = np.zeros(n_meg)
+    lag_index = np.arange(-max_future, max_past + 1) + span  # columns of `phase` for those lags
     for chunk in _preprocessed_spectra(truth, config, components_known=False):
         phase = np.exp(2j * np.pi * np.outer(chunk["freqs_hz"], differences) / truth.sfreq_hz)  # (f, τ)
         weighted = chunk["weight"][:, :, None]  # (f, 1, 1)
         c_ee += np.tensordot(phase, weighted * chunk["s_ee"], axes=(0, 0)).real
-        c_me += np.tensordot(phase[:, lags + lags[-1]], weighted * chunk["s_me"], axes=(0, 0)).real
+        c_me += np.tensordot(phase[:, lag_index], weighted * chunk["s_me"], axes=(0, 0)).real
         total += (chunk["weight"] * chunk["s_mm"]).sum(axis=0)
+    return {"span": span, "max_future": max_future, "c_ee": c_ee, "c_me": c_me, "total": total}
+
+
+def _lagged_filter_limit(truth: SimulationTruth, config: Any, lags: list[int],
+                         covariances: dict[str, Any] | None = None) -> np.ndarray:
+    """`(n_meg,)` R² of the best linear filter on sorted `lags` (negative: future samples)."""
+    if covariances is None:
+        covariances = _lag_covariances(truth, config, max(lags[-1], 0), max(-lags[0], 0))
+    span, future = covariances["span"], covariances["max_future"]
+    c_ee, c_me = covariances["c_ee"], covariances["c_me"]
     # E[EEG(t−k) EEG(t−j)ᵀ] = C_ee(j − k); E[MEG(t) EEG(t−j)ᵀ] = C_me(j).
-    gram = np.block([[c_ee[(j - k) + lags[-1]] for j in lags] for k in lags])
-    cross = np.concatenate([c_me[i] for i in range(lags.size)], axis=1)  # (n_meg, lags·n_eeg)
+    gram = np.block([[c_ee[(j - k) + span] for j in lags] for k in lags])
+    cross = np.concatenate([c_me[lag + future] for lag in lags], axis=1)  # (n_meg, lags·n_eeg)
     explained = np.einsum("mi,mi->m", cross, np.linalg.lstsq(gram, cross.T, rcond=1e-12)[0].T)
-    return explained / total
+    return explained / covariances["total"]
+
+
+def envelope_informed_limit(truth: SimulationTruth, config: Any, draws: int = 128) -> np.ndarray:
+    """`(n_meg,)` expected R² of the best linear filter told each burst component's (alpha, sparse
+    beta) instantaneous *power*, not its time course: a realistic bound on what estimating
+    envelopes from the EEG can add over `linear_limit` (told the whole time courses,
+    `informed_limit` is far above anything a model of the EEG can know).
+
+    A burst component is a Gaussian carrier times a slow envelope (`spectra._BurstProcess`);
+    given the envelopes, EEG and MEG are Gaussian with each burst component's spectrum scaled by
+    its power. Quasi-static: the power is held constant over the filter's span (the envelopes
+    change over 0.4–1.6 s, the filters need tens of ms), and the best filter is the non-causal
+    Wiener filter for that power. The expectation is over the powers' distribution (alpha |u|²,
+    sparse u⁴/3, u standard normal, independent across components), on `draws` scrambled Sobol
+    points (fixed seed: deterministic); the evoked responses stay unconditioned. What each draw
+    adds is measured against `linear_limit`'s filter under the same powers (never negative, and
+    the filter's expected residual is exactly the linear limit's), only where the bursts hold
+    more than `_BURST_POWER_FRACTION` of the EEG's power, on every `_ENVELOPE_FREQUENCY_STEP`-th
+    frequency of the truth's grid (the spectra are smooth on that scale). Woodbury's identity on
+    the K components makes a draw cost K×K solves per frequency.
+    """
+    from scipy.stats import norm, qmc
+
+    bursts = np.array([kind in ("alpha", "sparse") for kind in truth.component_kinds])
+    quartic = np.array([kind == "sparse" for kind in truth.component_kinds])
+    u = norm.ppf(np.clip(qmc.Sobol(int(bursts.sum()), scramble=True, seed=0).random(draws), 1e-12, 1 - 1e-12))
+    powers = np.ones((draws, bursts.size))
+    powers[:, bursts] = np.where(quartic[bursts], u**4 / 3.0, u**2)
+    total, residual = 0.0, 0.0
+    for chunk in _preprocessed_spectra(truth, config, components_known=True):
+        weight = chunk["weight"]  # (f, 1)
+        burst_eeg = np.einsum("ek,fkk->f", chunk["lead_e"][:, bursts] ** 2, chunk["components"][:, bursts][:, :, bursts].real)
+        busy = np.flatnonzero(burst_eeg > _BURST_POWER_FRACTION * np.trace(chunk["s_ee"], axis1=1, axis2=2).real)
+        rows = busy[busy % _ENVELOPE_FREQUENCY_STEP == 0]
+        gain_at = _envelope_gain(chunk, rows)
+        residual = residual + (weight * gain_at.linear_residual).sum(axis=0)  # the linear limit's
+        if rows.size:
+            gain = sum(gain_at(power) for power in powers) / draws  # (rows, n_meg), ≥ 0
+            residual = residual - (_ENVELOPE_FREQUENCY_STEP * weight[rows] * gain).sum(axis=0)
+        total = total + (weight * chunk["s_mm"]).sum(axis=0)
+    return 1.0 - residual / total
+
+
+#: `envelope_informed_limit`: frequencies where the burst components hold more than this share of
+#: the EEG's power are conditioned on the powers; every this-many-th of them is integrated.
+_BURST_POWER_FRACTION = 1e-2
+_ENVELOPE_FREQUENCY_STEP = 4
+
+
+class _envelope_gain:
+    """For one chunk of `_preprocessed_spectra(..., components_known=True)` (its `s_ee`, `s_me`
+    are the Gaussian part N): `linear_residual (f, n_meg)`, the error density of the Wiener filter
+    W for the mean powers (`linear_limit`'s), and, called with the components' powers π (K,),
+    `(len(rows), n_meg)`: how much less the filter for π leaves than W does under π, at `rows`.
+
+    With S(π) the components' cross-spectra scaled by √π, L, L_m their EEG and MEG leads:
+    s_ee = N + L S Lᵀ, s_me = N_me + L_m S Lᵀ and s_ee⁻¹ = N⁻¹ − N⁻¹ L S (I + A S)⁻¹ Lᵀ N⁻¹,
+    A = Lᵀ N⁻¹ L (valid for a singular S). The optimal filter explains diag(s_me s_ee⁻¹ s_meᴴ);
+    W explains 2 Re diag(W s_meᴴ) − diag(W s_ee Wᴴ).
+    """
+
+    def __init__(self, chunk: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        lead_e, lead_m, components = chunk["lead_e"], chunk["lead_m"], chunk["components"]
+        mean_ee = chunk["s_ee"] + lead_e @ components @ lead_e.T
+        mean_me = chunk["s_me"] + lead_m @ components @ lead_e.T
+        wiener = mean_me @ np.linalg.pinv(mean_ee, rcond=1e-10, hermitian=True)  # W (f, m, e)
+        mean_mm = chunk["s_mm_unknown"] + np.einsum("mk,fkl,ml->fm", lead_m, components, lead_m).real
+        self.linear_residual = mean_mm - np.einsum("fme,fme->fm", wiener, mean_me.conj()).real
+        self.lead_m, self.components = lead_m, components[rows]
+        gaussian = chunk["s_ee"][rows]
+        inverse = np.linalg.pinv(gaussian, rcond=1e-10, hermitian=True)  # N⁻¹ (r, e, e)
+        projection = chunk["s_me"][rows] @ inverse  # Q = N_me N⁻¹
+        self.q0 = np.einsum("fme,fme->fm", projection, chunk["s_me"][rows].conj()).real  # diag(Q N_meᴴ)
+        self.b = projection @ lead_e  # Q L (r, m, K)
+        self.a = lead_e.T @ inverse @ lead_e  # Lᵀ N⁻¹ L (r, K, K)
+        w = wiener[rows]
+        self.w_gaussian = (2 * np.einsum("fme,fme->fm", w, chunk["s_me"][rows].conj()).real
+                           - np.einsum("fme,fed,fmd->fm", w, gaussian, w.conj()).real)  # W's Gaussian part
+        self.wl = w @ lead_e  # W L (r, m, K)
+        self.identity = np.eye(lead_e.shape[1])
+
+    def __call__(self, power: np.ndarray) -> np.ndarray:
+        scale = np.sqrt(power)
+        cross = self.components * np.outer(scale, scale)  # S(π) (r, K, K), Hermitian
+        lead_m, b, a = self.lead_m, self.b, self.a
+        sa = cross @ a
+        optimal = (self.q0 + 2 * np.einsum("mk,fkl,fml->fm", lead_m, cross, b.conj()).real
+                   + np.einsum("mk,fkl,ml->fm", lead_m, sa @ cross, lead_m).real)
+        v = b + np.einsum("mk,fkl->fml", lead_m, sa)  # s_me N⁻¹ L
+        optimal -= np.einsum("fmk,fkl,fml->fm", v, cross @ np.linalg.inv(self.identity + a @ cross), v.conj()).real
+        fixed = (self.w_gaussian + 2 * np.einsum("fmk,fkl,ml->fm", self.wl, cross, lead_m).real
+                 - np.einsum("fmk,fkl,fml->fm", self.wl, cross, self.wl.conj()).real)
+        return optimal - fixed
+
+
+def planted_share(truth: SimulationTruth, config: Any) -> np.ndarray:
+    """`(n_meg,)` expected share of each MEG channel's variance that the planted non-linear term
+    holds after `config`'s MEG preprocessing (`brainformer.simulation.planted`; zeros without
+    one): what a perfect model gains over any linear one, channel by channel. For the default
+    1–40 Hz band it is the share the simulation was asked for (the term is calibrated to it);
+    for another band the term's variance follows the ratio of its realised power in the two bands.
+    `planted_meg` gives the term itself, to measure its share on any rows.
+    """
+    meg_idx = _channel_order(truth.meg_channel_names, list(config.meg_channel_names), "MEG")
+    if truth.planted_source is None:
+        return np.zeros(len(meg_idx))
+    from brainformer.simulation.planted import SHARE_BAND_HZ, SHARE_BAND_ORDER, _band_sos
+
+    filtered, power = _planted_through_meg_filters(truth, config)
+    share_band = np.array(_band_sos(*SHARE_BAND_HZ, SHARE_BAND_ORDER, truth.sfreq_hz))
+    in_share_band, _ = scipy.signal.sosfilt(share_band, truth.planted_source.astype(np.float64),
+                                            zi=scipy.signal.sosfilt_zi(share_band) * float(truth.planted_source[0]))
+    settle = int(round(_PLANTED_SETTLE_S * truth.sfreq_hz))
+    # The calibration gives the term unit variance in the share band, in expectation.
+    variance = float(np.var(filtered[settle:]) / np.var(in_share_band[settle:]))
+    planted = variance * np.asarray(truth.planted_meg_pattern, dtype=np.float64) ** 2
+    rest = np.diag(truth.sensor_covariance(power))[truth.n_eeg:]
+    return (planted / (rest + planted))[meg_idx]
+
+
+def planted_meg(truth: SimulationTruth, config: Any) -> np.ndarray:
+    """`(n, n_meg)` float64: the planted term exactly as it is in the recording's MEG after
+    `config`'s preprocessing (filters as `brainformer.preprocessing` runs them, from the first
+    sample; the config's MEG scaling when it has one), channels in the config's order; zeros
+    without a planted term. Its share of the preprocessed MEG on any rows is the R² a perfect
+    model gains there over any linear one."""
+    meg_idx = _channel_order(truth.meg_channel_names, list(config.meg_channel_names), "MEG")
+    if truth.planted_source is None:
+        raise ValueError("the simulation has no planted term (simulate(..., planted_share=s) adds one)")
+    from brainformer.preprocessing import PreprocessingSpec
+
+    filtered, _ = _planted_through_meg_filters(truth, config)
+    pattern = np.asarray(truth.planted_meg_pattern, dtype=np.float64)[meg_idx]
+    scaling = PreprocessingSpec.for_meg(config, truth.sfreq_hz).scaling
+    if scaling is not None:
+        pattern = pattern * scaling.scale  # an additive term: the mean is the rest's
+    return np.outer(filtered, pattern)
+
+
+#: The planted term's variance is measured after this many seconds (the filters' start forgotten).
+_PLANTED_SETTLE_S = 2.0
+
+
+def _planted_through_meg_filters(truth: SimulationTruth, config: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The planted source through `config`'s MEG filters (forward from the first sample's steady
+    state, backward too for a zero-phase target, then decimated), and their |H|² on the truth's grid."""
+    from brainformer.preprocessing import PreprocessingSpec
+
+    spec = PreprocessingSpec.for_meg(config, truth.sfreq_hz)
+    source = np.asarray(truth.planted_source, dtype=np.float64)
+    sos, backward_sos = np.array(spec.sos), np.array(spec.backward_sos)  # writable: scipy's kernel needs it
+    power = _band_power_response(truth, sos)
+    if sos.shape[0]:
+        source, _ = scipy.signal.sosfilt(sos, source, zi=scipy.signal.sosfilt_zi(sos) * source[0])
+    source = source[:: spec.decimation]
+    if spec.zero_phase and backward_sos.shape[0]:
+        backward = source[::-1]
+        source = scipy.signal.sosfilt(backward_sos, backward, zi=scipy.signal.sosfilt_zi(backward_sos) * backward[0])[0][::-1]
+        power = power * _band_power_response(truth, backward_sos)
+    return source, power
+
+
+def _band_power_response(truth: SimulationTruth, sos: np.ndarray) -> np.ndarray:
+    """|H|² of an SOS cascade on the truth's frequency grid (ones for an empty cascade)."""
+    if sos.shape[0] == 0:
+        return np.ones_like(truth.freqs_hz)
+    _, response = scipy.signal.sosfreqz(sos, worN=2 * np.pi * truth.freqs_hz / truth.sfreq_hz)
+    return np.abs(response) ** 2
 
 
 def _spectral_limit(truth: SimulationTruth, config: Any, components_known: bool) -> np.ndarray:
@@ -251,6 +459,9 @@ def _preprocessed_spectra(truth: SimulationTruth, config: Any, components_known:
             "s_me": s_me @ reference,
             "s_mm": s_mm,
             "s_mm_unknown": gaussian_mm if components_known else s_mm,
+            "lead_e": reference @ lead_e,  # (n_eeg, K) as referenced
+            "lead_m": lead_m,  # (n_meg, K)
+            "components": components,
         }
 
 

@@ -19,6 +19,8 @@ from brainformer.simulation.spectra import _integration_weights
 #: Sidecar next to a simulated FIF: ``sim_raw.fif`` → ``sim_raw-truth.npz``.
 TRUTH_SUFFIX = "-truth.npz"
 TRUTH_FORMAT_VERSION = 1
+#: Fields a sidecar may lack (they keep their defaults): the planted term's.
+_OPTIONAL_FIELDS = ("planted_share", "planted_meg_pattern", "planted_source")
 
 
 def _background_covariance(positions_m: np.ndarray, variance: np.ndarray, length_m: float) -> np.ndarray:
@@ -56,6 +58,10 @@ class SimulationTruth:
         noise_white_variance_eeg/meg, noise_pink_variance_eeg/meg: `(n_eeg,)`/`(n_meg,)` sensor
         noise variances (V², T², (T/m)²); sensor noise is independent across channels.
         freqs_hz: `(F,)` the frequency grid.
+        planted_share: the share of each MEG channel's variance (1–40 Hz) the planted
+            non-linear term was set to (`brainformer.simulation.planted`); 0: none.
+        planted_meg_pattern: `(n_meg,)` its MEG field per unit source (T, T/m), or None.
+        planted_source: `(n_samples,)` float32, its realised source time course, or None.
     """
 
     layout: str
@@ -84,6 +90,9 @@ class SimulationTruth:
     noise_white_variance_meg: np.ndarray
     noise_pink_variance_meg: np.ndarray
     freqs_hz: np.ndarray
+    planted_share: float = 0.0
+    planted_meg_pattern: np.ndarray | None = None
+    planted_source: np.ndarray | None = None
 
     @property
     def n_eeg(self) -> int:
@@ -175,6 +184,8 @@ class SimulationTruth:
         arrays: dict[str, Any] = {"format_version": np.array(TRUTH_FORMAT_VERSION)}
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
+            if item.name in _OPTIONAL_FIELDS and self.planted_source is None:
+                continue  # no planted term: its fields are left out, as in older sidecars
             arrays[item.name] = np.array(list(value)) if isinstance(value, tuple) else np.asarray(value)
         arrays["source_covariance_am2"] = self.source_covariance()
         arrays["noise_covariance_eeg"] = self.noise_covariance_eeg()
@@ -197,6 +208,8 @@ class SimulationTruth:
             raise ValueError(f"{path}: truth format version {version}, this version of brainformer reads {TRUTH_FORMAT_VERSION}")
         values: dict[str, Any] = {}
         for item in dataclasses.fields(cls):
+            if item.name not in stored and item.name in _OPTIONAL_FIELDS:
+                continue  # a sidecar without a planted term (or written before there was one)
             if item.name not in stored:
                 raise ValueError(f"{path}: truth file lacks {item.name!r}")
             value = stored[item.name]
@@ -204,7 +217,7 @@ class SimulationTruth:
                 value = str(value)
             elif item.name in ("seed", "subject"):
                 value = int(value)
-            elif item.name in ("sfreq_hz", "spacing_mm", "background_correlation_length_m"):
+            elif item.name in ("sfreq_hz", "spacing_mm", "background_correlation_length_m", "planted_share"):
                 value = float(value)
             elif item.name.endswith("_names") or item.name.endswith("_types") or item.name == "component_kinds":
                 value = tuple(str(v) for v in value)

@@ -1,0 +1,258 @@
+"""Controls that can fail: does the repo's simulated-data recipe find what is there to find?
+
+One `sample`-layout simulation of `--minutes` + `--test-minutes` (default simulator, seed
+`--seed`) and the same recording with the planted non-linear term (`simulate(...,
+planted_share=--planted-share)`: identical EEG, the MEG plus a known term computable from the EEG,
+`brainformer.simulation.planted`). Models are trained on the first `--minutes` with `--config`
+(default `configs/train-sim.toml`, the recipe), scaling and baselines fitted there, and scored as
+served on the last `--test-minutes`:
+
+1. *transformer alone*: the recipe without the skip path (`skip_lags = 0`), trained from scratch on
+   the default simulation: it must reach the lagged ridge's R² (it can at least be a good
+   linear filter). Met when the paired 95 % interval of "model − lagged ridge" reaches 0.
+2. *in-hop lookahead*: the recipe on the default simulation. A served window's older samples see
+   up to hop − 1 samples of their own future; the best linear filter using them
+   (`simulation.hop_limit`) is worth `hop limit − causal limit` over the best causal filter on
+   lagged ridge's lags. Met when model − lagged ridge reaches 70 % of that.
+3. *planted non-linearity*: the recipe on the planted simulation. Captured fraction of the
+   planted term P (known exactly on the test rows, `simulation.planted_meg`) by a prediction with
+   residual e: `1 − Σ_c ⟨e_c, P_c⟩ / SST_c  /  Σ_c ‖P_c‖² / SST_c` (P left in the residual is not
+   captured; 0 for a prediction that ignores P, 1 for one that predicts it exactly). Met when the
+   model captures ≥ 70 % and lagged ridge little.
+
+And the goal on the default simulation: model ≥ lagged ridge + 0.005 R², with the transformer's own
+share (model − skip path alone, `brainformer.evaluation.ablation`) > 0 and its bootstrap interval
+above 0. Every table carries the headroom from the truth: the causal limit (lagged ridge's lags),
+the hop limit, the linear limit, the envelope-informed limit, the informed limit, the noise ceiling
+(`brainformer.simulation`; computed once per subject and band and cached in `--work`).
+
+    python benchmarks/transformer_controls.py --work /tmp/controls --json controls.json
+    python benchmarks/transformer_controls.py --minutes 4 --test-minutes 1 --controls 3 --max-steps 300   # a quick look
+
+Training is capped by the config's `training.max_steps` (or `--max-steps`); the wall time of each
+training is reported. Run it under `nice` on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.sim_oracle_curve import _prepared_point, serving_forward_time  # noqa: E402
+from brainformer.evaluation import SplitRows, ablation_predictors, evaluate_arrays, lag_samples  # noqa: E402
+from brainformer.settings import ExperimentSettings, load_settings  # noqa: E402
+from brainformer.training import train_model, training_data_from_prepared  # noqa: E402
+
+logger = logging.getLogger("transformer_controls")
+
+#: A control is met at this captured fraction (of the lookahead, of the planted term).
+CAPTURED_GOAL = 0.7
+#: The goal on the default simulation, in R² over lagged ridge.
+GOAL_OVER_LAGGED_RIDGE = 0.005
+#: Lagged ridge "captures little" of the planted term below this fraction.
+LAGGED_RIDGE_LITTLE = 0.1
+
+
+def simulations(work: Path, minutes: float, test_minutes: float, seed: int, planted_share: float,
+                kinds: set[str]) -> dict[str, Path]:
+    """The default and the planted simulation's paths; those of `kinds` written once into `work`."""
+    from brainformer.simulation import write_simulation
+
+    duration_s = 60.0 * (minutes + test_minutes)
+    paths = {"default": work / f"sim-{duration_s:g}s-seed{seed}_raw.fif",
+             "planted": work / f"sim-{duration_s:g}s-seed{seed}-planted{planted_share:g}_raw.fif"}
+    for kind, path in paths.items():
+        if kind in kinds and not path.exists():
+            started = time.perf_counter()
+            write_simulation("sample", duration_s, None, seed, path, planted_share=planted_share if kind == "planted" else 0.0)
+            logger.warning("simulated %s in %.0f s", path.name, time.perf_counter() - started)
+    return paths
+
+
+def limits(fif: Path, config: Any, work: Path) -> dict[str, float]:
+    """Mean expected R² of the limits for `config`'s band and channels (cached in `work`)."""
+    from brainformer import simulation
+
+    truth = simulation.load_truth(fif)
+    key = f"limits-subject{truth.subject}-{config.highpass_hz}-{config.lowpass_hz}-{config.filter_order}-{config.target_phase}-hop{config.hop_samples}.json"
+    cache = work / key
+    if cache.exists():
+        return json.loads(cache.read_text())
+    lags = lag_samples(config.sfreq_hz)
+    started = time.perf_counter()
+    values = {
+        "causal_limit": float(np.mean(simulation.causal_limit(truth, config, lags))),
+        "hop_limit": float(np.mean(simulation.hop_limit(truth, config, lags, config.hop_samples))),
+        "linear_limit": float(np.mean(simulation.linear_limit(truth, config))),
+        "envelope_informed_limit": float(np.mean(simulation.envelope_informed_limit(truth, config))),
+        "informed_limit": float(np.mean(simulation.informed_limit(truth, config))),
+        "noise_ceiling": float(np.mean(simulation.noise_ceiling(truth, config))),
+    }
+    values["seconds"] = time.perf_counter() - started
+    cache.write_text(json.dumps(values, indent=2) + "\n")
+    return values
+
+
+def run(fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: float, out: Path, reuse: bool,
+        bootstrap: int) -> dict[str, Any]:
+    """Train (or reuse) a model on `[0, train_s)` of `fif` and score it, its two paths and the
+    baselines on the test rows; with a planted term, each method's captured fraction of it."""
+    from brainformer import simulation
+    from brainformer.model_dir import load_model
+
+    prepared, rec, test_start = _prepared_point(fif, settings, train_s, test_start_s)
+    data = training_data_from_prepared(prepared, settings)
+    train_wall_s = None
+    if reuse and (out / "model.safetensors").is_file():
+        model = load_model(out)
+    else:
+        started = time.perf_counter()
+        model = train_model(data, settings, out, progress=False).model
+        train_wall_s = time.perf_counter() - started
+    model = model.eval()
+    train = rec.parts["train"]
+    report = evaluate_arrays(
+        rec.eeg, rec.meg, rec.sfreq_hz, SplitRows(train[0], train[1], test_start, rec.n_samples),
+        model.config.meg_channel_types, model.config.meg_channel_names, model=model,
+        extra_predictors=ablation_predictors(model, rec.eeg), bootstrap_replicates=bootstrap,
+    )
+    scores = report.to_dict()
+    row: dict[str, Any] = {
+        "recording": fif.name, "train_minutes": train_s / 60, "train_windows": len(data.train),
+        "max_steps": settings.training.max_steps, "train_wall_s": train_wall_s,
+        "r2": {name: float(scores[name]["r2_mean"]) for name in report.methods},
+        "r2_ci95": {name: scores[name]["bootstrap"]["r2_mean"]["ci95"] for name in report.methods},
+        "model_minus": {name[len("model_minus_"):]: c["r2_mean"] for name, c in scores["comparisons"].items()},
+        "serving": serving_forward_time(model),
+        "config": {key: getattr(model.config, key) for key in (
+            "d_model", "n_layers", "patch_len", "window_samples", "skip_lags", "gain_filters", "gain_filter_past_samples",
+            "gain_filter_lookahead_samples", "envelope_filters", "envelope_filter_samples", "final_norm")},
+    }
+    truth = simulation.load_truth(fif)
+    if truth.planted_source is not None:
+        row["planted"] = captured_fractions(report, simulation.planted_meg(truth, model.config)[test_start:rec.n_samples])
+        row["planted"]["expected_share"] = float(np.mean(simulation.planted_share(truth, model.config)))
+    return row
+
+
+def captured_fractions(report: Any, planted: np.ndarray) -> dict[str, Any]:
+    """The planted term's share of the test rows' variance and each method's captured fraction
+    of it (see the module docstring)."""
+    truth = report.truth
+    total = ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)  # SST per channel
+    share = float(np.mean((planted**2).sum(axis=0) / total))
+    captured = {}
+    for name, result in report.methods.items():
+        left = float(np.mean(((truth - result.predictions) * planted).sum(axis=0) / total))
+        captured[name] = 1.0 - left / share
+    return {"share_test_rows": share, "captured": captured}
+
+
+def verdicts(rows: dict[str, dict[str, Any]], lims: dict[str, float]) -> list[dict[str, Any]]:
+    """One line per control and goal: what was measured, the goal, met or not."""
+    lines = []
+    if "transformer_alone" in rows:
+        delta = rows["transformer_alone"]["model_minus"]["lagged_ridge"]
+        lines.append({"control": "1. transformer alone (no skip path) vs lagged ridge", "measured": delta["value"],
+                      "ci95": delta["ci95"], "goal": "interval reaches 0", "met": delta["ci95"][1] >= 0})
+    if "recipe" in rows:
+        row = rows["recipe"]
+        available = lims["hop_limit"] - lims["causal_limit"]
+        delta = row["model_minus"]["lagged_ridge"]
+        lines.append({"control": "2. in-hop lookahead: model − lagged ridge", "measured": delta["value"], "ci95": delta["ci95"],
+                      "available": available, "goal": f"≥ {CAPTURED_GOAL:.0%} of the available",
+                      "met": delta["value"] >= CAPTURED_GOAL * available})
+        share = row["model_minus"]["skip_path_alone"]
+        lines.append({"control": "goal: model − lagged ridge", "measured": delta["value"], "ci95": delta["ci95"],
+                      "goal": f"≥ +{GOAL_OVER_LAGGED_RIDGE}", "met": delta["value"] >= GOAL_OVER_LAGGED_RIDGE})
+        lines.append({"control": "goal: the transformer's own share (model − skip alone)", "measured": share["value"],
+                      "ci95": share["ci95"], "goal": "> 0, interval above 0", "met": share["ci95"][0] > 0})
+    if "planted" in rows:
+        planted = rows["planted"]["planted"]
+        captured = planted["captured"]
+        lines.append({"control": "3. planted non-linearity: captured by the model", "measured": captured["model"],
+                      "share": planted["share_test_rows"], "goal": f"≥ {CAPTURED_GOAL:.0%}",
+                      "met": captured["model"] >= CAPTURED_GOAL})
+        lines.append({"control": "3. planted non-linearity: captured by lagged ridge", "measured": captured["lagged_ridge"],
+                      "goal": f"< {LAGGED_RIDGE_LITTLE:.0%}", "met": captured["lagged_ridge"] < LAGGED_RIDGE_LITTLE})
+    return lines
+
+
+def print_tables(rows: dict[str, dict[str, Any]], lims: dict[str, float], lines: list[dict[str, Any]]) -> None:
+    columns = ("model", "skip_path_alone", "transformer_alone", "lagged_ridge", "ridge")
+    print("\nrun                 " + "".join(f"{c:>18s}" for c in columns) + f"{'train s':>9s}{'fwd ms':>8s}")
+    for name, row in rows.items():
+        values = "".join(f"{row['r2'].get(c, float('nan')):18.4f}" for c in columns)
+        print(f"{name:<20s}{values}{row['train_wall_s'] or 0:9.0f}{row['serving']['forward_ms']:8.2f}")
+    print("limits (expected R², mean over channels): " + ", ".join(f"{k} {v:.4f}" for k, v in lims.items() if k != "seconds"))
+    for line in lines:
+        extra = "".join(f", {k} {line[k]:+.4f}" for k in ("available", "share") if k in line)
+        ci = f" [{line['ci95'][0]:+.4f}, {line['ci95'][1]:+.4f}]" if "ci95" in line else ""
+        print(f"{line['control']:<58s} {line['measured']:+.4f}{ci}{extra}  goal {line['goal']}: {'met' if line['met'] else 'NOT met'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=16.0, help="training data (minutes)")
+    parser.add_argument("--test-minutes", type=float, default=2.0, help="held-out part at the end")
+    parser.add_argument("--seed", type=int, default=1, help="simulation seed")
+    parser.add_argument("--planted-share", type=float, default=0.04, help="planted term's share of each MEG channel")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "train-sim.toml")
+    parser.add_argument("--max-steps", type=int, default=None, help="override training.max_steps")
+    parser.add_argument("--controls", nargs="+", default=["1", "2", "3"], choices=["1", "2", "3"])
+    parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument("--work", type=Path, required=True, help="simulations, limits and models are kept here")
+    parser.add_argument("--reuse-models", action="store_true", help="score models an earlier run left in --work")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+    settings = load_settings(args.config)
+    if args.max_steps is not None:
+        settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training, max_steps=args.max_steps))
+    args.work.mkdir(parents=True, exist_ok=True)
+    kinds = ({"default"} if {"1", "2"} & set(args.controls) else set()) | ({"planted"} if "3" in args.controls else set())
+    fifs = simulations(args.work, args.minutes, args.test_minutes, args.seed, args.planted_share, kinds)
+    train_s, test_start_s = 60.0 * args.minutes, 60.0 * args.minutes
+    runs = {
+        "transformer_alone": ("1", fifs["default"], dataclasses.replace(settings, model={**settings.model, "skip_lags": 0})),
+        "recipe": ("2", fifs["default"], settings),
+        "planted": ("3", fifs["planted"], settings),
+    }
+    rows: dict[str, dict[str, Any]] = {}
+    for name, (control, fif, run_settings) in runs.items():
+        if control in args.controls:
+            rows[name] = run(fif, run_settings, train_s, test_start_s, args.work / f"model-{name}", args.reuse_models, args.bootstrap)
+            print(f"{name}: {json.dumps(rows[name]['r2'])}", file=sys.stderr, flush=True)
+            if args.json:
+                args.json.with_suffix(".partial.json").write_text(json.dumps(rows, indent=2) + "\n")
+    some_row = next(iter(rows.values()))
+    from brainformer.model_dir import load_model
+
+    # The limits are those of the simulation without the planted term (they leave it out of the
+    # truth's components, and the plan is the same with it): either recording's truth gives them.
+    lims = limits(fifs["default" if "default" in kinds else "planted"],
+                  load_model(args.work / f"model-{next(iter(rows))}").config, args.work)
+    lines = verdicts(rows, lims)
+    print_tables(rows, lims, lines)
+    document = {"minutes": args.minutes, "test_minutes": args.test_minutes, "seed": args.seed,
+                "planted_share": args.planted_share, "config": str(args.config), "runs": rows, "limits": lims,
+                "controls": lines, "train_minutes": some_row["train_minutes"]}
+    if args.json:
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
