@@ -388,23 +388,15 @@ def _planted_through_meg_filters(truth: SimulationTruth, config: Any) -> tuple[n
     spec = PreprocessingSpec.for_meg(config, truth.sfreq_hz)
     source = np.asarray(truth.planted_source, dtype=np.float64)
     sos, backward_sos = np.array(spec.sos), np.array(spec.backward_sos)  # writable: scipy's kernel needs it
-    power = _band_power_response(truth, sos)
+    power = truth.filter_power_response(sos)
     if sos.shape[0]:
         source, _ = scipy.signal.sosfilt(sos, source, zi=scipy.signal.sosfilt_zi(sos) * source[0])
     source = source[:: spec.decimation]
     if spec.zero_phase and backward_sos.shape[0]:
         backward = source[::-1]
         source = scipy.signal.sosfilt(backward_sos, backward, zi=scipy.signal.sosfilt_zi(backward_sos) * backward[0])[0][::-1]
-        power = power * _band_power_response(truth, backward_sos)
+        power = power * truth.filter_power_response(backward_sos)
     return source, power
-
-
-def _band_power_response(truth: SimulationTruth, sos: np.ndarray) -> np.ndarray:
-    """|H|² of an SOS cascade on the truth's frequency grid (ones for an empty cascade)."""
-    if sos.shape[0] == 0:
-        return np.ones_like(truth.freqs_hz)
-    _, response = scipy.signal.sosfreqz(sos, worN=2 * np.pi * truth.freqs_hz / truth.sfreq_hz)
-    return np.abs(response) ** 2
 
 
 def _spectral_limit(truth: SimulationTruth, config: Any, components_known: bool) -> np.ndarray:

@@ -129,8 +129,6 @@ def _topography(leads_eeg: np.ndarray, index: int) -> np.ndarray:
 def calibrated_term(plan: Any, eeg: np.ndarray, share: float) -> _PlantedTerm:
     """The planted term of `plan`'s subject (`plan._Plan`), its levels measured on `eeg`
     `(n, n_eeg)`, EEG of that subject drawn with `CALIBRATION_SEED` (`offline` draws it)."""
-    from brainformer.simulation.oracle import _band_power_response
-
     sfreq_hz = plan.truth.sfreq_hz
     kinds = plan.truth.component_kinds
     alpha, sparse = kinds.index("alpha"), kinds.index("sparse")
@@ -150,7 +148,7 @@ def calibrated_term(plan: Any, eeg: np.ndarray, share: float) -> _PlantedTerm:
     share_sos = _band_sos(*SHARE_BAND_HZ, SHARE_BAND_ORDER, sfreq_hz)
     product = scipy.signal.sosfilt(share_sos, gate * carrier / carrier.std())[settled:]
     # Each MEG channel's expected variance in the share band, without the planted term.
-    meg_variance = np.diag(plan.truth.sensor_covariance(_band_power_response(plan.truth, share_sos)))[plan.truth.n_eeg:]
+    meg_variance = np.diag(plan.truth.sensor_covariance(plan.truth.filter_power_response(share_sos)))[plan.truth.n_eeg:]
     signs = np.sign(plan.leads_meg[:, sparse])
     signs[signs == 0] = 1.0
     return _PlantedTerm(

@@ -126,6 +126,16 @@ class SimulationTruth:
         """`(n_meg, n_meg)` diagonal sensor-noise covariance, T² / (T/m)², unfiltered."""
         return np.diag(self.noise_white_variance_meg + self.noise_pink_variance_meg)
 
+    def filter_power_response(self, sos: np.ndarray) -> np.ndarray:
+        """|H|² of an SOS cascade on `freqs_hz` (ones for an empty cascade): the power response
+        `sensor_covariance` takes."""
+        import scipy.signal
+
+        if sos.shape[0] == 0:
+            return np.ones_like(self.freqs_hz)
+        _, response = scipy.signal.sosfreqz(sos, worN=2 * np.pi * self.freqs_hz / self.sfreq_hz)
+        return np.abs(response) ** 2
+
     def sensor_covariance(self, power_response: np.ndarray | None = None) -> np.ndarray:
         """`(n_eeg + n_meg, n_eeg + n_meg)` covariance of [EEG; MEG] (physical units).
 
