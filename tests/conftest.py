@@ -28,6 +28,10 @@ os.environ["BRAINFORMER_CACHE"] = tempfile.mkdtemp(prefix="brainformer-test-cach
 # The background builds that `--engine auto` daemons start (the demo's, among others) outlive
 # them: quick ones, without autotuning (tests that mean the autotuned package say so).
 os.environ.setdefault("BRAINFORMER_AOT_AUTOTUNE", "0")
+# ... and at the tests' own priority: at niceness 19 on a machine that other work keeps busy a
+# build gets next to no CPU, and whatever waits for it (a bench phase, a switch) waits on that
+# load. The niceness itself is tested where it is set explicitly (test_engine_build).
+os.environ.setdefault("BRAINFORMER_AOT_BUILD_NICE", "0")
 
 
 def pytest_sessionstart(session):

@@ -64,8 +64,9 @@ def run_bench(settings: BenchSettings, progress: Optional[Callable[[str], None]]
             for i, stream in enumerate(streams):
                 players.append(start_player(i, stream, facts, settings.aligned, directory))
             truth = _zero_phase_truth(settings, facts, progress)
+            not_ours = _builds_running()
             for index, system in enumerate(_systems(settings)):
-                waited_s = _wait_for_builds(progress)
+                waited_s = _wait_for_builds(progress, not_ours)
                 progress(f"{system.name}: starting (model {settings.model}, hop {facts.hop_samples}"
                          + (f", {settings.threads} torch thread(s)" if system.kind != "relay" else ", no model")
                          + (f", source at {system.rate_hz:g} Hz" if system.rate_hz else "") + ") …")
@@ -163,20 +164,30 @@ def _run_system(system: _System, settings: BenchSettings, facts: ModelFacts, str
         stop_all(own_players, STOP_TIMEOUT_S)
 
 
-def _wait_for_builds(progress: Callable[[str], None]) -> float:
-    """Seconds waited for the compiled-forward builds running in the package cache to end (a
-    daemon with ``--engine auto`` on a cold cache leaves its build running when it stops): each
-    system is measured without a build it did not start itself."""
-    from brainformer_rt.serving.aot_cache import BUILD_TIMEOUT_S, aot_cache_dir, running_builders
+def _builds_running() -> set:
+    """``(key, pid)`` of the compiled-forward builds running in the package cache now."""
+    from brainformer_rt.serving.aot_cache import aot_cache_dir, running_builders
 
-    cache = aot_cache_dir()
-    builders = running_builders(cache)
+    return {(builder.key, builder.pid) for builder in running_builders(aot_cache_dir())}
+
+
+def _wait_for_builds(progress: Callable[[str], None], not_ours: set) -> float:
+    """Seconds waited for the compiled-forward builds that this run's daemon phases left running
+    to end (a daemon with ``--engine auto`` on a cold cache leaves its build running when it
+    stops): each system is measured without a build it did not start itself. Builds that were
+    running before the run began (``not_ours``: another program's) are not waited for."""
+    from brainformer_rt.serving.aot_cache import BUILD_TIMEOUT_S
+
+    def ours() -> set:
+        return _builds_running() - not_ours
+
+    builders = ours()
     if not builders:
         return 0.0
-    progress(f"waiting for the compiled-forward build (pid {', '.join(str(b.pid) for b in builders)}) to end, so "
-             "that the next system runs without it …")
+    progress(f"waiting for the compiled-forward build (pid {', '.join(str(pid) for _, pid in sorted(builders))}) "
+             "to end, so that the next system runs without it …")
     started = time.monotonic()
-    while running_builders(cache) and time.monotonic() - started < BUILD_TIMEOUT_S:
+    while ours() and time.monotonic() - started < BUILD_TIMEOUT_S:
         time.sleep(0.5)
     return time.monotonic() - started
 

@@ -105,8 +105,9 @@ def test_bench_with_naive_peer_and_floor_writes_complete_results_and_plot(model_
 def test_bench_with_two_streams_and_floor_reports_every_stream_on_both_transports(model_dir, tmp_path):
     """Two streams; also the same two streams played at 500 Hz (the daemon resamples them)."""
     json_path = tmp_path / "bench.json"
+    # Eager: the streams and transports are tested here, not the compiled forward's build.
     done = run_bench("--model", str(model_dir), "--duration", "2", "--streams", "2", "--peer", "none", "--floor",
-                     "--also-rate", "500", "--json", str(json_path))
+                     "--also-rate", "500", "--engine", "eager", "--json", str(json_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "daemon, source at 500 Hz" in done.stdout
     results = json.loads(json_path.read_text())
@@ -195,3 +196,38 @@ def test_a_cold_cache_run_measures_the_daemon_first_on_caches_of_its_own_and_hol
     assert goals["daemon-cold"]["naive_ratio_met"] and (goals["daemon-cold"]["naive_median_goal"],
                                                         goals["daemon-cold"]["naive_p99_goal"]) == (1.0, 1.5)
     assert not goals["daemon"]["naive_ratio_met"] and goals["daemon"]["naive_p99_goal"] == 0.8
+
+
+def test_the_bench_waits_only_for_the_builds_its_own_phases_left_running(tmp_path, monkeypatch):
+    """A build running before the run began (another program's) is not waited for; one that
+    appears during the run (left by one of its daemon phases) is, until it ends."""
+    import threading
+
+    from brainformer_rt.serving.aot_cache import ensure_cache_dir
+    from brainformer_rt.tools.bench.run import _builds_running, _wait_for_builds
+    from tests.rt.conftest import LockHolder
+
+    monkeypatch.setenv("BRAINFORMER_CACHE", str(tmp_path))
+    cache = ensure_cache_dir(tmp_path / "aot")
+    another = LockHolder(cache, "a" * 32)
+    try:
+        not_ours = _builds_running()
+        assert {pid for _, pid in not_ours} == {another.pid}
+        assert _wait_for_builds(lambda line: None, not_ours) == 0.0
+        ours = LockHolder(cache, "b" * 32)
+        lines: list[str] = []
+        # The wait ends once this build ends, and not before: it is released only after the
+        # wait has said which build it waits for.
+        waiter = threading.Thread(target=lambda: lines.append(_wait_for_builds(lines.append, not_ours)))
+        waiter.start()
+        for _ in range(6000):  # a hang bound of a minute, never reached when the wait works
+            if lines:
+                break
+            threading.Event().wait(0.01)
+        assert lines and str(ours.pid) in lines[0] and str(another.pid) not in lines[0]
+        assert waiter.is_alive()
+        ours.release()
+        waiter.join(60)
+        assert not waiter.is_alive() and isinstance(lines[-1], float)
+    finally:
+        another.release()
