@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,6 +27,8 @@ use_loopback_config()
 # Compiled engine packages go to a cache of this session (inherited by every daemon a test
 # starts), never into the user's: a test must not find what an earlier run compiled.
 os.environ["BRAINFORMER_CACHE"] = tempfile.mkdtemp(prefix="brainformer-test-cache-")
+# Removed when the session (each xdist worker has its own) ends: runs left hundreds behind.
+atexit.register(shutil.rmtree, os.environ["BRAINFORMER_CACHE"], ignore_errors=True)
 # The background builds that `--engine auto` daemons start (the demo's, among others) outlive
 # them: quick ones, without autotuning (tests that mean the autotuned package say so).
 os.environ.setdefault("BRAINFORMER_AOT_AUTOTUNE", "0")
