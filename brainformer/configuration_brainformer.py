@@ -161,7 +161,8 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
             window's older samples may use the newer ones it holds.
         envelope_filters (`int`, defaults to 0):
             Learned amplitude features (0 disables them): `envelope_filters` causal filters of
-            the EEG (a spatial filter, then a temporal one), each output squared and averaged
+            the EEG (a spatial filter, then a pair of temporal ones, which can learn a band and
+            its quadrature), the pair's squared outputs summed (a squared envelope), averaged
             over each segment, in log, embedded and added to every EEG token and MEG query of
             that segment.
         envelope_filter_samples (`int`, defaults to 64):

@@ -122,13 +122,15 @@ def _lagged_inputs(values: torch.Tensor, past: int, future: int, n_out: int) -> 
 
 class BrainformerEnvelopeFeatures(nn.Module):
     """Learned amplitude features: `envelope_filters` causal filters of the EEG, each a spatial
-    filter followed by a temporal one (`envelope_filter_samples` taps), their output squared,
-    averaged over each segment and taken in log.
+    filter followed by a pair of temporal ones (`envelope_filter_samples` taps), the pair's
+    squared outputs summed, averaged over each segment and taken in log.
 
     `(batch, time, n_eeg)` → `(batch, segments, envelope_filters)`. The LayerNorms of the trunk see
-    every token at unit scale; these features tell it how strong a rhythm is (a pair of filters
-    can learn a band's quadrature, whose summed squares are its envelope). Separable, so the
-    features of a whole window cost about as little as one token layer.
+    every token at unit scale; these features tell it how strong a rhythm is. A pair in
+    quadrature (a band-pass and its Hilbert transform) gives the band's squared envelope, which
+    is smooth, where one band-passed output squared swings with the rhythm's phase at twice its
+    frequency: a 16-sample segment holds a quarter of an alpha cycle. Separable, so the features
+    of a whole window cost about as little as one token layer.
     """
 
     def __init__(self, config: BrainformerConfig):
@@ -137,14 +139,15 @@ class BrainformerEnvelopeFeatures(nn.Module):
         self.n_segments = config.n_segments
         self.spatial = nn.Parameter(torch.zeros(config.envelope_filters, config.n_eeg_channels))
         # (filters, taps): tap `taps - 1 - k` multiplies the spatially filtered input k samples in the past.
-        self.temporal = nn.Parameter(torch.zeros(config.envelope_filters, self.taps))
+        # (filters, 2, taps): the pair of temporal filters of each feature.
+        self.temporal = nn.Parameter(torch.zeros(config.envelope_filters, 2, self.taps))
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         batch, time, _ = values.shape
         projected = F.linear(values, self.spatial)  # (batch, time, filters)
-        lagged = _lagged_inputs(projected, self.taps, 0, time).unflatten(-1, (-1, self.taps))  # (batch, time, filters, taps)
-        filtered = (lagged * self.temporal).sum(-1)  # (batch, time, filters)
-        power = filtered.square().reshape(batch, self.n_segments, time // self.n_segments, -1).mean(2)
+        lagged = _lagged_inputs(projected, self.taps, 0, time).unflatten(-1, (-1, 1, self.taps))  # (batch, time, filters, 1, taps)
+        filtered = (lagged * self.temporal).sum(-1)  # (batch, time, filters, 2)
+        power = filtered.square().sum(-1).reshape(batch, self.n_segments, time // self.n_segments, -1).mean(2)
         return torch.log(power + ENVELOPE_POWER_FLOOR)  # (batch, segments, filters)
 
 
@@ -485,14 +488,17 @@ class BrainformerPreTrainedModel(PreTrainedModel):
         elif isinstance(module, BrainformerEnvelopeFeatures):
             # Unit-variance outputs on unit-variance inputs, whatever the channels and taps.
             _init.normal_(module.spatial, mean=0.0, std=module.spatial.shape[1] ** -0.5)
-            _init.normal_(module.temporal, mean=0.0, std=module.temporal.shape[1] ** -0.5)
+            _init.normal_(module.temporal, mean=0.0, std=module.temporal.shape[-1] ** -0.5)
         elif isinstance(module, BrainformerGainHead):
             # Filters start as random projections of unit scale; the gains at zero (runs after
             # the Linear branch above: `apply` visits children first), so the head adds nothing.
+            # The channel scales start random, not equal: the gradient that wakes the gains sums
+            # every channel's error weighted by its scale, and with equal scales the signed field
+            # of one source (as many channels + as −) sums to about nothing.
             _init.normal_(module.filters, mean=0.0, std=module.filters[0].numel() ** -0.5)
             _init.zeros_(module.gain_projection.weight)
             _init.zeros_(module.gain_projection.bias)
-            _init.ones_(module.channel_scale)
+            _init.normal_(module.channel_scale, mean=0.0, std=1.0)
 
     def _check_input_values(self, input_values: torch.Tensor) -> None:
         expected = (self.config.window_samples, self.config.n_eeg_channels)

@@ -195,6 +195,9 @@ class TrainingSettings:
             train part; omitted: the evaluation's grid, 1e-5 … 10.
         ridge_lag_step_samples: the ridge fit behind the skip path uses lags 0, step, 2·step, …
             below `model.skip_lags`.
+        init_filters_from_bands: start the gain head's filters and the envelope features as
+            band-pass filter banks on the train rows' principal components per band
+            (`brainformer.filter_bank`), not random.
         skip_learning_rate: learning rate of the skip path (no weight decay); omitted: the
             model's `learning_rate` with its weight decay; 0 freezes the skip path.
         loss_last_samples: the loss covers only the newest samples of each window (the ones the
@@ -222,6 +225,7 @@ class TrainingSettings:
     init_skip_from_ridge: bool = True
     ridge_alphas: Optional[tuple[float, ...]] = None
     ridge_lag_step_samples: int = 2
+    init_filters_from_bands: bool = False
     skip_learning_rate: Optional[float] = None
     loss_last_samples: int = 0
     num_workers: int = 0

@@ -517,6 +517,13 @@ def initial_model(data: TrainingData, settings: ExperimentSettings, pretrained: 
     model = build_model(data.config, training.seed)
     has_skip = getattr(model, "linear_skip", None) is not None
     ridge = init_skip_from_ridge(model, data, settings) if training.init_skip_from_ridge and has_skip else None
+    if training.init_filters_from_bands:
+        from brainformer.filter_bank import init_filters_from_bands
+
+        try:
+            init_filters_from_bands(model, data)
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
     if pretrained is not None:
         _copy_transformer_weights(pretrained, model)
     if training.skip_learning_rate == 0 and has_skip:

@@ -1,0 +1,130 @@
+"""The band filter banks that start the gain head and the envelope features
+(`training.init_filters_from_bands`, `brainformer.filter_bank`), on signals whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+
+from brainformer import BrainformerConfig, BrainformerForMEGPrediction
+from brainformer.data import PreparedData, PreparedRecording
+from brainformer.filter_bank import band_centres, band_components, init_filters_from_bands, quadrature_pair
+from brainformer.settings import settings_from_dict
+from brainformer.training import TrainingError, initial_model, training_data_from_prepared
+
+SFREQ_HZ = 200.0
+
+
+def _sine(freq_hz: float, seconds: float = 4.0) -> np.ndarray:
+    return np.sin(2 * np.pi * freq_hz * np.arange(int(seconds * SFREQ_HZ)) / SFREQ_HZ)
+
+
+def _causal(kernel: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The bank's kernels are oldest tap first; lfilter's first coefficient is the newest."""
+    return scipy.signal.lfilter(kernel[::-1], 1.0, x)
+
+
+def test_centres_tile_the_band():
+    centres, half = band_centres(2.0, 10.0, 4)
+    np.testing.assert_allclose(centres, [3.0, 5.0, 7.0, 9.0])
+    assert half == 1.0
+    with pytest.raises(ValueError):
+        band_centres(10.0, 2.0, 4)
+
+
+def test_a_quadrature_pair_gives_a_steady_envelope_at_its_centre_and_rejects_far_bands():
+    taps = 64
+    in_phase, quadrature = quadrature_pair(10.0, 2.0, taps, SFREQ_HZ)
+    sine = _sine(10.0)
+    power = _causal(in_phase, sine) ** 2 + _causal(quadrature, sine) ** 2
+    settled = power[taps:]
+    # Unit gain at the centre, and a squared envelope that does not swing with the phase
+    # (one band-passed output squared swings between 0 and 2 at 20 Hz).
+    assert settled.mean() == pytest.approx(1.0, rel=0.02)
+    assert settled.std() / settled.mean() < 0.01
+    assert _causal(in_phase, sine)[taps:].var() == pytest.approx(0.5, rel=0.03)
+    far = _causal(in_phase, _sine(40.0))[taps:]
+    assert far.std() < 0.01
+
+
+def test_each_band_takes_the_topography_of_the_source_that_rhythm_comes_from():
+    rng = np.random.default_rng(0)
+    n = int(60 * SFREQ_HZ)
+    alpha_map, beta_map = rng.standard_normal(8), rng.standard_normal(8)
+    eeg = (np.outer(_sine(10.0, 60.0) * (1 + 0.5 * rng.standard_normal(n)), alpha_map)
+           + np.outer(_sine(25.0, 60.0), beta_map) + 0.3 * rng.standard_normal((n, 8)))
+    components = band_components(eeg, np.array([10.0, 25.0]), 2.0, SFREQ_HZ)
+    for component, source_map in zip(components, (alpha_map, beta_map)):
+        cosine = abs(component @ source_map) / np.linalg.norm(source_map)
+        assert cosine > 0.99
+        assert np.linalg.norm(component) == pytest.approx(1.0)
+
+
+def _config(**overrides) -> BrainformerConfig:
+    fields = dict(
+        eeg_channel_names=[f"EEG {i:03d}" for i in range(1, 7)], meg_channel_names=["MEG 0111", "MEG 0112"],
+        meg_channel_types=["mag", "grad"], sfreq_hz=SFREQ_HZ, window_samples=128, hop_samples=16, patch_len=16,
+        d_model=8, n_heads=2, d_ff=16, router_dim=2, dropout=0.0, skip_lags=3, highpass_hz=2.0, lowpass_hz=40.0,
+        gain_filters=6, gain_filter_past_samples=32, gain_filter_lookahead_samples=4,
+        envelope_filters=3, envelope_filter_samples=48,
+    )
+    fields.update(overrides)
+    return BrainformerConfig(**fields)
+
+
+def _training_data(config: BrainformerConfig, init: bool):
+    rng = np.random.default_rng(1)
+    n = int(40 * SFREQ_HZ)
+    alpha_map = rng.standard_normal(6)
+    eeg = (np.outer(_sine(10.0, 40.0), alpha_map) + 0.5 * rng.standard_normal((n, 6))).astype(np.float32)
+    meg = (eeg[:, :2] * 0.5).astype(np.float32)
+    recording = PreparedRecording(name="toy", source="toy.fif", eeg=eeg, meg=meg, times=np.arange(n) / SFREQ_HZ,
+                                  sfreq_hz=SFREQ_HZ, parts={"train": (0, 6000), "validation": (6000, 6000), "test": (6000, n)})
+    settings = settings_from_dict({"data": {"validation_fraction": 0.0},
+                                   "training": {"init_filters_from_bands": init, "skip_learning_rate": 0.0}})
+    return training_data_from_prepared(PreparedData(config, settings.data, [recording]), settings), settings, alpha_map
+
+
+def test_init_sets_the_gain_filters_and_envelope_features_to_the_bank_and_leaves_the_rest():
+    config = _config()
+    data, settings, alpha_map = _training_data(config, init=True)
+    model, _ = initial_model(data, settings)
+    random_model, _ = initial_model(*_training_data(config, init=False)[:2])
+    filters = model.gain_head.filters.detach().numpy()  # (6, n_eeg, 32 + 4)
+    assert np.all(filters[:, :, 32:] == 0)  # causal: no lookahead taps
+    # Three pairs over 2-40 Hz: centres 8.3, 21, 33.7 Hz; the first pair, on the band's own
+    # principal component, is the 10 Hz source's topography.
+    spatial = np.linalg.svd(filters[0])[0][:, 0]  # a separable filter: spatial ⊗ temporal
+    assert abs(spatial @ alpha_map) / np.linalg.norm(alpha_map) > 0.95
+    features = model.brainformer.envelope
+    assert tuple(features.temporal.shape) == (3, 2, 48)
+    # The envelope features' first band (4-12.7 Hz) holds the rhythm: a steady sine gives a
+    # steady feature, which random filters do not give.
+    x = torch.from_numpy(np.outer(_sine(10.0, 128 / SFREQ_HZ), alpha_map)[None].astype(np.float32))
+    with torch.no_grad():
+        steady = features(x)[0, 3:, 0]  # segments after the first 48 taps have filled
+        noisy = random_model.brainformer.envelope(x)[0, 3:, 0]
+    assert float(steady.max() - steady.min()) < 0.05
+    assert float(noisy.max() - noisy.min()) > 0.05
+    # The rest of the model is the seeded initialisation, untouched.
+    torch.testing.assert_close(model.brainformer.encoder.state_dict(), random_model.brainformer.encoder.state_dict())
+    assert torch.count_nonzero(model.gain_head.gain_projection.weight) == 0
+
+
+def test_init_needs_a_gain_head_or_envelope_features():
+    data, settings, _ = _training_data(_config(gain_filters=0, envelope_filters=0), init=True)
+    with pytest.raises(TrainingError, match="init_filters_from_bands"):
+        initial_model(data, settings)
+
+
+def test_a_fresh_gain_head_adds_nothing_and_its_channel_scales_differ():
+    model = BrainformerForMEGPrediction(_config()).eval()
+    scale = model.gain_head.channel_scale.detach()
+    assert torch.unique(scale).numel() == scale.numel()
+    x = torch.randn(2, 128, 6)
+    with torch.no_grad():
+        without = model(x).predictions - model.gain_head(model.brainformer(x).last_hidden_state, x, 128)
+    torch.testing.assert_close(model(x).predictions, without)
+    assert init_filters_from_bands is not None
