@@ -116,7 +116,7 @@ def test_settings_are_validated_when_built_in_code_and_frozen():
     assert dataclasses.replace(settings, split=0.5).split == 0.5
 
 
-@pytest.mark.parametrize("name", ["train-sample.toml", "train-sample-lowdelay.toml", "train-sim.toml"])
+@pytest.mark.parametrize("name", ["train-sample.toml", "train-sample-lowdelay.toml", "train-sim.toml", "train-sim-gain.toml"])
 def test_repository_train_configs_reach_the_settings_and_the_model_config(name):
     """Every key the committed config sets arrives, with its value, in the settings and in the
     model config (none dropped, renamed or defaulted), and the rest keep their defaults. TOML has
