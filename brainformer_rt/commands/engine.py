@@ -156,7 +156,10 @@ def status(
 
 
 def _size(n_bytes: int) -> str:
-    return f"{n_bytes / 1e6:.1f} MB" if n_bytes else ""
+    """Bytes for people: kB below a megabyte (a record or a log), where "0.0 MB" would read as empty."""
+    if not n_bytes:
+        return ""
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e6 else f"{max(n_bytes / 1e3, 0.1):.1f} kB"
 
 
 def _age(seconds: float) -> str:
@@ -191,7 +194,7 @@ def clear(
     total = sum(sizes.get(path, 0) for path in removed)
     packages = sum(path.suffix == ".pt2" for path in removed)
     console.print(f"removed {len(removed)} file{'s' if len(removed) != 1 else ''} ({packages} "
-                  f"package{'s' if packages != 1 else ''}, {total / 1e6:.1f} MB) from {cache}", soft_wrap=True)
+                  f"package{'s' if packages != 1 else ''}, {_size(total) or '0 bytes'}) from {cache}", soft_wrap=True)
 
 
 def _file_size(path: Path) -> int:
