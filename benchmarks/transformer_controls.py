@@ -4,8 +4,9 @@ One `sample`-layout simulation of `--minutes` + `--test-minutes` (default simula
 `--seed`) and the same recording with the planted non-linear term (`simulate(...,
 planted_share=--planted-share)`: identical EEG, the MEG plus a known term computable from the EEG,
 `brainformer.simulation.planted`). Models are trained on the first `--minutes` with `--config`
-(default `configs/train-sim.toml`, the recipe), scaling and baselines fitted there, and scored as
-served on the last `--test-minutes`:
+(default `configs/train-sim-gain.toml`, the amplitude-aware recipe; `configs/train-sim.toml` is
+the one without gain head), scaling and baselines fitted there, and scored as served on the last
+`--test-minutes`:
 
 1. *transformer alone*: the recipe without the skip path (`skip_lags = 0`), trained from scratch on
    the default simulation: it must reach the lagged ridge's R² (it can at least be a good
@@ -27,7 +28,7 @@ the hop limit, the linear limit, the envelope-informed limit, the informed limit
 (`brainformer.simulation`; computed once per subject and band and cached in `--work`).
 
     python benchmarks/transformer_controls.py --work /tmp/controls --json controls.json
-    python benchmarks/transformer_controls.py --minutes 4 --test-minutes 1 --controls 3 --max-steps 300   # a quick look
+    python benchmarks/transformer_controls.py --minutes 4 --test-minutes 1 --controls 3 --max-steps 200 --no-limits --work /tmp/controls   # a quick look
 
 Training is capped by the config's `training.max_steps` (or `--max-steps`); the wall time of each
 training is reported. Run it under `nice` on a shared machine.
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-minutes", type=float, default=2.0, help="held-out part at the end")
     parser.add_argument("--seed", type=int, default=1, help="simulation seed")
     parser.add_argument("--planted-share", type=float, default=0.04, help="planted term's share of each MEG channel")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "train-sim.toml")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "train-sim-gain.toml")
     parser.add_argument("--max-steps", type=int, default=None, help="override training.max_steps")
     parser.add_argument("--controls", nargs="+", default=["1", "2", "3"], choices=["1", "2", "3"])
     parser.add_argument("--bootstrap", type=int, default=200)
