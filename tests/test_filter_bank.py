@@ -10,7 +10,7 @@ import torch
 
 from brainformer import BrainformerConfig, BrainformerForMEGPrediction
 from brainformer.data import PreparedData, PreparedRecording
-from brainformer.filter_bank import band_centres, band_components, init_filters_from_bands, quadrature_pair
+from brainformer.filter_bank import band_centres, band_components, quadrature_pair
 from brainformer.settings import settings_from_dict
 from brainformer.training import TrainingError, initial_model, training_data_from_prepared
 
@@ -127,4 +127,3 @@ def test_a_fresh_gain_head_adds_nothing_and_its_channel_scales_differ():
     with torch.no_grad():
         without = model(x).predictions - model.gain_head(model.brainformer(x).last_hidden_state, x, 128)
     torch.testing.assert_close(model(x).predictions, without)
-    assert init_filters_from_bands is not None
