@@ -262,7 +262,7 @@ def _bool(field: str, value: Any) -> bool:
     return value
 
 
-def _head(v: Mapping[str, Any], window_samples: int) -> dict[str, Any]:
+def _head(v: Mapping[str, Any], window_samples: int, hop_samples: int) -> dict[str, Any]:
     out = {
         "head": _choice("head", v["head"], _HEADS),
         "loss": _choice("loss", v["loss"], _LOSSES),
@@ -275,6 +275,7 @@ def _head(v: Mapping[str, Any], window_samples: int) -> dict[str, Any]:
         "gain_filter_lookahead_samples": _int("gain_filter_lookahead_samples", v["gain_filter_lookahead_samples"], 0),
         "envelope_filters": _int("envelope_filters", v["envelope_filters"], 0),
         "envelope_filter_samples": _int("envelope_filter_samples", v["envelope_filter_samples"], 1),
+        "hop_lookahead_past_samples": _int("hop_lookahead_past_samples", v["hop_lookahead_past_samples"], 0),
     }
     # The taps of a disabled filter bank are not checked: a short window keeps the defaults.
     for name, used in (("skip_lags", True), ("gain_filter_past_samples", out["gain_filters"] > 0),
@@ -283,8 +284,13 @@ def _head(v: Mapping[str, Any], window_samples: int) -> dict[str, Any]:
             _fail(name, v[name], f"at most window_samples ({window_samples})")
     if out["gain_filters"] and out["gain_filter_lookahead_samples"] >= window_samples:
         _fail("gain_filter_lookahead_samples", v["gain_filter_lookahead_samples"], f"less than window_samples ({window_samples})")
+    lookahead = out["hop_lookahead_past_samples"]
+    if lookahead and not out["skip_lags"]:
+        _fail("hop_lookahead_past_samples", lookahead, "0 without a skip path (skip_lags = 0): it refines the skip path")
+    if lookahead + hop_samples - 1 > window_samples:
+        _fail("hop_lookahead_past_samples", lookahead, f"at most window_samples − hop_samples + 1 ({window_samples - hop_samples + 1})")
     if out["head"] == "tokens":
-        for name in ("gain_filters", "envelope_filters"):
+        for name in ("gain_filters", "envelope_filters", "hop_lookahead_past_samples"):
             if out[name]:
                 _fail(name, v[name], "0 with head='tokens' (the regression head only)")
     return out
@@ -343,7 +349,7 @@ def validate_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     out = _channels(values)
     out |= _timing(values)
     out |= _size(values)
-    out |= _head(values, out["window_samples"])
+    out |= _head(values, out["window_samples"], out["hop_samples"])
     n_eeg, n_meg = len(out["eeg_channel_names"]), len(out["meg_channel_names"])
     out |= _preprocessing(values, out["sfreq_hz"], n_eeg, n_meg)
     return out
@@ -434,6 +440,7 @@ class BrainformerFields(DerivedFields):
     gain_filter_lookahead_samples: int = 0
     envelope_filters: int = 0
     envelope_filter_samples: int = 64
+    hop_lookahead_past_samples: int = 0
     # Preprocessing.
     highpass_hz: float | None = 1.0
     lowpass_hz: float | None = 40.0

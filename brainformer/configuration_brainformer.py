@@ -167,6 +167,12 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
             that segment.
         envelope_filter_samples (`int`, defaults to 64):
             Taps of each envelope filter's temporal part (≤ `window_samples`).
+        hop_lookahead_past_samples (`int`, defaults to 0):
+            The linear path's use of the served hop's own future (0 disables it; needs the skip
+            path): each output sample `j` samples before its hop's newest one gets a linear map of
+            its own on those `j` future samples and its newest `hop_lookahead_past_samples`
+            samples, fitted in closed form to what the skip path leaves. A window is served once
+            its newest sample is in, so this costs no delay.
 
     Preprocessing:
         highpass_hz (`float` or `None`, defaults to 1.0): Butterworth high-pass cut-off.
@@ -240,6 +246,7 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
         gain_filter_lookahead_samples: int = _DEFAULTS.gain_filter_lookahead_samples,
         envelope_filters: int = _DEFAULTS.envelope_filters,
         envelope_filter_samples: int = _DEFAULTS.envelope_filter_samples,
+        hop_lookahead_past_samples: int = _DEFAULTS.hop_lookahead_past_samples,
         highpass_hz: float | None = _DEFAULTS.highpass_hz,
         lowpass_hz: float | None = _DEFAULTS.lowpass_hz,
         filter_order: int = _DEFAULTS.filter_order,

@@ -50,9 +50,11 @@ from brainformer.evaluation.baselines import (
 __all__ = [
     "STATISTICS_FILENAME",
     "ExpectedQuality",
+    "HopLookaheadFit",
     "LinearPathSolution",
     "LinearPathStatistics",
     "StatisticsError",
+    "fit_hop_lookahead",
     "load_statistics",
     "ridge_blocks",
     "write_model_statistics",
@@ -386,6 +388,84 @@ def write_model_statistics(model_dir: str | Path, data: Sequence[str | Path], se
     difference = max(float(np.abs(weights["linear_skip.weight"] - weight).max()),
                      float(np.abs(weights["linear_skip.bias"] - bias).max()))
     return statistics.save(model_dir), difference
+
+
+# --------------------------------------------------------------------------------------------
+# The served hop's own future (`BrainformerHopLookahead`)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HopLookaheadFit:
+    """Per position `j` in the hop (samples before its newest one), the ridge map of what the skip
+    path leaves on the inputs `t − past + 1 … t + j`: `weights[j] (n_eeg · (past + j), n_meg)`,
+    channel-major (each EEG channel's taps oldest first), `biases (hop, n_meg)`, and the penalty
+    chosen for each position (relative to the mean eigenvalue)."""
+
+    past: int
+    weights: tuple[np.ndarray, ...]
+    biases: np.ndarray
+    relative_alphas: np.ndarray
+
+
+def fit_hop_lookahead(prepared: Any, skip: Any, hop: int, past: int,
+                      relative_alphas: Sequence[float] = DEFAULT_RELATIVE_ALPHAS) -> HopLookaheadFit:
+    """Fit `BrainformerHopLookahead` on the train rows of `prepared` (`brainformer.data.PreparedData`)
+    to the residual of `skip` (the skip path's `RidgeFit`): one ridge per position, its penalty
+    chosen on the last 20 % of each recording's train part (as the skip path's) and refitted on
+    all of it. A row is used only when its whole future in the hop lies in the train part.
+
+    Raises:
+        ValueError: no train rows long enough.
+    """
+    taps = past + hop - 1
+    fitting = validation = None
+    for recording in prepared.recordings:
+        start, stop = recording.parts["train"]
+        stop -= hop - 1  # the last rows' future lies outside the train part
+        if stop <= start:
+            continue
+        boundary = stop - int(round(DEFAULT_VALIDATION_FRACTION * (stop - start)))
+        eeg = np.asarray(recording.eeg, dtype=np.float64)
+        for first in range(start, stop, 4096):
+            last = min(first + 4096, stop)
+            features = _hop_rows(eeg, first, last, past, taps)
+            residual = np.asarray(recording.meg[first:last], dtype=np.float64) - skip.predict(eeg, first, last)
+            if fitting is None:
+                fitting = GramAccumulator.empty(features.shape[1], residual.shape[1])
+                validation = GramAccumulator.empty(features.shape[1], residual.shape[1])
+            split = min(max(boundary - first, 0), last - first)
+            fitting.add(features[:split], residual[:split])
+            validation.add(features[split:], residual[split:])
+    if fitting is None or fitting.count < 2 or validation.count < 2:
+        raise ValueError(f"fit_hop_lookahead: no train rows with {hop - 1} samples of future in the train part")
+    n_eeg = fitting.gram.shape[0] // taps
+    alphas = np.asarray(relative_alphas, dtype=np.float64)
+    weights, biases, chosen = [], [], []
+    for j in range(hop):
+        columns = (np.arange(n_eeg)[:, None] * taps + np.arange(past + j)[None, :]).ravel()  # channel-major
+        fit_j, val_j = _columns(fitting, columns), _columns(validation, columns)
+        relative = float(alphas[int(np.argmin(validation_mse(fit_j, val_j, alphas)))])
+        weight, bias, _ = refit_ridge(fit_j.merged(val_j), relative)
+        weights.append(weight)
+        biases.append(bias)
+        chosen.append(relative)
+    return HopLookaheadFit(past, tuple(weights), np.stack(biases), np.asarray(chosen))
+
+
+def _hop_rows(eeg: np.ndarray, first: int, last: int, past: int, taps: int) -> np.ndarray:
+    """`(last − first, n_eeg · taps)`: per row t and EEG channel, `eeg[t − past + 1 … t − past + taps]`
+    (zeros before the recording's first sample), channel-major."""
+    begin = first - past + 1
+    window = eeg[max(begin, 0) : last - past + taps]
+    if begin < 0:
+        window = np.concatenate([np.zeros((-begin, eeg.shape[1])), window])
+    rows = np.lib.stride_tricks.sliding_window_view(window, taps, axis=0)  # (rows, n_eeg, taps)
+    return rows.reshape(rows.shape[0], -1)
+
+
+def _columns(accumulator: GramAccumulator, columns: np.ndarray) -> GramAccumulator:
+    """The sums of a subset of the features."""
+    return GramAccumulator(accumulator.gram[np.ix_(columns, columns)], accumulator.cross[columns],
+                           accumulator.sum_x[columns], accumulator.sum_y, accumulator.sum_y_sq, accumulator.count)
 
 
 # --------------------------------------------------------------------------------------------

@@ -151,6 +151,45 @@ class BrainformerEnvelopeFeatures(nn.Module):
         return torch.log(power + ENVELOPE_POWER_FLOOR)  # (batch, segments, filters)
 
 
+class BrainformerHopLookahead(nn.Module):
+    """The linear path's use of the served hop's own future: output sample `t`, `j` samples before
+    the newest one of its hop, gets `Σ x[t − past + 1 … t + j] · weight_j + bias_j`, a linear map
+    of its own per position `j` (0 … hop − 1) on its `j` future samples in the hop and its newest
+    `past` samples.
+
+    A window is served when its newest sample has arrived, so its hop's older samples are
+    published with some of their own future in hand: the best linear filter using it gains up to
+    the simulator's `hop_limit` over a causal one, at no extra delay. The maps are fitted in closed
+    form to what the causal skip path leaves (`training.init_skip_from_ridge`), and frozen with it.
+    Positions count back from the window's newest sample, so a training window and a served one
+    agree: every hop of a window ends at a multiple of `hop_samples` before its end.
+
+    EEG `(batch, time, n_eeg)` → `(batch, n_out, n_meg)` for the newest `n_out` samples.
+    """
+
+    def __init__(self, config: BrainformerConfig):
+        super().__init__()
+        self.past = config.hop_lookahead_past_samples
+        self.hop = config.hop_samples
+        # weight_j: (n_meg, n_eeg · (past + j)), per EEG channel its taps t − past + 1 … t + j.
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.zeros(config.n_meg_channels, config.n_eeg_channels * (self.past + j))) for j in range(self.hop)
+        )
+        self.bias = nn.Parameter(torch.zeros(self.hop, config.n_meg_channels))
+
+    def forward(self, input_values: torch.Tensor, n_out: int) -> torch.Tensor:
+        batch, _, n_eeg = input_values.shape
+        taps = self.past + self.hop - 1
+        lagged = _lagged_inputs(input_values, self.past, self.hop - 1, n_out).unflatten(-1, (n_eeg, taps))
+        out = input_values.new_zeros(batch, n_out, self.bias.shape[1])
+        for j, weight in enumerate(self.weights):
+            # Rows j samples before their hop's newest one: n_out − 1 − j, then every hop before it.
+            first = (n_out - 1 - j) % self.hop
+            features = lagged[:, first::self.hop, :, : self.past + j].flatten(2)
+            out[:, first::self.hop] = F.linear(features, weight, self.bias[j])
+        return out
+
+
 #: Added to the envelope features' power before the log (scaled units²): a silent input stays finite.
 ENVELOPE_POWER_FLOOR = 1e-6
 
@@ -489,6 +528,11 @@ class BrainformerPreTrainedModel(PreTrainedModel):
             # Unit-variance outputs on unit-variance inputs, whatever the channels and taps.
             _init.normal_(module.spatial, mean=0.0, std=module.spatial.shape[1] ** -0.5)
             _init.normal_(module.temporal, mean=0.0, std=module.temporal.shape[-1] ** -0.5)
+        elif isinstance(module, BrainformerHopLookahead):
+            # Switched off until training fits it (with the skip path's ridge).
+            for weight in module.weights:
+                _init.zeros_(weight)
+            _init.zeros_(module.bias)
         elif isinstance(module, BrainformerGainHead):
             # Filters start as random projections of unit scale; the gains at zero (runs after
             # the Linear branch above: `apply` visits children first), so the head adds nothing.
@@ -609,7 +653,8 @@ class BrainformerForMEGPrediction(BrainformerPreTrainedModel):
     Each decoder token is projected to its segment's `patch_len` samples. With
     `config.gain_filters > 0` the gain head (`BrainformerGainHead`) adds the trunk's gains on
     linear filters of the EEG, and with `config.skip_lags > 0` a causal lagged-linear EEG → MEG
-    path is added to the output.
+    path is added to the output; with `config.hop_lookahead_past_samples > 0` the linear path
+    also uses the served hop's own future (`BrainformerHopLookahead`).
     """
 
     def __init__(self, config: BrainformerConfig):
@@ -623,6 +668,7 @@ class BrainformerForMEGPrediction(BrainformerPreTrainedModel):
             self.linear_skip = nn.Conv1d(config.n_eeg_channels, config.n_meg_channels, config.skip_lags)
         else:
             self.linear_skip = None
+        self.hop_lookahead = BrainformerHopLookahead(config) if config.hop_lookahead_past_samples else None
         self.post_init()
 
     @torch.no_grad()
@@ -674,6 +720,8 @@ class BrainformerForMEGPrediction(BrainformerPreTrainedModel):
             lagged = _lagged_inputs(input_values, self.config.skip_lags, 0, n_out)  # (batch, n_out, n_eeg*lags)
             weight = self.linear_skip.weight.reshape(self.linear_skip.weight.shape[0], -1)  # (n_meg, n_eeg*lags)
             predictions = predictions + F.linear(lagged, weight, self.linear_skip.bias)
+        if self.hop_lookahead is not None:
+            predictions = predictions + self.hop_lookahead(input_values, n_out)
 
         loss = None
         if labels is not None:

@@ -254,6 +254,30 @@ def init_skip_from_ridge(model: Any, data: TrainingData, settings: ExperimentSet
     return fit
 
 
+def init_hop_lookahead(model: Any, data: TrainingData, settings: ExperimentSettings, skip: RidgeFit) -> None:
+    """Set the model's hop lookahead (`BrainformerHopLookahead`) to the closed-form ridge maps of
+    what the skip path `skip` leaves, per position in the hop (`linear_path.fit_hop_lookahead`)."""
+    from brainformer.linear_path import fit_hop_lookahead
+
+    config, lookahead = model.config, model.hop_lookahead
+    try:
+        fit = fit_hop_lookahead(data.prepared, skip, config.hop_samples, config.hop_lookahead_past_samples,
+                                settings.training.ridge_alphas or DEFAULT_RELATIVE_ALPHAS)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    with torch.no_grad():
+        for parameter, weight in zip(lookahead.weights, fit.weights):
+            parameter.copy_(torch.as_tensor(weight.T, dtype=parameter.dtype))
+        lookahead.bias.copy_(torch.as_tensor(fit.biases, dtype=lookahead.bias.dtype))
+    logger.info("hop lookahead initialised: %d positions, %d past samples, penalties %s", config.hop_samples,
+                fit.past, np.array2string(fit.relative_alphas, precision=2))
+
+
+def _linear_path_modules(model: Any) -> list[Any]:
+    """The skip path and the hop lookahead that refines it: trained (or frozen) together."""
+    return [m for m in (getattr(model, "linear_skip", None), getattr(model, "hop_lookahead", None)) if m is not None]
+
+
 # --------------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------------
@@ -310,7 +334,7 @@ def _make_trainer_class():
             if self.skip_learning_rate is None or getattr(self.model, "linear_skip", None) is None:
                 return super().create_optimizer(*args, **kwargs)
             if self.optimizer is None:
-                skip = [p for p in self.model.linear_skip.parameters()]
+                skip = [p for module in _linear_path_modules(self.model) for p in module.parameters()]
                 skip_ids = {id(p) for p in skip}
                 rest = [p for p in self.model.parameters() if id(p) not in skip_ids and p.requires_grad]
                 decay = [p for p in rest if p.ndim >= 2]
@@ -517,6 +541,8 @@ def initial_model(data: TrainingData, settings: ExperimentSettings, pretrained: 
     model = build_model(data.config, training.seed)
     has_skip = getattr(model, "linear_skip", None) is not None
     ridge = init_skip_from_ridge(model, data, settings) if training.init_skip_from_ridge and has_skip else None
+    if ridge is not None and getattr(model, "hop_lookahead", None) is not None:
+        init_hop_lookahead(model, data, settings, ridge)
     if training.init_filters_from_bands:
         from brainformer.filter_bank import init_filters_from_bands
 
@@ -528,14 +554,15 @@ def initial_model(data: TrainingData, settings: ExperimentSettings, pretrained: 
         _copy_transformer_weights(pretrained, model)
     if training.skip_learning_rate == 0 and has_skip:
         # Frozen before the Trainer wraps the model: DDP must not wait for its gradients.
-        model.linear_skip.requires_grad_(False)
+        for module in _linear_path_modules(model):
+            module.requires_grad_(False)
     return model, ridge
 
 
 def _copy_transformer_weights(source: Any, target: Any) -> None:
     """Copy every weight of `source` but the skip path into `target`; `TrainingError` naming the
     first weight whose shape differs (another architecture or channel set)."""
-    wanted = {k: v for k, v in source.state_dict().items() if not k.startswith("linear_skip.")}
+    wanted = {k: v for k, v in source.state_dict().items() if not k.startswith(("linear_skip.", "hop_lookahead."))}
     own = target.state_dict()
     for name, tensor in wanted.items():
         if name not in own or tuple(own[name].shape) != tuple(tensor.shape):

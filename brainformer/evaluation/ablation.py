@@ -1,7 +1,8 @@
 """The model's two paths scored apart: the lagged-linear skip path alone, the transformer alone.
 
-A `BrainformerForMEGPrediction` with `skip_lags > 0` sums two paths, a causal lagged-linear map
-EEG → MEG and the transformer's output (its projection, plus its gain head when it has one).
+A `BrainformerForMEGPrediction` with `skip_lags > 0` sums two paths, the linear path (a causal
+lagged-linear map EEG → MEG, plus its hop lookahead when it has one) and the transformer's output
+(its projection, plus its gain head when it has one).
 Zeroing one of them in a copy of the trained model gives the other one's prediction, served exactly as the whole model is served
 (`predict_as_served`), so "skip + transformer − skip alone" is the transformer's own contribution
 in R², measured on the same test rows as the baselines.
@@ -38,10 +39,12 @@ def model_path_alone(model: Any, path: str) -> Any:
             removed.append(alone.gain_head.gain_projection)
     else:
         removed = [alone.linear_skip]
+        if getattr(alone, "hop_lookahead", None) is not None:
+            removed.append(alone.hop_lookahead)
     with torch.no_grad():
         for layer in removed:
-            layer.weight.zero_()
-            layer.bias.zero_()
+            for parameter in layer.parameters():
+                parameter.zero_()
     return alone
 
 
