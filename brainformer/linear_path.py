@@ -29,6 +29,7 @@ Torch-free (numpy and safetensors' numpy reader only).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,8 @@ __all__ = [
     "skip_ridge_lags",
     "statistics_from_prepared",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The statistics file of a model directory.
 STATISTICS_FILENAME = "linear_path_statistics.safetensors"
@@ -443,7 +446,10 @@ def fit_hop_lookahead(prepared: Any, skip: Any, hop: int, past: int,
     for j in range(hop):
         columns = (np.arange(n_eeg)[:, None] * taps + np.arange(past + j)[None, :]).ravel()  # channel-major
         fit_j, val_j = _columns(fitting, columns), _columns(validation, columns)
-        relative = float(alphas[int(np.argmin(validation_mse(fit_j, val_j, alphas)))])
+        best = int(np.argmin(validation_mse(fit_j, val_j, alphas)))
+        if alphas.size > 1 and best in (0, alphas.size - 1):
+            logger.warning("hop lookahead (position %d): the chosen penalty lies at the edge of the grid", j)
+        relative = float(alphas[best])
         weight, bias, _ = refit_ridge(fit_j.merged(val_j), relative)
         weights.append(weight)
         biases.append(bias)

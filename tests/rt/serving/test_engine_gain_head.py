@@ -1,5 +1,6 @@
 """The serving engines with the amplitude-aware architecture (gain head with lookahead, envelope
-features, no final norm): compile and aot give the eager numbers for the served tail."""
+features, no final norm) and the linear path's hop lookahead: compile and aot give the eager
+numbers for the served tail."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ def gain_head_model(seed: int = 0) -> BrainformerForMEGPrediction:
         meg_channel_names=list(DEFAULT_MEG_CHANNEL_NAMES[:12]), meg_channel_types=list(DEFAULT_MEG_CHANNEL_TYPES[:12]),
         window_samples=64, patch_len=16, hop_samples=8, d_model=16, n_heads=2, d_ff=32, router_dim=4,
         skip_lags=5, gain_filters=4, gain_filter_past_samples=12, gain_filter_lookahead_samples=7,
-        envelope_filters=3, envelope_filter_samples=16, final_norm=False,
+        envelope_filters=3, envelope_filter_samples=16, final_norm=False, hop_lookahead_past_samples=4,
     )
     model = BrainformerForMEGPrediction(config).eval()
     with torch.no_grad():
         model.gain_head.gain_projection.weight.normal_(std=0.2)
+        for weight in model.hop_lookahead.weights:
+            weight.normal_(std=0.1)
     return model
 
 
