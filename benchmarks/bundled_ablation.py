@@ -8,6 +8,10 @@ transformer alone (`brainformer.evaluation.ablation`: the other path zeroed) nex
 transformer's own share is "model − skip alone", with its paired 0.5 s block-bootstrap interval.
 
     python benchmarks/bundled_ablation.py --json ablation.json
+    python benchmarks/bundled_ablation.py --models runs/my-model   # a model trained the same way
+
+With the hop lookahead (`hop_lookahead_past_samples`), "skip path alone" is the linear path: the
+skip path and its lookahead.
 
 Prints one table per model and writes the numbers as JSON.
 """
@@ -76,7 +80,9 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        help="bundled model names (default, default-lowdelay) or model directories trained on the "
+                             "bundled recording's first 75 %%")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
