@@ -446,15 +446,16 @@ def fit_hop_lookahead(prepared: Any, skip: Any, hop: int, past: int,
     for j in range(hop):
         columns = (np.arange(n_eeg)[:, None] * taps + np.arange(past + j)[None, :]).ravel()  # channel-major
         fit_j, val_j = _columns(fitting, columns), _columns(validation, columns)
-        best = int(np.argmin(validation_mse(fit_j, val_j, alphas)))
-        if alphas.size > 1 and best in (0, alphas.size - 1):
-            logger.warning("hop lookahead (position %d): the chosen penalty lies at the edge of the grid", j)
-        relative = float(alphas[best])
+        relative = float(alphas[int(np.argmin(validation_mse(fit_j, val_j, alphas)))])
         weight, bias, _ = refit_ridge(fit_j.merged(val_j), relative)
         weights.append(weight)
         biases.append(bias)
         chosen.append(relative)
-    return HopLookaheadFit(past, tuple(weights), np.stack(biases), np.asarray(chosen))
+    chosen = np.asarray(chosen)
+    for edge, name in ((alphas.min(), "smallest"), (alphas.max(), "largest")):
+        if alphas.size > 1 and (at_edge := np.flatnonzero(chosen == edge)).size:
+            logger.warning("hop lookahead: the %s penalty of the grid (%g) chosen at positions %s", name, edge, at_edge.tolist())
+    return HopLookaheadFit(past, tuple(weights), np.stack(biases), chosen)
 
 
 def _hop_rows(eeg: np.ndarray, first: int, last: int, past: int, taps: int) -> np.ndarray:
