@@ -257,12 +257,12 @@ def init_skip_from_ridge(model: Any, data: TrainingData, settings: ExperimentSet
 def init_hop_lookahead(model: Any, data: TrainingData, settings: ExperimentSettings, skip: RidgeFit) -> None:
     """Set the model's hop lookahead (`BrainformerHopLookahead`) to the closed-form ridge maps of
     what the skip path `skip` leaves, per position in the hop (`linear_path.fit_hop_lookahead`)."""
-    from brainformer.linear_path import fit_hop_lookahead
+    from brainformer.linear_path import HOP_LOOKAHEAD_RELATIVE_ALPHAS, fit_hop_lookahead
 
     config, lookahead = model.config, model.hop_lookahead
     try:
         fit = fit_hop_lookahead(data.prepared, skip, config.hop_samples, config.hop_lookahead_past_samples,
-                                settings.training.ridge_alphas or DEFAULT_RELATIVE_ALPHAS)
+                                settings.training.ridge_alphas or HOP_LOOKAHEAD_RELATIVE_ALPHAS)
     except ValueError as error:
         raise TrainingError(str(error)) from None
     with torch.no_grad():
