@@ -56,3 +56,14 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def sample_fif() -> Path:
     return SAMPLE_RECORDING
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one torch thread, and the test machine is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -32,12 +32,7 @@ def small_config(**overrides) -> BrainformerConfig:
     return BrainformerConfig(**fields)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gain_times_filter_data(n_windows: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,12 +32,7 @@ def lookahead_config(**overrides) -> BrainformerConfig:
     return BrainformerConfig(**fields)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_each_sample_uses_its_own_future_in_the_hop_and_the_served_tail_equals_the_window():
