@@ -44,9 +44,9 @@ def test_verdicts_follow_the_goals_and_need_no_limits_but_for_the_lookahead():
     rows = {"recipe": _row(0.006, (0.004, 0.008)), "planted": _row(0.03, (0.02, 0.04), captured_model=CAPTURED_GOAL + 0.01)}
     lines = {line["control"]: line["met"] for line in verdicts(rows, {})}
     assert not any(name.startswith("2.") for name in lines)  # the lookahead control needs the limits
-    assert lines["goal: model − lagged ridge"] and lines["goal: the transformer's own share (model − skip alone)"]
+    assert lines["goal: model − lagged ridge"] and lines["goal: the transformer's own share (model − linear path alone)"]
     assert lines["3. planted non-linearity: captured by the model"]
     with_limits = verdicts({"recipe": _row(0.002, (-0.001, 0.004))}, {"hop_limit": 0.598, "causal_limit": 0.592})
     met = {line["control"]: line["met"] for line in with_limits}
     assert met == {"2. in-hop lookahead: model − lagged ridge": False, "goal: model − lagged ridge": False,
-                   "goal: the transformer's own share (model − skip alone)": False}
+                   "goal: the transformer's own share (model − linear path alone)": False}
