@@ -24,8 +24,8 @@ there, and scored as served on the last `--test-minutes`:
 
 And the goal on the default simulation: model ≥ lagged ridge + 0.005 R², with the transformer's own
 share (model − linear path alone, i.e. `skip_path_alone`: the skip path and its hop lookahead,
-`brainformer.evaluation.ablation`) > 0 and its bootstrap interval above 0. Every table carries the headroom from the truth: the causal limit (lagged ridge's lags),
-the hop limit, the linear limit, the envelope-informed limit, the informed limit, the noise ceiling
+`brainformer.evaluation.ablation`) > 0 and its bootstrap interval above 0. Every table carries
+the headroom from the truth: the causal limit (lagged ridge's lags), the hop limit, the linear limit, the envelope-informed limit, the informed limit, the noise ceiling
 (`brainformer.simulation`; computed once per subject and band and cached in `--work`).
 
     python benchmarks/transformer_controls.py --work /tmp/controls --json controls.json

@@ -453,7 +453,7 @@ def fit_hop_lookahead(prepared: Any, skip: Any, hop: int, past: int,
     weights, biases, chosen = [], [], []
     for j in range(hop):
         columns = (np.arange(n_eeg)[:, None] * taps + np.arange(past + j)[None, :]).ravel()  # channel-major
-        fit_j, val_j = _columns(fitting, columns), _columns(validation, columns)
+        fit_j, val_j = fitting.subset(columns), validation.subset(columns)
         relative = float(alphas[int(np.argmin(validation_mse(fit_j, val_j, alphas)))])
         weight, bias, _ = refit_ridge(fit_j.merged(val_j), relative)
         weights.append(weight)
@@ -475,12 +475,6 @@ def _hop_rows(eeg: np.ndarray, first: int, last: int, past: int, taps: int) -> n
         window = np.concatenate([np.zeros((-begin, eeg.shape[1])), window])
     rows = np.lib.stride_tricks.sliding_window_view(window, taps, axis=0)  # (rows, n_eeg, taps)
     return rows.reshape(rows.shape[0], -1)
-
-
-def _columns(accumulator: GramAccumulator, columns: np.ndarray) -> GramAccumulator:
-    """The sums of a subset of the features."""
-    return GramAccumulator(accumulator.gram[np.ix_(columns, columns)], accumulator.cross[columns],
-                           accumulator.sum_x[columns], accumulator.sum_y, accumulator.sum_y_sq, accumulator.count)
 
 
 # --------------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ class BrainformerHopLookahead(nn.Module):
     A window is served when its newest sample has arrived, so its hop's older samples are
     published with some of their own future in hand: the best linear filter using it gains up to
     the simulator's `hop_limit` over a causal one, at no extra delay. The maps are fitted in closed
-    form to what the causal skip path leaves (`training.init_skip_from_ridge`), and frozen with it.
+    form to what the causal skip path leaves (`training.init_hop_lookahead`), and frozen with it.
     Positions count back from the window's newest sample, so a training window and a served one
     agree: every hop of a window ends at a multiple of `hop_samples` before its end.
 

@@ -19,6 +19,9 @@ from brainformer.settings import settings_from_dict
 from brainformer.training import initial_model, training_data_from_prepared
 
 HOP, PAST = 8, 3
+#: A frozen skip path on every lag, fitted in closed form, then the lookahead on what it leaves.
+SETTINGS = settings_from_dict({"data": {"train_hop_samples": 32, "validation_fraction": 0.0},
+                               "training": {"skip_learning_rate": 0.0, "ridge_lag_step_samples": 1}})
 
 
 def lookahead_config(**overrides) -> BrainformerConfig:
@@ -69,16 +72,12 @@ def _future_map_data(n: int = 6000) -> tuple[PreparedData, np.ndarray, np.ndarra
     split = int(0.75 * n)
     recording = PreparedRecording(name="toy", source="toy.fif", eeg=eeg, meg=meg, times=np.arange(n) / 200.0, sfreq_hz=200.0,
                                   parts={"train": (0, split), "validation": (split, split), "test": (split, n)})
-    settings = settings_from_dict({"data": {"train_hop_samples": 32, "validation_fraction": 0.0},
-                                   "training": {"skip_learning_rate": 0.0, "ridge_lag_step_samples": 1}})
-    return PreparedData(lookahead_config(), settings.data, [recording]), eeg, meg
+    return PreparedData(lookahead_config(), SETTINGS.data, [recording]), eeg, meg
 
 
 def test_the_closed_form_fit_finds_a_future_sample_where_the_hop_holds_it():
     prepared, eeg, meg = _future_map_data()
-    settings = settings_from_dict({"data": {"train_hop_samples": 32, "validation_fraction": 0.0},
-                                   "training": {"skip_learning_rate": 0.0, "ridge_lag_step_samples": 1}})
-    model, ridge = initial_model(training_data_from_prepared(prepared, settings), settings)
+    model, ridge = initial_model(training_data_from_prepared(prepared, SETTINGS), SETTINGS)
     assert ridge is not None and not any(p.requires_grad for p in model.hop_lookahead.parameters())
     start, stop = 4600, 5992  # test rows, a whole number of hops
     served = predict_as_served(model.eval(), eeg, start, stop)

@@ -143,6 +143,11 @@ class GramAccumulator:
         return GramAccumulator(gram, cross, sum_x + self.count * offset, self.sum_y.copy(), self.sum_y_sq.copy(),
                                self.count)
 
+    def subset(self, columns: np.ndarray) -> "GramAccumulator":
+        """The sums of the features `columns` alone."""
+        return GramAccumulator(self.gram[np.ix_(columns, columns)], self.cross[columns], self.sum_x[columns],
+                               self.sum_y, self.sum_y_sq, self.count)
+
     def centred(self, mean_x: np.ndarray, mean_y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`(Σ(F−μx)ᵀ(F−μx), Σ(F−μx)ᵀ(Y−μy), Σ(Y−μy)²)` about the given means."""
         n = self.count
