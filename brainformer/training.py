@@ -540,6 +540,9 @@ def initial_model(data: TrainingData, settings: ExperimentSettings, pretrained: 
     # broadcasts the main process's weights when it wraps the model).
     model = build_model(data.config, training.seed)
     has_skip = getattr(model, "linear_skip", None) is not None
+    if has_skip and not training.init_skip_from_ridge and training.skip_learning_rate == 0:
+        raise TrainingError("training.skip_learning_rate = 0 freezes the linear path, and with "
+                            "training.init_skip_from_ridge = false nothing sets it: it would stay at zero")
     ridge = init_skip_from_ridge(model, data, settings) if training.init_skip_from_ridge and has_skip else None
     if ridge is not None and getattr(model, "hop_lookahead", None) is not None:
         init_hop_lookahead(model, data, settings, ridge)

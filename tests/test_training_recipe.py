@@ -10,7 +10,9 @@ import torch
 from brainformer import BrainformerConfig, BrainformerForMEGPrediction
 from brainformer.data import PreparedData, PreparedRecording
 from brainformer.settings import SettingsError, settings_from_dict
-from brainformer.training import _make_trainer_class, _newest_samples_loss, _training_arguments, train_model, training_data_from_prepared
+from brainformer.training import (
+    TrainingError, _make_trainer_class, _newest_samples_loss, _training_arguments, initial_model, train_model, training_data_from_prepared,
+)
 
 
 def gain_config(**overrides) -> BrainformerConfig:
@@ -82,3 +84,16 @@ def test_max_steps_runs_that_many_steps_on_a_gain_head_model(tmp_path):
     x = torch.from_numpy(eeg[None, :32])
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).predictions, result.model(x).predictions)
+
+
+def test_a_linear_path_frozen_at_zero_is_refused():
+    """Neither fitted nor trained, the skip path (and its hop lookahead) would add nothing, silently."""
+    rng = np.random.default_rng(0)
+    eeg = rng.standard_normal((400, 3)).astype(np.float32)
+    recording = PreparedRecording(name="toy", source="toy.fif", eeg=eeg, meg=eeg[:, :2].copy(), times=np.arange(400) / 100.0,
+                                  sfreq_hz=100.0, parts={"train": (0, 300), "validation": (300, 300), "test": (300, 400)})
+    settings = settings_from_dict({"data": {"train_hop_samples": 32, "validation_fraction": 0.0},
+                                   "training": {"init_skip_from_ridge": False, "skip_learning_rate": 0.0}})
+    data = training_data_from_prepared(PreparedData(gain_config(hop_lookahead_past_samples=2), settings.data, [recording]), settings)
+    with pytest.raises(TrainingError, match="training.init_skip_from_ridge = false"):
+        initial_model(data, settings)
