@@ -190,12 +190,13 @@ def serves():
 
 
 def json_events(stderr: str) -> list[dict]:
-    """The JSON log lines of a ``--log-format json`` run (every stderr line must be one)."""
-    events = []
-    for line in stderr.splitlines():
-        if line.startswith("{"):
-            events.append(json.loads(line))
-    return events
+    """The JSON log lines of a ``--log-format json`` run (every stderr line must be one).
+
+    Only newline-terminated lines count: a running daemon's stderr file may end in a line it is
+    still writing, which is not yet JSON.
+    """
+    complete_lines = stderr.split("\n")[:-1]
+    return [json.loads(line) for line in complete_lines if line.startswith("{")]
 
 
 def wait_for_event(serve: Serve, event: str, timeout_s: float = 60.0) -> dict:
