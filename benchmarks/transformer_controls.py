@@ -28,6 +28,11 @@ share (model − linear path alone, i.e. `skip_path_alone`: the skip path and it
 the headroom from the truth: the causal limit (lagged ridge's lags), the hop limit, the linear limit, the envelope-informed limit, the informed limit, the noise ceiling
 (`brainformer.simulation`; computed once per subject and band and cached in `--work`).
 
+The controls are judged against the truth the recipe trains on (the causal band-passed MEG).
+Every model, its two paths and the baselines are also scored against the other truth, the
+zero-phase band-passed MEG at zero lag (what a closed loop feels), the baselines refitted to it
+on the same train rows: reported next to the verdicts, not judged.
+
     python benchmarks/transformer_controls.py --work /tmp/controls --json controls.json
     python benchmarks/transformer_controls.py --minutes 4 --test-minutes 1 --controls 3 --max-steps 200 --no-limits --work /tmp/controls   # a quick look
 
@@ -146,7 +151,45 @@ def run(fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: f
     if truth.planted_source is not None:
         row["planted"] = captured_fractions(report, simulation.planted_meg(truth, model.config)[test_start:rec.n_samples])
         row["planted"]["expected_share"] = float(np.mean(simulation.planted_share(truth, model.config)))
+    row["other_truth"] = other_truth_scores(fif, model, rec, test_start, bootstrap, truth)
     return row
+
+
+def other_truth_scores(fif: Path, model: Any, rec: Any, test_start: int, bootstrap: int, truth: Any) -> dict[str, Any]:
+    """The same model, paths and baselines scored against the other truth (`other_truth_meg`),
+    the baselines refitted to it on the same train rows."""
+    from brainformer import simulation
+
+    name, meg, fields = other_truth_meg(fif, model.config)
+    train = rec.parts["train"]
+    report = evaluate_arrays(
+        rec.eeg, meg, rec.sfreq_hz, SplitRows(train[0], train[1], test_start, rec.n_samples),
+        model.config.meg_channel_types, model.config.meg_channel_names, model=model,
+        extra_predictors=ablation_predictors(model, rec.eeg), bootstrap_replicates=bootstrap,
+    )
+    scores = report.to_dict()
+    other: dict[str, Any] = {
+        "truth": name,
+        "r2": {method: float(scores[method]["r2_mean"]) for method in report.methods},
+        "model_minus": {key[len("model_minus_"):]: c["r2_mean"] for key, c in scores["comparisons"].items()},
+    }
+    if truth.planted_source is not None:
+        other["planted"] = captured_fractions(report, simulation.planted_meg(truth, fields)[test_start:rec.n_samples])
+    return other
+
+
+def other_truth_meg(fif: Path, config: Any) -> tuple[str, np.ndarray, Any]:
+    """`(name, meg, fields)`: the MEG of `fif` through `config`'s preprocessing with the other
+    target phase (the zero-phase band-pass for a model trained on the causal one), scaled as the
+    model's own truth is, on the same rows: the other truth `brainformer evaluate` scores against."""
+    from brainformer.config_fields import BrainformerFields
+    from brainformer.data import read_raw
+    from brainformer.evaluation import TRUTH_NAMES
+    from brainformer.preprocessing import is_zero_phase_target, preprocess_recording
+
+    phase = "causal" if is_zero_phase_target(config) else "zero_phase"
+    fields = BrainformerFields.from_config(config).replace(target_phase=phase)
+    return TRUTH_NAMES[phase], preprocess_recording(read_raw(fif), fields).meg, fields
 
 
 def captured_fractions(report: Any, planted: np.ndarray) -> dict[str, Any]:
@@ -199,6 +242,16 @@ def print_tables(rows: dict[str, dict[str, Any]], lims: dict[str, float], lines:
     for name, row in rows.items():
         values = "".join(f"{row['r2'].get(c, float('nan')):18.4f}" for c in columns)
         print(f"{name:<20s}{values}{row['train_wall_s'] or 0:9.0f}{row['serving']['forward_ms']:8.2f}")
+    others = {name: row["other_truth"] for name, row in rows.items() if "other_truth" in row}
+    if others:
+        truth_name = next(iter(others.values()))["truth"]
+        print(f"\nthe same models against the {truth_name} truth (baselines refitted to it)")
+        for name, other in others.items():
+            values = "".join(f"{other['r2'].get(c, float('nan')):18.4f}" for c in columns)
+            delta = other["model_minus"]["lagged_ridge"]
+            captured = f"  planted captured {other['planted']['captured']['model']:.0%}" if "planted" in other else ""
+            print(f"{name:<20s}{values}  model − lagged ridge {delta['value']:+.4f} "
+                  f"[{delta['ci95'][0]:+.4f}, {delta['ci95'][1]:+.4f}]{captured}")
     if lims:
         print("limits (expected R², mean over channels): " + ", ".join(f"{k} {v:.4f}" for k, v in lims.items() if k != "seconds"))
     for line in lines:

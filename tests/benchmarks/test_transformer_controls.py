@@ -50,3 +50,19 @@ def test_verdicts_follow_the_goals_and_need_no_limits_but_for_the_lookahead():
     met = {line["control"]: line["met"] for line in with_limits}
     assert met == {"2. in-hop lookahead: model − lagged ridge": False, "goal: model − lagged ridge": False,
                    "goal: the transformer's own share (model − linear path alone)": False}
+
+
+def test_the_other_truth_is_the_one_brainformer_evaluate_scores_against(sample_fif):
+    from benchmarks.transformer_controls import other_truth_meg
+    from brainformer.evaluation import evaluate_recording
+    from brainformer.model_dir import load_model
+
+    model = load_model("default")
+    report, _ = evaluate_recording(model, sample_fif, bootstrap_replicates=2)
+    name, meg, fields = other_truth_meg(sample_fif, model.config)
+    assert name == "zero-phase" and fields.target_phase == "zero_phase"
+    rows = report.rows
+    assert np.array_equal(meg[rows.test_start:rows.test_stop], report.other_truths[name].truth)
+    # Not the model's own truth: the phase differs, the scaling does not.
+    assert not np.allclose(meg[rows.test_start:rows.test_stop], report.truth, atol=0.05)
+    assert np.std(meg[rows.test_start:rows.test_stop]) == pytest.approx(np.std(report.truth), rel=0.2)
