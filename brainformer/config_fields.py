@@ -262,7 +262,7 @@ def _bool(field: str, value: Any) -> bool:
     return value
 
 
-def _head(v: Mapping[str, Any], window_samples: int, hop_samples: int) -> dict[str, Any]:
+def _head(v: Mapping[str, Any], window_samples: int, hop_samples: int, n_meg: int) -> dict[str, Any]:
     out = {
         "head": _choice("head", v["head"], _HEADS),
         "loss": _choice("loss", v["loss"], _LOSSES),
@@ -276,6 +276,7 @@ def _head(v: Mapping[str, Any], window_samples: int, hop_samples: int) -> dict[s
         "envelope_filters": _int("envelope_filters", v["envelope_filters"], 0),
         "envelope_filter_samples": _int("envelope_filter_samples", v["envelope_filter_samples"], 1),
         "hop_lookahead_past_samples": _int("hop_lookahead_past_samples", v["hop_lookahead_past_samples"], 0),
+        "hop_lookahead_rank": _int("hop_lookahead_rank", v["hop_lookahead_rank"], 0),
     }
     # The taps of a disabled filter bank are not checked: a short window keeps the defaults.
     for name, used in (("skip_lags", True), ("gain_filter_past_samples", out["gain_filters"] > 0),
@@ -289,6 +290,8 @@ def _head(v: Mapping[str, Any], window_samples: int, hop_samples: int) -> dict[s
         _fail("hop_lookahead_past_samples", lookahead, "0 without a skip path (skip_lags = 0): it refines the skip path")
     if lookahead + hop_samples - 1 > window_samples:
         _fail("hop_lookahead_past_samples", lookahead, f"at most window_samples − hop_samples + 1 ({window_samples - hop_samples + 1})")
+    if lookahead and out["hop_lookahead_rank"] > n_meg:
+        _fail("hop_lookahead_rank", v["hop_lookahead_rank"], f"at most the number of MEG channels ({n_meg}); 0 for full-rank maps")
     if out["head"] == "tokens":
         for name in ("gain_filters", "envelope_filters", "hop_lookahead_past_samples"):
             if out[name]:
@@ -349,8 +352,8 @@ def validate_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     out = _channels(values)
     out |= _timing(values)
     out |= _size(values)
-    out |= _head(values, out["window_samples"], out["hop_samples"])
     n_eeg, n_meg = len(out["eeg_channel_names"]), len(out["meg_channel_names"])
+    out |= _head(values, out["window_samples"], out["hop_samples"], n_meg)
     out |= _preprocessing(values, out["sfreq_hz"], n_eeg, n_meg)
     return out
 
@@ -441,6 +444,7 @@ class BrainformerFields(DerivedFields):
     envelope_filters: int = 0
     envelope_filter_samples: int = 64
     hop_lookahead_past_samples: int = 0
+    hop_lookahead_rank: int = 0
     # Preprocessing.
     highpass_hz: float | None = 1.0
     lowpass_hz: float | None = 40.0

@@ -173,6 +173,10 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
             its own on those `j` future samples and its newest `hop_lookahead_past_samples`
             samples, fitted in closed form to what the skip path leaves. A window is served once
             its newest sample is in, so this costs no delay.
+        hop_lookahead_rank (`int`, defaults to 0):
+            0: each position's map is full (`n_meg` × its inputs). Otherwise every map is cut to
+            this rank on one output basis shared by the positions (`n_meg` × rank): the
+            reduced-rank ridge of the full maps, far fewer weights to read per hop.
 
     Preprocessing:
         highpass_hz (`float` or `None`, defaults to 1.0): Butterworth high-pass cut-off.
@@ -247,6 +251,7 @@ class BrainformerConfig(DerivedFields, PretrainedConfig):
         envelope_filters: int = _DEFAULTS.envelope_filters,
         envelope_filter_samples: int = _DEFAULTS.envelope_filter_samples,
         hop_lookahead_past_samples: int = _DEFAULTS.hop_lookahead_past_samples,
+        hop_lookahead_rank: int = _DEFAULTS.hop_lookahead_rank,
         highpass_hz: float | None = _DEFAULTS.highpass_hz,
         lowpass_hz: float | None = _DEFAULTS.lowpass_hz,
         filter_order: int = _DEFAULTS.filter_order,

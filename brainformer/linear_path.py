@@ -401,12 +401,14 @@ class HopLookaheadFit:
     """Per position `j` in the hop (samples before its newest one), the ridge map of what the skip
     path leaves on the inputs `t − past + 1 … t + j`: `weights[j] (n_eeg · (past + j), n_meg)`,
     channel-major (each EEG channel's taps oldest first), `biases (hop, n_meg)`, and the penalty
-    chosen for each position (relative to the mean eigenvalue)."""
+    chosen for each position (relative to the mean eigenvalue). With a rank, `basis (n_meg, rank)`
+    and `weights[j] (n_eeg · (past + j), rank)`: the map is `weights[j] @ basis.T`."""
 
     past: int
     weights: tuple[np.ndarray, ...]
     biases: np.ndarray
     relative_alphas: np.ndarray
+    basis: np.ndarray | None = None
 
 
 #: The hop lookahead's penalty grid: the skip path's (relative 1e-5 … 10, 0.2 decades apart),
@@ -418,11 +420,13 @@ HOP_LOOKAHEAD_RELATIVE_ALPHAS = tuple(float(a) for a in np.logspace(-5, 3, 41))
 
 
 def fit_hop_lookahead(prepared: Any, skip: Any, hop: int, past: int,
-                      relative_alphas: Sequence[float] = HOP_LOOKAHEAD_RELATIVE_ALPHAS) -> HopLookaheadFit:
+                      relative_alphas: Sequence[float] = HOP_LOOKAHEAD_RELATIVE_ALPHAS, rank: int = 0) -> HopLookaheadFit:
     """Fit `BrainformerHopLookahead` on the train rows of `prepared` (`brainformer.data.PreparedData`)
     to the residual of `skip` (the skip path's `RidgeFit`): one ridge per position, its penalty
     chosen on the last 20 % of each recording's train part (as the skip path's) and refitted on
     all of it. A row is used only when its whole future in the hop lies in the train part.
+
+    `rank` > 0 then cuts every map to that rank on one output basis (`_reduced_rank`).
 
     Raises:
         ValueError: no train rows long enough.
@@ -450,12 +454,13 @@ def fit_hop_lookahead(prepared: Any, skip: Any, hop: int, past: int,
         raise ValueError(f"fit_hop_lookahead: no train rows with {hop - 1} samples of future in the train part")
     n_eeg = fitting.gram.shape[0] // taps
     alphas = np.asarray(relative_alphas, dtype=np.float64)
-    weights, biases, chosen = [], [], []
+    weights, biases, chosen, sums = [], [], [], []
     for j in range(hop):
         columns = (np.arange(n_eeg)[:, None] * taps + np.arange(past + j)[None, :]).ravel()  # channel-major
         fit_j, val_j = fitting.subset(columns), validation.subset(columns)
         relative = float(alphas[int(np.argmin(validation_mse(fit_j, val_j, alphas)))])
-        weight, bias, _ = refit_ridge(fit_j.merged(val_j), relative)
+        sums.append(fit_j.merged(val_j))
+        weight, bias, _ = refit_ridge(sums[-1], relative)
         weights.append(weight)
         biases.append(bias)
         chosen.append(relative)
@@ -463,7 +468,32 @@ def fit_hop_lookahead(prepared: Any, skip: Any, hop: int, past: int,
     for edge, name in ((alphas.min(), "smallest"), (alphas.max(), "largest")):
         if alphas.size > 1 and (at_edge := np.flatnonzero(chosen == edge)).size:
             logger.warning("hop lookahead: the %s penalty of the grid (%g) chosen at positions %s", name, edge, at_edge.tolist())
+    if rank:
+        return _reduced_rank(past, weights, sums, chosen, rank)
     return HopLookaheadFit(past, tuple(weights), np.stack(biases), chosen)
+
+
+def _reduced_rank(past: int, weights: list[np.ndarray], sums: list[GramAccumulator], chosen: np.ndarray,
+                  rank: int) -> HopLookaheadFit:
+    """The positions' ridge maps `weights[j] (features, n_meg)` projected on one output basis U
+    `(n_meg, rank)`: the `rank` leading eigenvectors of `Σ_j W_jᵀ G_j W_j` (`G_j` the centred Gram
+    of position j's rows), which keeps the most of the maps' summed fitted variance, the
+    reduced-rank ridge. Biases keep each position's mean: `b_j = ȳ − x̄_j W_j U Uᵀ`."""
+    n_meg = weights[0].shape[1]
+    if not 1 <= rank <= n_meg:
+        raise ValueError(f"fit_hop_lookahead: rank {rank} is not 1 … {n_meg} (the MEG channels)")
+    fitted = np.zeros((n_meg, n_meg))
+    means = []
+    for weight, sums_j in zip(weights, sums):
+        mean_x = sums_j.sum_x / sums_j.count
+        centred = sums_j.gram - sums_j.count * np.outer(mean_x, mean_x)
+        fitted += weight.T @ centred @ weight
+        means.append((mean_x, sums_j.sum_y / sums_j.count))
+    _, vectors = np.linalg.eigh(fitted)  # ascending
+    basis = np.ascontiguousarray(vectors[:, ::-1][:, :rank])
+    low = [weight @ basis for weight in weights]
+    biases = np.stack([mean_y - mean_x @ w @ basis.T for w, (mean_x, mean_y) in zip(low, means)])
+    return HopLookaheadFit(past, tuple(low), biases, chosen, basis)
 
 
 def _hop_rows(eeg: np.ndarray, first: int, last: int, past: int, taps: int) -> np.ndarray:

@@ -162,7 +162,9 @@ class BrainformerHopLookahead(nn.Module):
     the simulator's `hop_limit` over a causal one, at no extra delay. The maps are fitted in closed
     form to what the causal skip path leaves (`training.init_hop_lookahead`), and frozen with it.
     Positions count back from the window's newest sample, so a training window and a served one
-    agree: every hop of a window ends at a multiple of `hop_samples` before its end.
+    agree: every hop of a window ends at a multiple of `hop_samples` before its end. With
+    `config.hop_lookahead_rank` the maps share one output basis (`basis`, `n_meg × rank`) and each
+    position's map gives coordinates on it: the reduced-rank ridge of the full maps.
 
     EEG `(batch, time, n_eeg)` → `(batch, n_out, n_meg)` for the newest `n_out` samples.
     """
@@ -171,23 +173,33 @@ class BrainformerHopLookahead(nn.Module):
         super().__init__()
         self.past = config.hop_lookahead_past_samples
         self.hop = config.hop_samples
-        # weight_j: (n_meg, n_eeg · (past + j)), per EEG channel its taps t − past + 1 … t + j.
+        rank = config.hop_lookahead_rank
+        # weight_j: (outputs, n_eeg · (past + j)), per EEG channel its taps t − past + 1 … t + j;
+        # its outputs are the MEG channels, or with a rank the coordinates on `basis`.
+        outputs = rank or config.n_meg_channels
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.zeros(config.n_meg_channels, config.n_eeg_channels * (self.past + j))) for j in range(self.hop)
+            nn.Parameter(torch.zeros(outputs, config.n_eeg_channels * (self.past + j))) for j in range(self.hop)
         )
+        # (n_meg, rank): one output basis for every position. The full maps are 4.6 million
+        # weights for 306 MEG × 60 EEG channels, read on every hop.
+        self.basis = nn.Parameter(torch.zeros(config.n_meg_channels, rank)) if rank else None
         self.bias = nn.Parameter(torch.zeros(self.hop, config.n_meg_channels))
 
     def forward(self, input_values: torch.Tensor, n_out: int) -> torch.Tensor:
         batch, _, n_eeg = input_values.shape
         taps = self.past + self.hop - 1
         lagged = _lagged_inputs(input_values, self.past, self.hop - 1, n_out).unflatten(-1, (n_eeg, taps))
-        out = input_values.new_zeros(batch, n_out, self.bias.shape[1])
+        out = input_values.new_zeros(batch, n_out, self.weights[0].shape[0])
         for j, weight in enumerate(self.weights):
             # Rows j samples before their hop's newest one: n_out − 1 − j, then every hop before it.
             first = (n_out - 1 - j) % self.hop
             features = lagged[:, first::self.hop, :, : self.past + j].flatten(2)
-            out[:, first::self.hop] = F.linear(features, weight, self.bias[j])
-        return out
+            out[:, first::self.hop] = F.linear(features, weight)
+        if self.basis is not None:
+            out = F.linear(out, self.basis)
+        # Row i of the output is (n_out − 1 − i) mod hop samples before its hop's newest one.
+        position = (n_out - 1 - torch.arange(n_out, device=out.device)) % self.hop
+        return out + self.bias[position]
 
 
 #: Added to the envelope features' power before the log (scaled units²): a silent input stays finite.

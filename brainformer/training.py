@@ -262,13 +262,15 @@ def init_hop_lookahead(model: Any, data: TrainingData, settings: ExperimentSetti
     config, lookahead = model.config, model.hop_lookahead
     try:
         fit = fit_hop_lookahead(data.prepared, skip, config.hop_samples, config.hop_lookahead_past_samples,
-                                settings.training.ridge_alphas or HOP_LOOKAHEAD_RELATIVE_ALPHAS)
+                                settings.training.ridge_alphas or HOP_LOOKAHEAD_RELATIVE_ALPHAS, config.hop_lookahead_rank)
     except ValueError as error:
         raise TrainingError(str(error)) from None
     with torch.no_grad():
         for parameter, weight in zip(lookahead.weights, fit.weights):
             parameter.copy_(torch.as_tensor(weight.T, dtype=parameter.dtype))
         lookahead.bias.copy_(torch.as_tensor(fit.biases, dtype=lookahead.bias.dtype))
+        if lookahead.basis is not None:
+            lookahead.basis.copy_(torch.as_tensor(fit.basis, dtype=lookahead.basis.dtype))
     logger.info("hop lookahead initialised: %d positions, %d past samples, penalties %s", config.hop_samples,
                 fit.past, np.array2string(fit.relative_alphas, precision=2))
 

@@ -158,7 +158,7 @@ def test_json_round_trip_keeps_every_field_and_nothing_else(tmp_path):
         "hop_samples", "patch_len", "d_model", "n_heads", "n_layers", "d_ff", "router_dim", "dropout",
         "position_embedding", "final_norm", "head", "loss", "huber_delta", "n_quantization_levels", "quantization_clip",
         "skip_lags", "gain_filters", "gain_filter_past_samples", "gain_filter_lookahead_samples", "envelope_filters",
-        "envelope_filter_samples", "hop_lookahead_past_samples", "highpass_hz", "lowpass_hz", "filter_order", "notch_hz", "notch_quality", "target_phase",
+        "envelope_filter_samples", "hop_lookahead_past_samples", "hop_lookahead_rank", "highpass_hz", "lowpass_hz", "filter_order", "notch_hz", "notch_quality", "target_phase",
         "target_band_hz", "target_filter_order",
         "eeg_reference", "eeg_mean", "eeg_std", "meg_mean", "meg_std", "eeg_positions_m", "eeg_fiducials_m",
     }

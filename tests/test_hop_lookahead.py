@@ -38,13 +38,15 @@ def lookahead_config(**overrides) -> BrainformerConfig:
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_each_sample_uses_its_own_future_in_the_hop_and_the_served_tail_equals_the_window():
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_sample_uses_its_own_future_in_the_hop_and_the_served_tail_equals_the_window(rank):
     torch.manual_seed(0)
-    model = BrainformerForMEGPrediction(lookahead_config()).eval()
+    model = BrainformerForMEGPrediction(lookahead_config(hop_lookahead_rank=rank)).eval()
     with torch.no_grad():
-        for weight in model.hop_lookahead.weights:
-            weight.normal_()
-        model.hop_lookahead.bias.normal_()
+        for parameter in model.hop_lookahead.parameters():
+            parameter.normal_()
+    # Full maps: weight_j is (n_meg, inputs); with a rank, (rank, inputs) on a (n_meg, rank) basis.
+    maps = [w if rank == 0 else model.hop_lookahead.basis @ w for w in model.hop_lookahead.weights]
     x = torch.randn(2, 32, 3)
     with torch.no_grad():
         lookahead = model.hop_lookahead(x, 32)
@@ -55,24 +57,28 @@ def test_each_sample_uses_its_own_future_in_the_hop_and_the_served_tail_equals_t
         j = (31 - i) % HOP  # samples of the hop after sample i
         taps = [x[:, t] if t >= 0 else torch.zeros(2, 3) for t in range(i - PAST + 1, i + j + 1)]
         features = torch.stack(taps, dim=-1).flatten(1)  # channel-major, oldest tap first
-        expected = features @ model.hop_lookahead.weights[j].T + model.hop_lookahead.bias[j]
+        expected = features @ maps[j].T + model.hop_lookahead.bias[j]
         torch.testing.assert_close(lookahead[:, i], expected, rtol=1e-5, atol=1e-5)
-    assert [w.shape[1] for w in model.hop_lookahead.weights] == [3 * (PAST + j) for j in range(HOP)]
+    assert [w.shape for w in model.hop_lookahead.weights] == [(rank or 2, 3 * (PAST + j)) for j in range(HOP)]
 
 
-def _future_map_data(n: int = 6000) -> tuple[PreparedData, np.ndarray, np.ndarray]:
-    """White-noise EEG; MEG channel 0 = EEG 1 two samples ahead, channel 1 = EEG 0 now (plus a
-    little noise): the causal skip path gets channel 1, only the lookahead can get channel 0."""
+def _future_map_data(n: int = 6000, config: BrainformerConfig | None = None) -> tuple[PreparedData, np.ndarray, np.ndarray]:
+    """White-noise EEG; MEG channel 0 = EEG 1 two samples ahead, channel 1 = EEG 0 now, and with
+    a third MEG channel in `config`, channel 2 = 0.5 · EEG 2 one sample ahead (plus a little
+    noise): the causal skip path gets channel 1, only the lookahead can get channels 0 and 2."""
+    config = config or lookahead_config()
     rng = np.random.default_rng(0)
     eeg = rng.standard_normal((n, 3)).astype(np.float32)
-    meg = np.zeros((n, 2), dtype=np.float32)
+    meg = np.zeros((n, config.n_meg_channels), dtype=np.float32)
     meg[:-2, 0] = eeg[2:, 1]
     meg[:, 1] = eeg[:, 0]
-    meg += 0.05 * rng.standard_normal((n, 2)).astype(np.float32)
+    if config.n_meg_channels > 2:
+        meg[:-1, 2] = 0.5 * eeg[1:, 2]
+    meg += 0.05 * rng.standard_normal(meg.shape).astype(np.float32)
     split = int(0.75 * n)
     recording = PreparedRecording(name="toy", source="toy.fif", eeg=eeg, meg=meg, times=np.arange(n) / 200.0, sfreq_hz=200.0,
                                   parts={"train": (0, split), "validation": (split, split), "test": (split, n)})
-    return PreparedData(lookahead_config(), SETTINGS.data, [recording]), eeg, meg
+    return PreparedData(config, SETTINGS.data, [recording]), eeg, meg
 
 
 def test_the_closed_form_fit_finds_a_future_sample_where_the_hop_holds_it():
@@ -92,6 +98,27 @@ def test_the_closed_form_fit_finds_a_future_sample_where_the_hop_holds_it():
     # The weight of position 4 on EEG 1 at t + 2 (channel 1's taps start at index PAST + 4).
     weight = model.hop_lookahead.weights[4].detach().numpy()
     assert weight[0, (PAST + 4) + PAST - 1 + 2] == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_reduced_rank_keeps_the_maps_with_the_most_fitted_variance():
+    """Two future maps on different MEG channels need rank 2; rank 1 keeps the larger one (channel
+    0, variance 1 against 0.25 for channel 2) and drops the other."""
+    three = dict(meg_channel_names=["MEG 0111", "MEG 0112", "MEG 0113"], meg_channel_types=["mag", "grad", "grad"])
+    start, stop = 4600, 5992
+    position = (HOP - 1 - (np.arange(start, stop) - start)) % HOP
+    errors = {}
+    for rank in (1, 2):
+        prepared, eeg, meg = _future_map_data(config=lookahead_config(hop_lookahead_rank=rank, **three))
+        model, _ = initial_model(training_data_from_prepared(prepared, SETTINGS), SETTINGS)
+        basis = model.hop_lookahead.basis.detach().numpy()
+        np.testing.assert_allclose(basis.T @ basis, np.eye(rank), atol=1e-5)
+        served, truth = predict_as_served(model.eval(), eeg, start, stop), meg[start:stop]
+        errors[rank] = (served - truth) ** 2 / truth.var(axis=0)
+    # Where the hop holds the future sample (channel 0: 2 ahead, channel 2: 1 ahead).
+    assert errors[2][position >= 2, 0].mean() < 0.01 and errors[2][position >= 1, 2].mean() < 0.01
+    assert errors[1][position >= 2, 0].mean() < 0.01 and errors[1][position >= 1, 2].mean() > 0.9
+    for rank in (1, 2):
+        assert errors[rank][:, 1].mean() < 0.01  # the skip path's channel
 
 
 def test_the_ablation_counts_it_in_the_linear_path():
@@ -117,6 +144,13 @@ def test_the_ablation_counts_it_in_the_linear_path():
 def test_bad_configs_name_the_field(overrides, message):
     with pytest.raises(ValueError, match="hop_lookahead_past_samples") as error:
         lookahead_config(**overrides)
+    assert error.match(message)
+
+
+@pytest.mark.parametrize("rank, message", [(3, "at most the number of MEG channels \\(2\\)"), (-1, "≥ 0|>= 0|at least")])
+def test_a_rank_beyond_the_meg_channels_names_the_field(rank, message):
+    with pytest.raises(ValueError, match="hop_lookahead_rank") as error:
+        lookahead_config(hop_lookahead_rank=rank)
     assert error.match(message)
 
 

@@ -15,7 +15,7 @@ from brainformer_rt.serving.engine import make_engine
 pytestmark = pytest.mark.timeout(300)
 
 
-def gain_head_model(seed: int = 0) -> BrainformerForMEGPrediction:
+def gain_head_model(seed: int = 0, hop_lookahead_rank: int = 0) -> BrainformerForMEGPrediction:
     """8 EEG → 12 MEG, 64-sample windows, every new option on, gains that are not zero."""
     torch.manual_seed(seed)
     config = BrainformerConfig(
@@ -24,12 +24,13 @@ def gain_head_model(seed: int = 0) -> BrainformerForMEGPrediction:
         window_samples=64, patch_len=16, hop_samples=8, d_model=16, n_heads=2, d_ff=32, router_dim=4,
         skip_lags=5, gain_filters=4, gain_filter_past_samples=12, gain_filter_lookahead_samples=7,
         envelope_filters=3, envelope_filter_samples=16, final_norm=False, hop_lookahead_past_samples=4,
+        hop_lookahead_rank=hop_lookahead_rank,
     )
     model = BrainformerForMEGPrediction(config).eval()
     with torch.no_grad():
         model.gain_head.gain_projection.weight.normal_(std=0.2)
-        for weight in model.hop_lookahead.weights:
-            weight.normal_(std=0.1)
+        for parameter in model.hop_lookahead.parameters():
+            parameter.normal_(std=0.1)
     return model
 
 
@@ -59,7 +60,7 @@ def test_eager_and_compile_serve_the_newest_samples(windows):
 def test_aot_serves_the_newest_samples(windows, tmp_path, monkeypatch):
     monkeypatch.setenv("BRAINFORMER_CACHE", str(tmp_path))
     monkeypatch.setenv("BRAINFORMER_AOT_AUTOTUNE", "0")  # the export is what is tested, not the tuning
-    model = gain_head_model(seed=1)
+    model = gain_head_model(seed=1, hop_lookahead_rank=3)  # the reduced-rank lookahead; compile has the full one
     engine = make_engine(model, "aot", "cpu", batch_size=2, window_samples=64, output_samples=16, buckets=[2]).setup()
     for rows in (slice(0, 2), slice(2, 3)):
         np.testing.assert_allclose(engine.infer(windows[rows]), newest(model, windows[rows], 16), rtol=1e-4, atol=1e-5)
