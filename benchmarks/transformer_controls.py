@@ -145,7 +145,7 @@ def run(fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: f
         "config": {key: getattr(model.config, key) for key in (
             "d_model", "n_layers", "patch_len", "window_samples", "skip_lags", "gain_filters", "gain_filter_past_samples",
             "gain_filter_lookahead_samples", "envelope_filters", "envelope_filter_samples", "final_norm",
-            "hop_lookahead_past_samples")},
+            "hop_lookahead_past_samples", "hop_lookahead_rank")},
     }
     truth = simulation.load_truth(fif)
     if truth.planted_source is not None:
