@@ -14,10 +14,11 @@ gain-modulated features of the EEG:
   128): features `x · envelope`, `x_delayed · envelope` and the envelope itself.
 
 The features enter as what the lagged EEG does not explain of them, so the second ridge adds
-non-linear structure only. Every penalty is chosen on the last 20 % of the train rows. Reported: both R² on the held-out
-rows and their paired difference with a 0.5 s block-bootstrap interval. A non-linear model's
-gain over the linear one through amplitude modulation is bounded by what such features can find
-(to first order: a gain that follows the power, times the signal).
+non-linear structure only. Every penalty is chosen on the last 20 % of the train rows. Reported:
+both R² on the held-out rows and their paired difference with the evaluation's block-bootstrap
+interval (`paired_r2_difference`). A non-linear model's gain over the linear one through
+amplitude modulation is bounded by what such features can find (to first order: a gain that
+follows the power, times the signal).
 
     python benchmarks/gain_feature_headroom.py --work /tmp/controls --spatial pca --components 30
     python benchmarks/gain_feature_headroom.py --work /tmp/controls --spatial leads --json leads.json
@@ -39,7 +40,7 @@ from scipy import signal  # noqa: E402
 
 from benchmarks.sim_oracle_curve import _prepared_point  # noqa: E402
 from benchmarks.transformer_controls import simulations  # noqa: E402
-from brainformer.evaluation import fit_ridge, lag_samples  # noqa: E402
+from brainformer.evaluation import fit_ridge, lag_samples, paired_r2_difference, score_methods  # noqa: E402
 from brainformer.settings import load_settings  # noqa: E402
 
 #: Bands of the features (Hz): theta to beta, where the simulator's rhythms and bursts are.
@@ -86,34 +87,21 @@ def spatial_components(eeg: np.ndarray, train: tuple[int, int], kind: str, count
 
 
 def headroom(eeg: np.ndarray, meg: np.ndarray, sfreq_hz: float, train: tuple[int, int], test: tuple[int, int],
-             features: np.ndarray, bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
+             features: np.ndarray, channel_types: list[str]) -> dict[str, Any]:
     """Lagged ridge on `train`, then a ridge of what it leaves on what of `features` the lagged EEG
     does not explain (both on `train`, so the second ridge adds only non-linear structure: the
-    joint fit, in two steps); both scored on `test`."""
+    joint fit, in two steps); both scored on `test`, paired."""
     lags = lag_samples(sfreq_hz)
     linear = fit_ridge(eeg, meg, lags, *train).predict(eeg)
     features = features - fit_ridge(eeg, features, lags, *train).predict(eeg)
     second = fit_ridge(features, meg - linear, (0,), *train)
-    rows = slice(*test)
-    truth = meg[rows].astype(np.float64)
-    error_linear = (truth - linear[rows]) ** 2
-    error_with = (truth - linear[rows] - second.predict(features, *test)) ** 2
-
-    def r2_gain(index: np.ndarray | slice) -> tuple[float, float, float]:
-        t = truth[index]
-        total = ((t - t.mean(0)) ** 2).sum(0)
-        r2_linear = 1 - error_linear[index].sum(0) / total
-        r2_with = 1 - error_with[index].sum(0) / total
-        return float(r2_linear.mean()), float(r2_with.mean()), float((r2_with - r2_linear).mean())
-
-    lagged_r2, with_r2, gain = r2_gain(slice(None))
-    block = int(round(0.5 * sfreq_hz))
-    n_blocks = truth.shape[0] // block
-    rng = np.random.default_rng(seed)
-    draws = [r2_gain((rng.integers(0, n_blocks, n_blocks)[:, None] * block + np.arange(block)).ravel())[2]
-             for _ in range(bootstrap)]
-    return {"lagged_ridge": lagged_r2, "with_features": with_r2, "gain": gain,
-            "gain_ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
+    truth = np.asarray(meg[test[0]:test[1]], dtype=np.float64)
+    linear = linear[test[0]:test[1]]
+    with_features = linear + second.predict(features, *test)
+    scores = score_methods(truth, {"lagged_ridge": linear, "with_features": with_features}, channel_types, sfreq_hz)
+    return {"lagged_ridge": float(scores["lagged_ridge"].scores.summary(channel_types)["r2_mean"]),
+            "with_features": float(scores["with_features"].scores.summary(channel_types)["r2_mean"]),
+            "gain": paired_r2_difference(truth, linear, with_features, channel_types, sfreq_hz),
             "features": int(features.shape[1])}
 
 
@@ -139,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     components = spatial_components(eeg, train, args.spatial, args.components, fif, prepared.fields)
     features = gain_modulated_features(components, rec.sfreq_hz, train, args.envelope_samples)
     result = {"spatial": args.spatial, "components": int(components.shape[1]), "envelope_samples": args.envelope_samples,
-              **headroom(eeg, meg, rec.sfreq_hz, train, (test_start, rec.n_samples), features)}
+              **headroom(eeg, meg, rec.sfreq_hz, train, (test_start, rec.n_samples), features,
+                         list(prepared.fields.meg_channel_types))}
     print(f"{args.spatial} ({result['components']} components, {result['features']} features, "
           f"{args.envelope_samples}-sample envelopes): lagged ridge {result['lagged_ridge']:.4f}, "
-          f"with the features {result['with_features']:.4f}, gain {result['gain']:+.5f} "
-          f"[{result['gain_ci95'][0]:+.5f}, {result['gain_ci95'][1]:+.5f}]")
+          f"with the features {result['with_features']:.4f}, gain {result['gain']['value']:+.5f} "
+          f"[{result['gain']['ci95'][0]:+.5f}, {result['gain']['ci95'][1]:+.5f}]")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

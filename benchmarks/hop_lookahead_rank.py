@@ -3,10 +3,11 @@
 On the default simulation of `benchmarks/transformer_controls.py` (trained on the first
 `--minutes`, scored as served on the rest), the recipe's linear path (skip path and hop lookahead,
 both in closed form, before any training step) with full per-position maps and with each of
-`--ranks` (`hop_lookahead_rank`): its R² on the held-out rows, paired against the full maps with a
-0.5 s block-bootstrap interval, its weights, and the eager forward per hop of the whole model as
-the daemon runs it (`serving_forward_time`: one torch thread, the newest two hops), the models
-alternating over `--rounds` rounds, medians of the round medians.
+`--ranks` (`hop_lookahead_rank`): its R² on the held-out rows, paired against the full maps with
+the evaluation's block-bootstrap interval (`paired_r2_difference`), its weights, and the eager
+forward per hop of the whole model as the daemon runs it (`serving_forward_time`: one torch
+thread, the newest two hops), the models alternating over `--rounds` rounds, medians of the
+round medians.
 
     python benchmarks/hop_lookahead_rank.py --work /tmp/controls --ranks 8 16 32 --json rank.json
 """
@@ -14,6 +15,7 @@ alternating over `--rounds` rounds, medians of the round medians.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -28,7 +30,7 @@ import torch  # noqa: E402
 from benchmarks.sim_oracle_curve import _prepared_point, serving_forward_time  # noqa: E402
 from benchmarks.transformer_controls import simulations  # noqa: E402
 from brainformer import BrainformerConfig, BrainformerForMEGPrediction  # noqa: E402
-from brainformer.evaluation import model_path_alone, predict_as_served  # noqa: E402
+from brainformer.evaluation import model_path_alone, paired_r2_difference, predict_as_served  # noqa: E402
 from brainformer.settings import load_settings  # noqa: E402
 from brainformer.training import init_hop_lookahead, initial_model, training_data_from_prepared  # noqa: E402
 
@@ -39,20 +41,6 @@ def with_rank(full: Any, rank: int, data: Any, settings: Any, skip: Any) -> Any:
     model.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("hop_lookahead.")}, strict=False)
     init_hop_lookahead(model, data, settings, skip)
     return model.eval()
-
-
-def paired_gain(truth: np.ndarray, reference: np.ndarray, other: np.ndarray, block: int, replicates: int = 200) -> dict:
-    """Mean over channels of R²(other) − R²(reference), with a block-bootstrap 95 % interval."""
-    error_reference, error_other = (truth - reference) ** 2, (truth - other) ** 2
-
-    def gain(rows: np.ndarray | slice) -> float:
-        t = truth[rows]
-        return float(np.mean((error_reference[rows].sum(0) - error_other[rows].sum(0)) / ((t - t.mean(0)) ** 2).sum(0)))
-
-    n_blocks = truth.shape[0] // block
-    rng = np.random.default_rng(0)
-    draws = [gain((rng.integers(0, n_blocks, n_blocks)[:, None] * block + np.arange(block)).ravel()) for _ in range(replicates)]
-    return {"value": gain(slice(None)), "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     fif = simulations(args.work, args.minutes, args.test_minutes, args.seed, 0.0, {"default"})["default"]
     settings = load_settings(args.config)
+    settings = dataclasses.replace(settings, model={**settings.model, "hop_lookahead_rank": 0})  # the full maps first
     prepared, rec, test_start = _prepared_point(fif, settings, 60.0 * args.minutes, 60.0 * args.minutes)
     data = training_data_from_prepared(prepared, settings)
     full, skip = initial_model(data, settings)
@@ -86,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = {"linear_path_r2": float(np.mean(1 - ((truth - served[name]) ** 2).sum(0) / total)),
                       "weights": int(sum(p.numel() for p in model.hop_lookahead.parameters())), "forward_ms": []}
         if name != "full":
-            rows[name]["minus_full"] = paired_gain(truth, served["full"], served[name], int(round(0.5 * rec.sfreq_hz)))
+            rows[name]["minus_full"] = paired_r2_difference(truth, served["full"], served[name],
+                                                            list(full.config.meg_channel_types), rec.sfreq_hz)
     for _ in range(args.rounds):
         for name, model in models.items():
             rows[name]["forward_ms"].append(serving_forward_time(model)["forward_ms"])

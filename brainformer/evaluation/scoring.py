@@ -330,6 +330,15 @@ def _delta(a: np.ndarray, b: np.ndarray, replicates: np.ndarray) -> dict[str, An
     return {"value": nanmean(a) - nanmean(b), **bootstrap_interval(replicates)}
 
 
+def paired_r2_difference(truth: np.ndarray, reference: np.ndarray, other: np.ndarray, channel_types: Sequence[str],
+                         sfreq_hz: float, **bootstrap: Any) -> dict[str, Any]:
+    """`{value, std, ci95}`: mean R² over channels of `other` minus that of `reference`, both
+    predicting the same `truth` rows, with the report's paired block bootstrap (`score_methods`;
+    `bootstrap`: its `bootstrap_block_s`, `bootstrap_replicates`, `seed`)."""
+    methods = score_methods(truth, {"reference": reference, "other": other}, channel_types, sfreq_hz, **bootstrap)
+    return _comparison(methods["other"], methods["reference"])["r2_mean"]
+
+
 def evaluate_arrays(
     eeg: np.ndarray,
     meg: np.ndarray,

@@ -33,13 +33,13 @@ def _gain(modulated_share: float) -> dict:
     components = spatial_components(eeg, TRAIN, "pca", 4)
     features = gain_modulated_features(components, SFREQ_HZ, TRAIN, envelope_samples=64)
     assert features.shape == (N, 3 * 4 * 7)
-    return headroom(eeg, meg, SFREQ_HZ, TRAIN, TEST, features, bootstrap=50)
+    return headroom(eeg, meg, SFREQ_HZ, TRAIN, TEST, features, ["mag", "grad"])
 
 
 def test_an_amplitude_modulated_term_is_found_and_a_linear_map_gains_nothing():
     modulated = _gain(0.2)
     # Channel 0 holds a 20 % term (the lagged ridge takes its linear part), channel 1 none.
-    assert modulated["gain"] > 0.01 and modulated["gain_ci95"][0] > 0.005
+    assert modulated["gain"]["value"] > 0.01 and modulated["gain"]["ci95"][0] > 0.005
     linear = _gain(0.0)
-    assert abs(linear["gain"]) < 0.002
+    assert abs(linear["gain"]["value"]) < 0.002
     assert linear["lagged_ridge"] > 0.9  # the linear map is there to be found

@@ -163,3 +163,20 @@ def test_evaluate_arrays_refuses_a_mask_of_other_rows():
                              artefacts=ArtefactMask.for_rows(events, 510, 800))
     assert report.clean["ridge"].predictions.shape[0] == 290 - 41  # 0.15 s + 0.25 s at 100 Hz, both ends kept
     assert set(report.to_dict()["ridge"]) >= {"clean", "cardiac"}
+
+
+def test_a_paired_r2_difference_is_the_difference_of_the_means_with_an_interval_that_can_exclude_zero():
+    from brainformer.evaluation import paired_r2_difference
+
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((3000, 2))
+    worse = truth + 0.8 * rng.standard_normal(truth.shape)
+    better = truth + 0.5 * rng.standard_normal(truth.shape)
+    types = ["mag", "grad"]
+    delta = paired_r2_difference(truth, worse, better, types, 100.0)
+    r2 = {name: 1 - ((truth - p) ** 2).sum(0) / ((truth - truth.mean(0)) ** 2).sum(0) for name, p in
+          (("worse", worse), ("better", better))}
+    assert delta["value"] == pytest.approx(np.mean(r2["better"]) - np.mean(r2["worse"]))
+    assert 0 < delta["ci95"][0] < delta["value"] < delta["ci95"][1]
+    same = paired_r2_difference(truth, worse, worse, types, 100.0)
+    assert same["value"] == 0.0 and same["ci95"] == [0.0, 0.0]
