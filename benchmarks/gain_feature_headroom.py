@@ -38,8 +38,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from scipy import signal  # noqa: E402
 
-from benchmarks.sim_oracle_curve import _prepared_point  # noqa: E402
-from benchmarks.transformer_controls import simulations  # noqa: E402
+from benchmarks.transformer_controls import add_default_simulation_arguments, prepared_default_simulation  # noqa: E402
 from brainformer.evaluation import fit_ridge, lag_samples, paired_r2_difference, score_methods  # noqa: E402
 from brainformer.settings import load_settings  # noqa: E402
 
@@ -107,21 +106,14 @@ def headroom(eeg: np.ndarray, meg: np.ndarray, sfreq_hz: float, train: tuple[int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="where transformer_controls.py keeps its simulations")
-    parser.add_argument("--minutes", type=float, default=16.0)
-    parser.add_argument("--test-minutes", type=float, default=2.0)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "train-sim-gain.toml")
+    add_default_simulation_arguments(parser)
     parser.add_argument("--spatial", choices=["pca", "leads"], default="pca")
     parser.add_argument("--components", type=int, default=30, help="principal components (--spatial pca)")
     parser.add_argument("--envelope-samples", type=int, default=128)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    fif = simulations(args.work, args.minutes, args.test_minutes, args.seed, 0.0, {"default"})["default"]
-    settings = load_settings(args.config)
-    prepared, rec, test_start = _prepared_point(fif, settings, 60.0 * args.minutes, 60.0 * args.minutes)
+    fif, prepared, rec, test_start = prepared_default_simulation(args, load_settings(args.config))
     train = rec.parts["train"]
     eeg, meg = np.asarray(rec.eeg, dtype=np.float64), np.asarray(rec.meg)
     components = spatial_components(eeg, train, args.spatial, args.components, fif, prepared.fields)

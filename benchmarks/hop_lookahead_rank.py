@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.sim_oracle_curve import _prepared_point, serving_forward_time  # noqa: E402
-from benchmarks.transformer_controls import simulations  # noqa: E402
+from benchmarks.sim_oracle_curve import serving_forward_time  # noqa: E402
+from benchmarks.transformer_controls import add_default_simulation_arguments, prepared_default_simulation  # noqa: E402
 from brainformer import BrainformerConfig, BrainformerForMEGPrediction  # noqa: E402
 from brainformer.evaluation import model_path_alone, paired_r2_difference, predict_as_served  # noqa: E402
 from brainformer.settings import load_settings  # noqa: E402
@@ -45,22 +45,16 @@ def with_rank(full: Any, rank: int, data: Any, settings: Any, skip: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="where transformer_controls.py keeps its simulations")
-    parser.add_argument("--minutes", type=float, default=16.0)
-    parser.add_argument("--test-minutes", type=float, default=2.0)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "train-sim-gain.toml")
+    add_default_simulation_arguments(parser)
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
-    args.work.mkdir(parents=True, exist_ok=True)
-    fif = simulations(args.work, args.minutes, args.test_minutes, args.seed, 0.0, {"default"})["default"]
     settings = load_settings(args.config)
     settings = dataclasses.replace(settings, model={**settings.model, "hop_lookahead_rank": 0})  # the full maps first
-    prepared, rec, test_start = _prepared_point(fif, settings, 60.0 * args.minutes, 60.0 * args.minutes)
+    _, prepared, rec, test_start = prepared_default_simulation(args, settings)
     data = training_data_from_prepared(prepared, settings)
     full, skip = initial_model(data, settings)
     models = {"full": full.eval()} | {f"rank {rank}": with_rank(full, rank, data, settings, skip) for rank in args.ranks}

@@ -87,6 +87,26 @@ def simulations(work: Path, minutes: float, test_minutes: float, seed: int, plan
     return paths
 
 
+def add_default_simulation_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--work`, `--minutes`, `--test-minutes`, `--seed`, `--config`: the default simulation and
+    recipe of these controls, for the closed-form checks that share them."""
+    parser.add_argument("--work", type=Path, required=True, help="where transformer_controls.py keeps its simulations")
+    parser.add_argument("--minutes", type=float, default=16.0, help="training data (minutes)")
+    parser.add_argument("--test-minutes", type=float, default=2.0, help="held-out part at the end")
+    parser.add_argument("--seed", type=int, default=1, help="simulation seed")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "train-sim-gain.toml")
+
+
+def prepared_default_simulation(args: argparse.Namespace, settings: ExperimentSettings) -> tuple[Path, Any, Any, int]:
+    """`(fif, prepared, recording, test start row)`: the default simulation of `args`
+    (`add_default_simulation_arguments`), written once, prepared with `settings` as the controls
+    prepare it (train part the first `--minutes`)."""
+    args.work.mkdir(parents=True, exist_ok=True)
+    fif = simulations(args.work, args.minutes, args.test_minutes, args.seed, 0.0, {"default"})["default"]
+    prepared, rec, test_start = _prepared_point(fif, settings, 60.0 * args.minutes, 60.0 * args.minutes)
+    return fif, prepared, rec, test_start
+
+
 def limits(fif: Path, config: Any, work: Path) -> dict[str, float]:
     """Mean expected R² of the limits for `config`'s band and channels (cached in `work`)."""
     from brainformer import simulation
@@ -262,15 +282,11 @@ def print_tables(rows: dict[str, dict[str, Any]], lims: dict[str, float], lines:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=16.0, help="training data (minutes)")
-    parser.add_argument("--test-minutes", type=float, default=2.0, help="held-out part at the end")
-    parser.add_argument("--seed", type=int, default=1, help="simulation seed")
+    add_default_simulation_arguments(parser)  # --work keeps the simulations, the limits and the models
     parser.add_argument("--planted-share", type=float, default=0.04, help="planted term's share of each MEG channel")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "train-sim-gain.toml")
     parser.add_argument("--max-steps", type=int, default=None, help="override training.max_steps")
     parser.add_argument("--controls", nargs="+", default=["1", "2", "3"], choices=["1", "2", "3"])
     parser.add_argument("--bootstrap", type=int, default=200)
-    parser.add_argument("--work", type=Path, required=True, help="simulations, limits and models are kept here")
     parser.add_argument("--reuse-models", action="store_true", help="score models an earlier run left in --work")
     parser.add_argument("--no-limits", action="store_true",
                         help="leave the limits out (computing them once takes about half an hour on 2 cores)")
