@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from scipy import signal  # noqa: E402
 
 from benchmarks.transformer_controls import add_default_simulation_arguments, prepared_default_simulation  # noqa: E402
-from brainformer.evaluation import fit_ridge, lag_samples, paired_r2_difference, score_methods  # noqa: E402
+from brainformer.evaluation import fit_ridge, lag_samples, paired_r2_difference  # noqa: E402
 from brainformer.settings import load_settings  # noqa: E402
 
 #: Bands of the features (Hz): theta to beta, where the simulator's rhythms and bursts are.
@@ -73,13 +73,16 @@ def spatial_components(eeg: np.ndarray, train: tuple[int, int], kind: str, count
         values, vectors = np.linalg.eigh(covariance)
         filters = vectors[:, np.argsort(values)[::-1][:count]]
     else:  # "leads": minimum-variance filters on the simulation's components
+        from brainformer.preprocessing import PreprocessingSpec
         from brainformer.simulation import load_truth
 
         truth = load_truth(fif)
         names = list(truth.eeg_channel_names)
         rows = [names.index(name) for name in config.eeg_channel_names]
         leads = truth.gain_eeg[rows][:, truth.component_sources]
-        leads = (leads - leads.mean(axis=0)) / np.asarray(config.eeg_std)[:, None]  # average reference, scaling
+        if PreprocessingSpec.for_eeg(config, truth.sfreq_hz).average_reference:
+            leads = leads - leads.mean(axis=0)
+        leads = leads / np.asarray(config.eeg_std)[:, None]  # the scaled units of `eeg`
         filters = np.linalg.pinv(covariance, rcond=1e-8, hermitian=True) @ leads
     components = eeg @ filters
     return components / components[train[0]:train[1]].std(0)
@@ -97,10 +100,8 @@ def headroom(eeg: np.ndarray, meg: np.ndarray, sfreq_hz: float, train: tuple[int
     truth = np.asarray(meg[test[0]:test[1]], dtype=np.float64)
     linear = linear[test[0]:test[1]]
     with_features = linear + second.predict(features, *test)
-    scores = score_methods(truth, {"lagged_ridge": linear, "with_features": with_features}, channel_types, sfreq_hz)
-    return {"lagged_ridge": float(scores["lagged_ridge"].scores.summary(channel_types)["r2_mean"]),
-            "with_features": float(scores["with_features"].scores.summary(channel_types)["r2_mean"]),
-            "gain": paired_r2_difference(truth, linear, with_features, channel_types, sfreq_hz),
+    gain = paired_r2_difference(truth, linear, with_features, channel_types, sfreq_hz)
+    return {"lagged_ridge": float(gain.pop("reference")), "with_features": float(gain.pop("other")), "gain": gain,
             "features": int(features.shape[1])}
 
 

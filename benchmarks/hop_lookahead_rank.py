@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if min(args.ranks) < 1:
+        parser.error(f"--ranks: each rank is at least 1 (the full maps are always measured), got {args.ranks}")
 
     torch.set_num_threads(1)
     settings = load_settings(args.config)

@@ -148,19 +148,10 @@ def run(fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: f
         model = train_model(data, settings, out, progress=False).model
         train_wall_s = time.perf_counter() - started
     model = model.eval()
-    train = rec.parts["train"]
-    report = evaluate_arrays(
-        rec.eeg, rec.meg, rec.sfreq_hz, SplitRows(train[0], train[1], test_start, rec.n_samples),
-        model.config.meg_channel_types, model.config.meg_channel_names, model=model,
-        extra_predictors=ablation_predictors(model, rec.eeg), bootstrap_replicates=bootstrap,
-    )
-    scores = report.to_dict()
+    report, scores = scored_against(rec.meg, model, rec, test_start, bootstrap)
     row: dict[str, Any] = {
         "recording": fif.name, "train_minutes": train_s / 60, "train_windows": len(data.train),
-        "max_steps": settings.training.max_steps, "train_wall_s": train_wall_s,
-        "r2": {name: float(scores[name]["r2_mean"]) for name in report.methods},
-        "r2_ci95": {name: scores[name]["bootstrap"]["r2_mean"]["ci95"] for name in report.methods},
-        "model_minus": {name[len("model_minus_"):]: c["r2_mean"] for name, c in scores["comparisons"].items()},
+        "max_steps": settings.training.max_steps, "train_wall_s": train_wall_s, **scores,
         "serving": serving_forward_time(model),
         "config": {key: getattr(model.config, key) for key in (
             "d_model", "n_layers", "patch_len", "window_samples", "skip_lags", "gain_filters", "gain_filter_past_samples",
@@ -175,12 +166,9 @@ def run(fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: f
     return row
 
 
-def other_truth_scores(fif: Path, model: Any, rec: Any, test_start: int, bootstrap: int, truth: Any) -> dict[str, Any]:
-    """The same model, paths and baselines scored against the other truth (`other_truth_meg`),
-    the baselines refitted to it on the same train rows."""
-    from brainformer import simulation
-
-    name, meg, fields = other_truth_meg(fif, model.config)
+def scored_against(meg: np.ndarray, model: Any, rec: Any, test_start: int, bootstrap: int) -> tuple[Any, dict[str, Any]]:
+    """The model as served, its two paths and the baselines (fitted on the train rows to `meg`)
+    scored against `meg` on the test rows: the report, and its `r2`, `r2_ci95`, `model_minus`."""
     train = rec.parts["train"]
     report = evaluate_arrays(
         rec.eeg, meg, rec.sfreq_hz, SplitRows(train[0], train[1], test_start, rec.n_samples),
@@ -188,11 +176,21 @@ def other_truth_scores(fif: Path, model: Any, rec: Any, test_start: int, bootstr
         extra_predictors=ablation_predictors(model, rec.eeg), bootstrap_replicates=bootstrap,
     )
     scores = report.to_dict()
-    other: dict[str, Any] = {
-        "truth": name,
-        "r2": {method: float(scores[method]["r2_mean"]) for method in report.methods},
-        "model_minus": {key[len("model_minus_"):]: c["r2_mean"] for key, c in scores["comparisons"].items()},
+    return report, {
+        "r2": {name: float(scores[name]["r2_mean"]) for name in report.methods},
+        "r2_ci95": {name: scores[name]["bootstrap"]["r2_mean"]["ci95"] for name in report.methods},
+        "model_minus": {name[len("model_minus_"):]: c["r2_mean"] for name, c in scores["comparisons"].items()},
     }
+
+
+def other_truth_scores(fif: Path, model: Any, rec: Any, test_start: int, bootstrap: int, truth: Any) -> dict[str, Any]:
+    """The same model, paths and baselines scored against the other truth (`other_truth_meg`),
+    the baselines refitted to it on the same train rows."""
+    from brainformer import simulation
+
+    name, meg, fields = other_truth_meg(fif, model.config)
+    report, scores = scored_against(meg, model, rec, test_start, bootstrap)
+    other: dict[str, Any] = {"truth": name, **scores}
     if truth.planted_source is not None:
         other["planted"] = captured_fractions(report, simulation.planted_meg(truth, fields)[test_start:rec.n_samples])
     return other

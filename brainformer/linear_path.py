@@ -485,10 +485,9 @@ def _reduced_rank(past: int, weights: list[np.ndarray], sums: list[GramAccumulat
     fitted = np.zeros((n_meg, n_meg))
     means = []
     for weight, sums_j in zip(weights, sums):
-        mean_x = sums_j.sum_x / sums_j.count
-        centred = sums_j.gram - sums_j.count * np.outer(mean_x, mean_x)
-        fitted += weight.T @ centred @ weight
-        means.append((mean_x, sums_j.sum_y / sums_j.count))
+        mean_x, mean_y = sums_j.sum_x / sums_j.count, sums_j.sum_y / sums_j.count
+        fitted += weight.T @ sums_j.centred(mean_x, mean_y)[0] @ weight
+        means.append((mean_x, mean_y))
     _, vectors = np.linalg.eigh(fitted)  # ascending
     basis = np.ascontiguousarray(vectors[:, ::-1][:, :rank])
     low = [weight @ basis for weight in weights]

@@ -332,11 +332,13 @@ def _delta(a: np.ndarray, b: np.ndarray, replicates: np.ndarray) -> dict[str, An
 
 def paired_r2_difference(truth: np.ndarray, reference: np.ndarray, other: np.ndarray, channel_types: Sequence[str],
                          sfreq_hz: float, **bootstrap: Any) -> dict[str, Any]:
-    """`{value, std, ci95}`: mean R² over channels of `other` minus that of `reference`, both
-    predicting the same `truth` rows, with the report's paired block bootstrap (`score_methods`;
-    `bootstrap`: its `bootstrap_block_s`, `bootstrap_replicates`, `seed`)."""
+    """`{value, std, ci95, reference, other}`: mean R² over channels of `other` minus that of
+    `reference` (and each one's), both predicting the same `truth` rows, with the report's paired
+    block bootstrap (`score_methods`; `bootstrap`: its `bootstrap_block_s`, `bootstrap_replicates`,
+    `seed`)."""
     methods = score_methods(truth, {"reference": reference, "other": other}, channel_types, sfreq_hz, **bootstrap)
-    return _comparison(methods["other"], methods["reference"])["r2_mean"]
+    return {**_comparison(methods["other"], methods["reference"])["r2_mean"],
+            "reference": nanmean(methods["reference"].scores.r2), "other": nanmean(methods["other"].scores.r2)}
 
 
 def evaluate_arrays(
