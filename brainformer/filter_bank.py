@@ -14,6 +14,14 @@ Each filter's spatial part is the first principal component of the train rows' E
 every band and every source at once, so the gradients that would shape them start near zero and
 a small amplitude-modulated term is never found (docs/transformer.md). Everything stays trainable.
 
+With `training.gain_filters_on_components`, the last that many gain filters start instead on the
+train rows' leading principal components of the whole band (one tap, on the newest sample, each
+output of unit variance), with a unit gain and zero channel weights: a linear map of the EEG the
+head starts from, adding nothing at first, whose channel weights get gradients from the first
+step. A model without a linear path has nowhere else to learn one quickly: band filters on one
+component per band cannot express it, and a gain head started at zero gains learns through a
+product of three factors that all start at or near zero (docs/transformer.md).
+
 The temporal filters are windowed-sinc low-pass prototypes (`scipy.signal.firwin`, Hamming window)
 moved to each centre by a cosine and a sine, with the phase referenced to the newest tap, so
 they are causal FIRs of exactly the model's tap counts.
@@ -93,6 +101,17 @@ def band_filters(eeg: np.ndarray, sfreq_hz: float, low_hz: float, high_hz: float
     return BandFilters(np.repeat(spatial, 2, axis=0), np.array(temporal), centres, half_width)
 
 
+def component_filters(eeg: np.ndarray, count: int) -> np.ndarray:
+    """`(count, n_eeg)`: the leading principal components of `eeg` `(rows, n_eeg)`, each scaled so
+    its output has unit variance there, the sign fixed so its largest weight is positive."""
+    if not 1 <= count <= eeg.shape[1]:
+        raise ValueError(f"{count} principal components asked of {eeg.shape[1]} EEG channels")
+    values, vectors = np.linalg.eigh(np.cov(eeg, rowvar=False))
+    order = np.argsort(values)[::-1][:count]
+    leading = vectors[:, order] * np.sign(vectors[np.argmax(np.abs(vectors[:, order]), axis=0), order])
+    return (leading / np.sqrt(np.maximum(values[order], 1e-12))).T
+
+
 def train_eeg(data: Any) -> np.ndarray:
     """The train rows' EEG of every prepared recording (scaled units), at most `MAX_ROWS` of
     them, in stretches whole enough for the filters (every recording's rows evenly thinned by
@@ -112,9 +131,10 @@ def train_eeg(data: Any) -> np.ndarray:
     return np.concatenate(stretches)
 
 
-def init_filters_from_bands(model: Any, data: Any) -> None:
+def init_filters_from_bands(model: Any, data: Any, components: int = 0) -> None:
     """Set `model`'s gain head filters and envelope features (those it has) to band filter banks
-    of the train rows of `data` (`brainformer.training.TrainingData`); see the module docstring."""
+    of the train rows of `data` (`brainformer.training.TrainingData`), the last `components` gain
+    filters to principal components of the EEG; see the module docstring."""
     import torch
 
     config = model.config
@@ -122,20 +142,35 @@ def init_filters_from_bands(model: Any, data: Any) -> None:
     gain_head = getattr(model, "gain_head", None)
     if gain_head is None and trunk.envelope is None:
         raise ValueError("training.init_filters_from_bands needs model.gain_filters > 0 or model.envelope_filters > 0")
+    if components and not components <= config.gain_filters:
+        raise ValueError(f"training.gain_filters_on_components = {components} exceeds model.gain_filters = "
+                         f"{config.gain_filters}")
+    if components > config.n_eeg_channels:
+        raise ValueError(f"training.gain_filters_on_components = {components} exceeds the model's "
+                         f"{config.n_eeg_channels} EEG channels")
     eeg = train_eeg(data)
     sfreq_hz = data.config.sfreq_hz
     low = config.highpass_hz or 1.0
     high = min(config.lowpass_hz or 0.45 * sfreq_hz, 0.45 * sfreq_hz)
     with torch.no_grad():
         if gain_head is not None:
-            pairs = -(-config.gain_filters // 2)
-            bank = band_filters(eeg, sfreq_hz, low, high, pairs, gain_head.past)
+            banded = config.gain_filters - components
             kernels = np.zeros((config.gain_filters, config.n_eeg_channels, gain_head.past + gain_head.future))
-            # The bank's taps are causal: the lookahead taps (after the current sample) start at zero.
-            kernels[:, :, :gain_head.past] = (bank.spatial[:, :, None] * bank.temporal[:, None, :])[:config.gain_filters]
+            if banded:
+                pairs = -(-banded // 2)
+                bank = band_filters(eeg, sfreq_hz, low, high, pairs, gain_head.past)
+                # The bank's taps are causal: the lookahead taps (after the current sample) start at zero.
+                kernels[:banded, :, :gain_head.past] = (bank.spatial[:, :, None] * bank.temporal[:, None, :])[:banded]
+                logger.info("gain filters: %d band-pass pairs, centres %s Hz (± %.1f)", pairs,
+                            np.round(bank.centres_hz, 1), bank.half_width_hz)
+            if components:
+                kernels[banded:, :, gain_head.past - 1] = component_filters(eeg, components)
+                # Unit gains, zero channel weights: the head still adds nothing, and the channel
+                # weights of the linear map get gradients at once.
+                gain_head.gain_projection.bias.view(config.patch_len, config.gain_filters)[:, banded:] = 1.0
+                gain_head.channel_scale[:, banded:] = 0.0
+                logger.info("gain filters: %d on the EEG's leading principal components", components)
             gain_head.filters.copy_(torch.as_tensor(kernels, dtype=gain_head.filters.dtype))
-            logger.info("gain filters: %d band-pass pairs, centres %s Hz (± %.1f)", pairs, np.round(bank.centres_hz, 1),
-                        bank.half_width_hz)
         if trunk.envelope is not None:
             features = trunk.envelope
             env_low, env_high = max(low, ENVELOPE_RANGE_HZ[0]), min(high, ENVELOPE_RANGE_HZ[1])

@@ -198,6 +198,10 @@ class TrainingSettings:
         init_filters_from_bands: start the gain head's filters and the envelope features as
             band-pass filter banks on the train rows' principal components per band
             (`brainformer.filter_bank`), not random.
+        gain_filters_on_components: how many of the gain head's filters (the last ones) start
+            instead on the EEG's leading principal components, one tap on the newest sample, with
+            unit gains and zero channel weights: a linear map the head learns from the first step
+            (for a model without a linear path). Needs `init_filters_from_bands`.
         skip_learning_rate: learning rate of the skip path (no weight decay); omitted: the
             model's `learning_rate` with its weight decay; 0 freezes the skip path.
         loss_last_samples: the loss covers only the newest samples of each window (the ones the
@@ -226,6 +230,7 @@ class TrainingSettings:
     ridge_alphas: Optional[tuple[float, ...]] = None
     ridge_lag_step_samples: int = 2
     init_filters_from_bands: bool = False
+    gain_filters_on_components: int = 0
     skip_learning_rate: Optional[float] = None
     loss_last_samples: int = 0
     num_workers: int = 0
@@ -267,6 +272,8 @@ class TrainingSettings:
             self.skip_learning_rate,
             "a number >= 0 (or omitted)",
         )
+        _require(self.gain_filters_on_components >= 0, "training.gain_filters_on_components",
+                 self.gain_filters_on_components, "an integer >= 0")
         _require(self.loss_last_samples >= 0, "training.loss_last_samples", self.loss_last_samples, "an integer >= 0")
         _require(self.num_workers >= 0, "training.num_workers", self.num_workers, "an integer >= 0")
         _require(self.device in TRAINING_DEVICES, "training.device", self.device, " or ".join(TRAINING_DEVICES))

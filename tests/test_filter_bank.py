@@ -10,8 +10,8 @@ import torch
 
 from brainformer import BrainformerConfig, BrainformerForMEGPrediction
 from brainformer.data import PreparedData, PreparedRecording
-from brainformer.filter_bank import band_centres, band_components, quadrature_pair
-from brainformer.settings import settings_from_dict
+from brainformer.filter_bank import band_centres, band_components, component_filters, quadrature_pair
+from brainformer.settings import SettingsError, settings_from_dict
 from brainformer.training import TrainingError, initial_model, training_data_from_prepared
 
 SFREQ_HZ = 200.0
@@ -127,3 +127,65 @@ def test_a_fresh_gain_head_adds_nothing_and_its_channel_scales_differ():
     with torch.no_grad():
         without = model(x).predictions - model.gain_head(model.brainformer(x).last_hidden_state, x, 128)
     torch.testing.assert_close(model(x).predictions, without)
+
+
+def test_component_filters_are_the_leading_principal_components_at_unit_variance():
+    rng = np.random.default_rng(2)
+    mixing = rng.standard_normal((5, 5))
+    eeg = rng.standard_normal((20_000, 5)) * np.array([5.0, 3.0, 1.0, 0.5, 0.1]) @ mixing
+    spatial = component_filters(eeg, 3)
+    outputs = eeg @ spatial.T
+    np.testing.assert_allclose(outputs.var(axis=0, ddof=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.corrcoef(outputs.T), np.eye(3), atol=1e-6)  # uncorrelated
+    _, vectors = np.linalg.eigh(np.cov(eeg, rowvar=False))
+    leading = spatial[0] / np.linalg.norm(spatial[0])
+    assert abs(leading @ vectors[:, -1]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="6 principal components"):
+        component_filters(eeg, 6)
+
+
+def _component_settings(settings, components: int, init: bool = True):
+    return settings_from_dict({"data": {"validation_fraction": 0.0}, "training": {
+        "init_filters_from_bands": init, "skip_learning_rate": 0.0, "gain_filters_on_components": components}})
+
+
+def test_gain_filters_on_components_start_a_linear_map_that_adds_nothing_and_learns_from_the_first_step():
+    config = _config(skip_lags=0)
+    data, settings, _ = _training_data(config, init=True)
+    model, _ = initial_model(data, _component_settings(settings, 2))
+    # The same four band filters as a head of four, all of them band pairs.
+    banded_only, _ = initial_model(_training_data(_config(skip_lags=0, gain_filters=4), init=True)[0], settings)
+    head = model.gain_head
+    filters = head.filters.detach().numpy()  # (6, n_eeg, 32 + 4): four band filters, then two components
+    np.testing.assert_array_equal(filters[:4], banded_only.gain_head.filters.detach().numpy()[:4])
+    others = np.delete(filters[4:], 31, axis=2)
+    assert np.all(others == 0)  # one tap, on the newest sample
+    train_eeg = data.prepared.recordings[0].eeg[:6000].astype(np.float64)
+    np.testing.assert_allclose((train_eeg @ filters[4:, :, 31].T).var(axis=0), 1.0, rtol=0.02)
+    assert torch.all(head.channel_scale[:, 4:] == 0) and torch.all(head.channel_scale[:, :4] != 0)
+    gains = head.gain_projection.bias.detach().view(config.patch_len, config.gain_filters)
+    assert torch.all(gains[:, 4:] == 1) and torch.all(gains[:, :4] == 0)
+
+    x = torch.from_numpy(data.prepared.recordings[0].eeg[:128][None])
+    y = torch.from_numpy(data.prepared.recordings[0].meg[:128][None])
+    for fresh in (model, banded_only):
+        fresh.train(False)
+        with torch.no_grad():
+            hidden = fresh.brainformer(x).last_hidden_state
+            assert torch.count_nonzero(fresh.gain_head(hidden, x, 128)) == 0  # a fresh head adds nothing
+        fresh(x, labels=y).loss.backward()
+    # Zero gains give the channel weights no gradient; unit gains give the components' at once.
+    assert torch.count_nonzero(banded_only.gain_head.channel_scale.grad) == 0
+    assert torch.count_nonzero(model.gain_head.channel_scale.grad[:, 4:]) == 2 * 2
+    assert torch.count_nonzero(model.gain_head.channel_scale.grad[:, :4]) == 0
+
+
+def test_gain_filters_on_components_errors_name_the_field():
+    config = _config(skip_lags=0)
+    data, settings, _ = _training_data(config, init=True)
+    with pytest.raises(TrainingError, match=r"training.gain_filters_on_components = 7 exceeds model.gain_filters = 6"):
+        initial_model(data, _component_settings(settings, 7))
+    with pytest.raises(TrainingError, match=r"gain_filters_on_components needs training.init_filters_from_bands"):
+        initial_model(data, _component_settings(settings, 2, init=False))
+    with pytest.raises(SettingsError, match=r"training.gain_filters_on_components"):
+        _component_settings(settings, -1)
