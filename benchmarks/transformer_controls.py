@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.sim_oracle_curve import _prepared_point, serving_forward_time  # noqa: E402
 from brainformer.evaluation import SplitRows, ablation_predictors, evaluate_arrays, lag_samples  # noqa: E402
-from brainformer.settings import ExperimentSettings, load_settings  # noqa: E402
+from brainformer.settings import LR_SCHEDULERS, ExperimentSettings, load_settings  # noqa: E402
 from brainformer.training import train_model, training_data_from_prepared  # noqa: E402
 
 logger = logging.getLogger("transformer_controls")
@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     add_default_simulation_arguments(parser)  # --work keeps the simulations, the limits and the models
     parser.add_argument("--planted-share", type=float, default=0.04, help="planted term's share of each MEG channel")
     parser.add_argument("--max-steps", type=int, default=None, help="override training.max_steps")
+    parser.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None, help="override training.lr_scheduler")
     parser.add_argument("--controls", nargs="+", default=["1", "2", "3"], choices=["1", "2", "3"])
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--reuse-models", action="store_true", help="score models an earlier run left in --work")
@@ -308,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     settings = load_settings(args.config)
-    if args.max_steps is not None:
-        settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training, max_steps=args.max_steps))
+    overrides = {key: value for key, value in (("max_steps", args.max_steps), ("lr_scheduler", args.lr_scheduler))
+                 if value is not None}
+    settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training, **overrides))
     args.work.mkdir(parents=True, exist_ok=True)
     kinds = ({"default"} if {"1", "2"} & set(args.controls) else set()) | ({"planted"} if "3" in args.controls else set())
     fifs = simulations(args.work, args.minutes, args.test_minutes, args.seed, args.planted_share, kinds)
