@@ -12,7 +12,9 @@ there, and scored as served on the last `--test-minutes`:
    its gain head given 32 more filters started on the EEG's principal components with zero
    channel weights (`transformer_alone`), trained from scratch on the default simulation: it must
    reach the lagged ridge's R² (it can at least be a good linear filter). Met when the paired
-   95 % interval of "model − lagged ridge" reaches 0.
+   95 % interval of "model − lagged ridge" reaches 0. Reported next to it: the lagged ridge's own
+   map trained by gradient with the same settings and steps (`benchmarks/linear_by_gradient.py`),
+   which separates what the optimiser allows from what the transformer adds.
 2. *in-hop lookahead*: the recipe on the default simulation. A served window's older samples see
    up to hop − 1 samples of their own future; the best linear filter using them
    (`simulation.hop_limit`) is worth `hop limit − causal limit` over the best causal filter on
@@ -50,7 +52,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -147,9 +149,11 @@ def limits(fif: Path, config: Any, work: Path) -> dict[str, float]:
 
 
 def run(fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: float, out: Path, reuse: bool,
-        bootstrap: int) -> dict[str, Any]:
+        bootstrap: int, linear_reference: bool = False) -> dict[str, Any]:
     """Train (or reuse) a model on `[0, train_s)` of `fif` and score it, its two paths and the
-    baselines on the test rows; with a planted term, each method's captured fraction of it."""
+    baselines on the test rows; with a planted term, each method's captured fraction of it; with
+    `linear_reference`, next to the lagged ridge's map trained by gradient as the model was
+    (`linear_by_gradient`)."""
     from brainformer import simulation
     from brainformer.model_dir import load_model
 
@@ -163,7 +167,8 @@ def run(fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: f
         model = train_model(data, settings, out, progress=False).model
         train_wall_s = time.perf_counter() - started
     model = model.eval()
-    report, scores = scored_against(rec.meg, model, rec, test_start, bootstrap)
+    extra = {"linear_by_gradient": linear_by_gradient(rec, test_start, settings, data)} if linear_reference else {}
+    report, scores = scored_against(rec.meg, model, rec, test_start, bootstrap, extra)
     row: dict[str, Any] = {
         "recording": fif.name, "train_minutes": train_s / 60, "train_windows": len(data.train),
         "max_steps": settings.training.max_steps, "train_wall_s": train_wall_s, **scores,
@@ -181,14 +186,36 @@ def run(fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: f
     return row
 
 
-def scored_against(meg: np.ndarray, model: Any, rec: Any, test_start: int, bootstrap: int) -> tuple[Any, dict[str, Any]]:
-    """The model as served, its two paths and the baselines (fitted on the train rows to `meg`)
-    scored against `meg` on the test rows: the report, and its `r2`, `r2_ci95`, `model_minus`."""
+def linear_by_gradient(rec: Any, test_start: int, settings: ExperimentSettings, data: Any) -> Callable[[int, int], np.ndarray]:
+    """The lagged ridge's map trained by gradient with `settings.training` for as many steps as the
+    model (`benchmarks/linear_by_gradient.py`), as a predictor of the test rows."""
+    from benchmarks.linear_by_gradient import train_linear  # that script reuses this one's arguments
+
+    training = settings.training
+    steps = training.max_steps or training.epochs * -(-len(data.train) // training.batch_size)
+    lags = tuple(int(lag) for lag in lag_samples(rec.sfreq_hz))
+    test = (test_start, rec.n_samples)
+    predictions = train_linear(rec.eeg, rec.meg, rec.parts["train"], test, lags, training, steps, 1,
+                               data.config.window_samples)[steps]
+
+    def predict(start: int, stop: int) -> np.ndarray:
+        if start < test_start:
+            raise ValueError(f"linear_by_gradient predicts the test rows, from {test_start}; asked from {start}")
+        return predictions[start - test_start:stop - test_start]
+
+    return predict
+
+
+def scored_against(meg: np.ndarray, model: Any, rec: Any, test_start: int, bootstrap: int,
+                   extra: dict[str, Callable[[int, int], np.ndarray]] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The model as served, its two paths, the baselines (fitted on the train rows to `meg`) and
+    `extra` predictors scored against `meg` on the test rows: the report, and its `r2`,
+    `r2_ci95`, `model_minus`."""
     train = rec.parts["train"]
     report = evaluate_arrays(
         rec.eeg, meg, rec.sfreq_hz, SplitRows(train[0], train[1], test_start, rec.n_samples),
         model.config.meg_channel_types, model.config.meg_channel_names, model=model,
-        extra_predictors=ablation_predictors(model, rec.eeg), bootstrap_replicates=bootstrap,
+        extra_predictors={**ablation_predictors(model, rec.eeg), **(extra or {})}, bootstrap_replicates=bootstrap,
     )
     scores = report.to_dict()
     return report, {
@@ -245,6 +272,10 @@ def verdicts(rows: dict[str, dict[str, Any]], lims: dict[str, float]) -> list[di
         delta = rows["transformer_alone"]["model_minus"]["lagged_ridge"]
         lines.append({"control": "1. transformer alone (no skip path) vs lagged ridge", "measured": delta["value"],
                       "ci95": delta["ci95"], "goal": "interval reaches 0", "met": delta["ci95"][1] >= 0})
+        if "linear_by_gradient" in rows["transformer_alone"]["model_minus"]:
+            delta = rows["transformer_alone"]["model_minus"]["linear_by_gradient"]
+            lines.append({"control": "1. … vs the lagged ridge's map trained the same way", "measured": delta["value"],
+                          "ci95": delta["ci95"], "goal": "interval reaches 0", "met": delta["ci95"][1] >= 0})
     if "recipe" in rows:
         row = rows["recipe"]
         delta = row["model_minus"]["lagged_ridge"]
@@ -270,7 +301,7 @@ def verdicts(rows: dict[str, dict[str, Any]], lims: dict[str, float]) -> list[di
 
 
 def print_tables(rows: dict[str, dict[str, Any]], lims: dict[str, float], lines: list[dict[str, Any]]) -> None:
-    columns = ("model", "skip_path_alone", "transformer_alone", "lagged_ridge", "ridge")
+    columns = ("model", "skip_path_alone", "transformer_alone", "linear_by_gradient", "lagged_ridge", "ridge")
     print("\nrun                 " + "".join(f"{c:>18s}" for c in columns) + f"{'train s':>9s}{'fwd ms':>8s}")
     for name, row in rows.items():
         values = "".join(f"{row['r2'].get(c, float('nan')):18.4f}" for c in columns)
@@ -324,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Any]] = {}
     for name, (control, fif, run_settings) in runs.items():
         if control in args.controls:
-            rows[name] = run(fif, run_settings, train_s, test_start_s, args.work / f"model-{name}", args.reuse_models, args.bootstrap)
+            rows[name] = run(fif, run_settings, train_s, test_start_s, args.work / f"model-{name}", args.reuse_models,
+                             args.bootstrap, linear_reference=name == "transformer_alone")
             print(f"{name}: {json.dumps(rows[name]['r2'])}", file=sys.stderr, flush=True)
             if args.json:
                 args.json.with_suffix(".partial.json").write_text(json.dumps(rows, indent=2) + "\n")

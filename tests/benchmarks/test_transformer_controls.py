@@ -66,3 +66,46 @@ def test_the_other_truth_is_the_one_brainformer_evaluate_scores_against(sample_f
     # Not the model's own truth: the phase differs, the scaling does not.
     assert not np.allclose(meg[rows.test_start:rows.test_stop], report.truth, atol=0.05)
     assert np.std(meg[rows.test_start:rows.test_stop]) == pytest.approx(np.std(report.truth), rel=0.2)
+
+
+def test_control_1_is_the_recipe_without_its_linear_path_and_with_component_filters():
+    from benchmarks.transformer_controls import TRANSFORMER_ALONE_COMPONENTS, transformer_alone
+    from brainformer.settings import load_settings
+
+    recipe = load_settings("configs/train-sim-gain.toml")
+    alone = transformer_alone(recipe)
+    assert alone.model["skip_lags"] == 0 and alone.model["hop_lookahead_past_samples"] == 0
+    assert alone.model["gain_filters"] == recipe.model["gain_filters"] + TRANSFORMER_ALONE_COMPONENTS
+    assert alone.training.gain_filters_on_components == TRANSFORMER_ALONE_COMPONENTS
+    assert alone.training.init_filters_from_bands
+    # Everything else is the recipe's.
+    assert {k: v for k, v in alone.model.items() if k not in ("skip_lags", "hop_lookahead_past_samples", "gain_filters")} == {
+        k: v for k, v in recipe.model.items() if k not in ("skip_lags", "hop_lookahead_past_samples", "gain_filters")}
+    assert alone.training.learning_rate == recipe.training.learning_rate
+    assert alone.training.lr_scheduler == recipe.training.lr_scheduler
+
+
+def test_control_1_is_also_judged_against_the_linear_map_trained_the_same_way():
+    row = _row(-0.05, (0.0, 0.0))
+    row["model_minus"]["linear_by_gradient"] = {"value": 0.004, "ci95": [0.002, 0.006]}
+    lines = {line["control"]: line["met"] for line in verdicts({"transformer_alone": row}, {})}
+    assert lines == {"1. transformer alone (no skip path) vs lagged ridge": False,
+                     "1. … vs the lagged ridge's map trained the same way": True}
+
+
+def test_the_linear_reference_predicts_the_test_rows_and_refuses_others():
+    from benchmarks.transformer_controls import linear_by_gradient
+    from brainformer.settings import settings_from_dict
+
+    rng = np.random.default_rng(0)
+    eeg = rng.standard_normal((3000, 2)).astype(np.float32)
+    meg = (eeg @ np.array([[1.0, 0.0], [0.5, -1.0]])).astype(np.float32)
+    rec = SimpleNamespace(eeg=eeg, meg=meg, sfreq_hz=200.0, n_samples=3000, parts={"train": (0, 2400)})
+    data = SimpleNamespace(train=range(30), config=SimpleNamespace(window_samples=32))
+    settings = settings_from_dict({"training": {"epochs": 2, "batch_size": 8, "learning_rate": 0.05, "loss_last_samples": 8}})
+    predict = linear_by_gradient(rec, 2400, settings, data)  # 2 epochs of 4 batches: 8 steps
+    assert predict(2400, 3000).shape == (600, 2)
+    assert predict(2500, 2600).shape == (100, 2)
+    np.testing.assert_array_equal(predict(2500, 2600), predict(2400, 3000)[100:200])
+    with pytest.raises(ValueError, match="from 2400"):
+        predict(2000, 3000)
