@@ -35,15 +35,14 @@ import numpy as np  # noqa: E402
 from scipy import signal  # noqa: E402
 
 from benchmarks.transformer_controls import add_default_simulation_arguments, prepared_default_simulation  # noqa: E402
-from brainformer.evaluation import fit_ridge, lag_samples  # noqa: E402
+from brainformer.evaluation import fit_ridge, lag_samples, r_squared  # noqa: E402
 from brainformer.filter_bank import band_filters, component_filters  # noqa: E402
 from brainformer.settings import load_settings  # noqa: E402
 
 
 def mean_r2(truth: np.ndarray, prediction: np.ndarray) -> float:
-    """Mean over the channels of R² (1 − SSE / SST)."""
-    residual = ((truth - prediction) ** 2).sum(axis=0)
-    return float(np.mean(1.0 - residual / ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)))
+    """Mean over the channels of R² (`brainformer.evaluation.r_squared`)."""
+    return float(np.mean(r_squared(truth, prediction)))
 
 
 def band_outputs(eeg: np.ndarray, train: tuple[int, int], sfreq_hz: float, band_hz: tuple[float, float], pairs: int,
