@@ -302,16 +302,16 @@ def verdicts(rows: dict[str, dict[str, Any]], lims: dict[str, float]) -> list[di
 
 def print_tables(rows: dict[str, dict[str, Any]], lims: dict[str, float], lines: list[dict[str, Any]]) -> None:
     columns = ("model", "skip_path_alone", "transformer_alone", "linear_by_gradient", "lagged_ridge", "ridge")
-    print("\nrun                 " + "".join(f"{c:>18s}" for c in columns) + f"{'train s':>9s}{'fwd ms':>8s}")
+    print("\nrun                 " + "".join(f"{c:>19s}" for c in columns) + f"{'train s':>9s}{'fwd ms':>8s}")
     for name, row in rows.items():
-        values = "".join(f"{row['r2'].get(c, float('nan')):18.4f}" for c in columns)
+        values = "".join(f"{row['r2'].get(c, float('nan')):19.4f}" for c in columns)
         print(f"{name:<20s}{values}{row['train_wall_s'] or 0:9.0f}{row['serving']['forward_ms']:8.2f}")
     others = {name: row["other_truth"] for name, row in rows.items() if "other_truth" in row}
     if others:
         truth_name = next(iter(others.values()))["truth"]
         print(f"\nthe same models against the {truth_name} truth (baselines refitted to it)")
         for name, other in others.items():
-            values = "".join(f"{other['r2'].get(c, float('nan')):18.4f}" for c in columns)
+            values = "".join(f"{other['r2'].get(c, float('nan')):19.4f}" for c in columns)
             delta = other["model_minus"]["lagged_ridge"]
             captured = f"  planted captured {other['planted']['captured']['model']:.0%}" if "planted" in other else ""
             print(f"{name:<20s}{values}  model − lagged ridge {delta['value']:+.4f} "
