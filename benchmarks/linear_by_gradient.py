@@ -29,53 +29,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.transformer_controls import add_default_simulation_arguments, prepared_default_simulation  # noqa: E402
+from benchmarks.transformer_controls import add_default_simulation_arguments, prepared_default_simulation, train_linear  # noqa: E402
 from brainformer.evaluation import fit_ridge, lag_samples, paired_r2_difference  # noqa: E402
-from brainformer.settings import LR_SCHEDULERS, TrainingSettings, load_settings  # noqa: E402
-from brainformer.training import _HF_SCHEDULERS  # noqa: E402
-
-
-def lagged_rows(eeg: torch.Tensor, rows: torch.Tensor, lags: tuple[int, ...]) -> torch.Tensor:
-    """`(len(rows), n_eeg · len(lags))`: each row's EEG at every lag."""
-    return torch.cat([eeg[rows - lag] for lag in lags], dim=1)
-
-
-def train_linear(eeg: np.ndarray, meg: np.ndarray, train: tuple[int, int], test: tuple[int, int], lags: tuple[int, ...],
-                 training: TrainingSettings, steps: int, checkpoints: int, window_samples: int) -> dict[int, np.ndarray]:
-    """`{step: predictions of the test rows}` of a lagged linear map trained as the module docstring says."""
-    from transformers import get_scheduler
-
-    generator = torch.Generator().manual_seed(training.seed)
-    torch.manual_seed(training.seed)
-    x, y = torch.from_numpy(np.asarray(eeg, dtype=np.float32)), torch.from_numpy(np.asarray(meg, dtype=np.float32))
-    linear = torch.nn.Linear(x.shape[1] * len(lags), y.shape[1])
-    torch.nn.init.zeros_(linear.weight)
-    torch.nn.init.zeros_(linear.bias)
-    optimiser = torch.optim.AdamW([{"params": [linear.weight], "weight_decay": training.weight_decay},
-                                   {"params": [linear.bias], "weight_decay": 0.0}], lr=training.learning_rate)
-    schedule = get_scheduler(_HF_SCHEDULERS[training.lr_scheduler], optimiser,
-                             num_warmup_steps=int(np.ceil(training.warmup_ratio * steps)), num_training_steps=steps)
-    newest = training.loss_last_samples or window_samples
-    first_end = train[0] + max(window_samples, max(lags) + newest)  # a window's newest row, its lags inside the train rows
-    test_rows = torch.arange(test[0], test[1])
-    at = set(np.linspace(steps / checkpoints, steps, checkpoints).round().astype(int))
-    predictions = {}
-    for step in range(1, steps + 1):
-        ends = torch.randint(first_end, train[1], (training.batch_size,), generator=generator)
-        rows = (ends[:, None] - torch.arange(newest)[None]).flatten()
-        inputs = lagged_rows(x, rows, lags)
-        if training.noise_std:
-            inputs = inputs + training.noise_std * torch.randn(inputs.shape, generator=generator)
-        loss = torch.nn.functional.mse_loss(linear(inputs), y[rows])
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(linear.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
-        if step in at:
-            with torch.no_grad():
-                predictions[step] = torch.cat([linear(lagged_rows(x, part, lags)) for part in test_rows.split(20_000)]).numpy()
-    return predictions
+from brainformer.settings import LR_SCHEDULERS, load_settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,10 +58,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from benchmarks.sim_oracle_curve import _prepared_point, serving_forward_time  # noqa: E402
 from brainformer.evaluation import SplitRows, ablation_predictors, evaluate_arrays, lag_samples  # noqa: E402
-from brainformer.settings import LR_SCHEDULERS, ExperimentSettings, load_settings  # noqa: E402
+from brainformer.settings import LR_SCHEDULERS, ExperimentSettings, TrainingSettings, load_settings  # noqa: E402
 from brainformer.training import train_model, training_data_from_prepared  # noqa: E402
 
 logger = logging.getLogger("transformer_controls")
@@ -186,11 +187,56 @@ def run(fif: Path, settings: ExperimentSettings, train_s: float, test_start_s: f
     return row
 
 
+def lagged_rows(eeg: torch.Tensor, rows: torch.Tensor, lags: tuple[int, ...]) -> torch.Tensor:
+    """`(len(rows), n_eeg · len(lags))`: each row's EEG at every lag."""
+    return torch.cat([eeg[rows - lag] for lag in lags], dim=1)
+
+
+def train_linear(eeg: np.ndarray, meg: np.ndarray, train: tuple[int, int], test: tuple[int, int], lags: tuple[int, ...],
+                 training: TrainingSettings, steps: int, checkpoints: int, window_samples: int) -> dict[int, np.ndarray]:
+    """`{step: predictions of the test rows}` of the lagged linear map on `lags`, started at zero and
+    trained on the `train` rows as `training` trains a model (`benchmarks/linear_by_gradient.py`
+    says how), for `steps` steps, predicting at `checkpoints` evenly spaced ones."""
+    from transformers import get_scheduler
+
+    from brainformer.training import _HF_SCHEDULERS
+
+    generator = torch.Generator().manual_seed(training.seed)
+    torch.manual_seed(training.seed)
+    x, y = torch.from_numpy(np.asarray(eeg, dtype=np.float32)), torch.from_numpy(np.asarray(meg, dtype=np.float32))
+    linear = torch.nn.Linear(x.shape[1] * len(lags), y.shape[1])
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    optimiser = torch.optim.AdamW([{"params": [linear.weight], "weight_decay": training.weight_decay},
+                                   {"params": [linear.bias], "weight_decay": 0.0}], lr=training.learning_rate)
+    schedule = get_scheduler(_HF_SCHEDULERS[training.lr_scheduler], optimiser,
+                             num_warmup_steps=int(np.ceil(training.warmup_ratio * steps)), num_training_steps=steps)
+    newest = training.loss_last_samples or window_samples
+    first_end = train[0] + max(window_samples, max(lags) + newest)  # a window's newest row, its lags inside the train rows
+    test_rows = torch.arange(test[0], test[1])
+    at = set(np.linspace(steps / checkpoints, steps, checkpoints).round().astype(int))
+    predictions = {}
+    for step in range(1, steps + 1):
+        ends = torch.randint(first_end, train[1], (training.batch_size,), generator=generator)
+        rows = (ends[:, None] - torch.arange(newest)[None]).flatten()
+        inputs = lagged_rows(x, rows, lags)
+        if training.noise_std:
+            inputs = inputs + training.noise_std * torch.randn(inputs.shape, generator=generator)
+        loss = torch.nn.functional.mse_loss(linear(inputs), y[rows])
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(linear.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        if step in at:
+            with torch.no_grad():
+                predictions[step] = torch.cat([linear(lagged_rows(x, part, lags)) for part in test_rows.split(20_000)]).numpy()
+    return predictions
+
+
 def linear_by_gradient(rec: Any, test_start: int, settings: ExperimentSettings, data: Any) -> Callable[[int, int], np.ndarray]:
     """The lagged ridge's map trained by gradient with `settings.training` for as many steps as the
     model (`benchmarks/linear_by_gradient.py`), as a predictor of the test rows."""
-    from benchmarks.linear_by_gradient import train_linear  # that script reuses this one's arguments
-
     training = settings.training
     steps = training.max_steps or training.epochs * -(-len(data.train) // training.batch_size)
     lags = tuple(int(lag) for lag in lag_samples(rec.sfreq_hz))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.gain_head_linear_capacity import mean_r2
-from benchmarks.linear_by_gradient import train_linear
+from benchmarks.transformer_controls import train_linear
 from brainformer.evaluation import fit_ridge
 from brainformer.settings import TrainingSettings
 
