@@ -142,7 +142,7 @@ def init_filters_from_bands(model: Any, data: Any, components: int = 0) -> None:
     gain_head = getattr(model, "gain_head", None)
     if gain_head is None and trunk.envelope is None:
         raise ValueError("training.init_filters_from_bands needs model.gain_filters > 0 or model.envelope_filters > 0")
-    if components and not components <= config.gain_filters:
+    if components > config.gain_filters:
         raise ValueError(f"training.gain_filters_on_components = {components} exceeds model.gain_filters = "
                          f"{config.gain_filters}")
     if components > config.n_eeg_channels:

@@ -274,6 +274,8 @@ class TrainingSettings:
         )
         _require(self.gain_filters_on_components >= 0, "training.gain_filters_on_components",
                  self.gain_filters_on_components, "an integer >= 0")
+        _require(self.init_filters_from_bands or not self.gain_filters_on_components, "training.gain_filters_on_components",
+                 self.gain_filters_on_components, "0 unless training.init_filters_from_bands = true")
         _require(self.loss_last_samples >= 0, "training.loss_last_samples", self.loss_last_samples, "an integer >= 0")
         _require(self.num_workers >= 0, "training.num_workers", self.num_workers, "an integer >= 0")
         _require(self.device in TRAINING_DEVICES, "training.device", self.device, " or ".join(TRAINING_DEVICES))

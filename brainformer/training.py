@@ -548,8 +548,6 @@ def initial_model(data: TrainingData, settings: ExperimentSettings, pretrained: 
     ridge = init_skip_from_ridge(model, data, settings) if training.init_skip_from_ridge and has_skip else None
     if ridge is not None and getattr(model, "hop_lookahead", None) is not None:
         init_hop_lookahead(model, data, settings, ridge)
-    if training.gain_filters_on_components and not training.init_filters_from_bands:
-        raise TrainingError("training.gain_filters_on_components needs training.init_filters_from_bands = true")
     if training.init_filters_from_bands:
         from brainformer.filter_bank import init_filters_from_bands
 

@@ -185,7 +185,7 @@ def test_gain_filters_on_components_errors_name_the_field():
     data, settings, _ = _training_data(config, init=True)
     with pytest.raises(TrainingError, match=r"training.gain_filters_on_components = 7 exceeds model.gain_filters = 6"):
         initial_model(data, _component_settings(settings, 7))
-    with pytest.raises(TrainingError, match=r"gain_filters_on_components needs training.init_filters_from_bands"):
-        initial_model(data, _component_settings(settings, 2, init=False))
+    with pytest.raises(SettingsError, match=r"training.gain_filters_on_components.*init_filters_from_bands = true"):
+        _component_settings(settings, 2, init=False)
     with pytest.raises(SettingsError, match=r"training.gain_filters_on_components"):
         _component_settings(settings, -1)
