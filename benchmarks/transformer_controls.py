@@ -201,8 +201,7 @@ def train_linear(eeg: np.ndarray, meg: np.ndarray, train: tuple[int, int], test:
 
     from brainformer.training import _HF_SCHEDULERS
 
-    generator = torch.Generator().manual_seed(training.seed)
-    torch.manual_seed(training.seed)
+    generator = torch.Generator().manual_seed(training.seed)  # the weights start at zero: no other draw
     x, y = torch.from_numpy(np.asarray(eeg, dtype=np.float32)), torch.from_numpy(np.asarray(meg, dtype=np.float32))
     linear = torch.nn.Linear(x.shape[1] * len(lags), y.shape[1])
     torch.nn.init.zeros_(linear.weight)
